@@ -1,0 +1,3 @@
+from edgemerge.cli import main
+
+main()
