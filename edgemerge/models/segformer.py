@@ -1,0 +1,198 @@
+"""Segformer (MiT encoder + all-MLP decode head), written to match transformers' numerics.
+
+One readable file in the nanoGPT spirit. Parameter names are our own; `edgemerge.models.convert`
+maps Hugging Face, mmsegmentation and NVlabs checkpoints onto them.
+
+Merge hook: `SegformerAttention.reduce_queries` / `reduce_kv` are identities here; Segformer++
+style merging swaps the module's class for a subclass overriding them (see edgemerge.merge).
+All spatial sizes are Python ints taken from static tensor shapes, so the model exports with
+`torch.onnx.export(dynamo=True)`.
+
+LayerNorm eps: transformers uses torch's default 1e-5 everywhere (its config's
+`layer_norm_eps=1e-6` is never read); NVlabs uses 1e-6 in blocks and stage norms and 1e-5 in the
+patch-embedding and spatial-reduction norms; mmsegmentation uses 1e-6 everywhere. `embed_eps`
+(patch embedding + spatial reduction norms) and `block_eps` (block + stage norms) let each
+checkpoint format be reproduced exactly; the zoo default follows transformers.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class OverlapPatchEmbed(nn.Module):
+    """Strided conv with overlap (kernel 7 stride 4, then 3/2), then LayerNorm over channels."""
+
+    def __init__(self, in_ch: int, dim: int, kernel: int, stride: int, eps: float):
+        super().__init__()
+        self.proj = nn.Conv2d(in_ch, dim, kernel, stride, padding=kernel // 2)
+        self.norm = nn.LayerNorm(dim, eps=eps)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
+        x = self.proj(x)  # [B, C, H, W]
+        hw = (x.shape[2], x.shape[3])
+        return self.norm(x.flatten(2).transpose(1, 2)), hw  # [B, H*W, C]
+
+
+class SegformerAttention(nn.Module):
+    """Efficient self-attention: full-resolution queries, keys/values spatially reduced by `sr`.
+
+    `reduce_queries` and `reduce_kv` are the merge hooks (identities here).
+    """
+
+    def __init__(self, dim: int, num_heads: int, sr_ratio: int, eps: float):
+        super().__init__()
+        self.num_heads = num_heads
+        self.sr_ratio = sr_ratio
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.proj = nn.Linear(dim, dim)
+        if sr_ratio > 1:
+            self.sr = nn.Conv2d(dim, dim, kernel_size=sr_ratio, stride=sr_ratio)
+            self.norm = nn.LayerNorm(dim, eps=eps)
+
+    def reduce_queries(self, x: Tensor, hw: tuple[int, int]) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+        """Merge hook: fewer queries [B, Nq, C] and a function restoring [B, Nq, C] -> [B, N, C]."""
+        return x, lambda t: t
+
+    def reduce_kv(self, kv: Tensor, hw: tuple[int, int]) -> tuple[Tensor, Tensor | None]:
+        """Merge hook: fewer key/value tokens and an optional additive bias [B, 1, 1, Nkv]."""
+        return kv, None
+
+    def _heads(self, t: Tensor) -> Tensor:
+        B, N, C = t.shape
+        return t.view(B, N, self.num_heads, C // self.num_heads).transpose(1, 2)  # [B, h, N, d]
+
+    def forward(self, x: Tensor, hw: tuple[int, int]) -> Tensor:
+        B, N, C = x.shape  # x is the normed block input
+        q_in, restore = self.reduce_queries(x, hw)
+        kv, kv_hw = x, hw
+        if self.sr_ratio > 1:
+            kv = self.sr(x.transpose(1, 2).reshape(B, C, hw[0], hw[1]))  # [B, C, H/sr, W/sr]
+            kv_hw = (kv.shape[2], kv.shape[3])
+            kv = self.norm(kv.flatten(2).transpose(1, 2))  # [B, Nkv, C]
+        kv, bias = self.reduce_kv(kv, kv_hw)
+        q, k, v = self._heads(self.q(q_in)), self._heads(self.k(kv)), self._heads(self.v(kv))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # [B, h, Nq, d]
+        out = out.transpose(1, 2).reshape(B, q.shape[2], C)
+        return restore(self.proj(out))  # [B, N, C]
+
+
+class MixFFN(nn.Module):
+    """fc1 -> depthwise 3x3 conv (the only positional signal in Segformer) -> GELU -> fc2."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.dwconv = nn.Conv2d(hidden, hidden, 3, 1, 1, groups=hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: Tensor, hw: tuple[int, int]) -> Tensor:
+        x = self.fc1(x)  # [B, N, 4C]
+        B, N, C = x.shape
+        x = self.dwconv(x.transpose(1, 2).reshape(B, C, hw[0], hw[1])).flatten(2).transpose(1, 2)
+        return self.fc2(F.gelu(x))  # [B, N, C]
+
+
+class Block(nn.Module):
+    def __init__(self, dim: int, num_heads: int, sr_ratio: int, mlp_ratio: int, embed_eps: float, block_eps: float):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=block_eps)
+        self.attn = SegformerAttention(dim, num_heads, sr_ratio, embed_eps)
+        self.norm2 = nn.LayerNorm(dim, eps=block_eps)
+        self.mlp = MixFFN(dim, dim * mlp_ratio)
+
+    def forward(self, x: Tensor, hw: tuple[int, int]) -> Tensor:
+        x = x + self.attn(self.norm1(x), hw)
+        return x + self.mlp(self.norm2(x), hw)
+
+
+class Stage(nn.Module):
+    def __init__(self, in_ch: int, dim: int, depth: int, heads: int, sr: int, kernel: int, stride: int,
+                 mlp_ratio: int, embed_eps: float, block_eps: float):
+        super().__init__()
+        self.patch_embed = OverlapPatchEmbed(in_ch, dim, kernel, stride, embed_eps)
+        self.blocks = nn.ModuleList(Block(dim, heads, sr, mlp_ratio, embed_eps, block_eps) for _ in range(depth))
+        self.norm = nn.LayerNorm(dim, eps=block_eps)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x, hw = self.patch_embed(x)  # [B, N, C]
+        for blk in self.blocks:
+            x = blk(x, hw)
+        x = self.norm(x)
+        return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], hw[0], hw[1])  # [B, C, H, W]
+
+
+class MixTransformer(nn.Module):
+    """The MiT encoder: four stages at strides 4, 8, 16, 32."""
+
+    def __init__(self, depths: Sequence[int], widths: Sequence[int], heads: Sequence[int],
+                 sr_ratios: Sequence[int] = (8, 4, 2, 1), kernels: Sequence[int] = (7, 3, 3, 3),
+                 strides: Sequence[int] = (4, 2, 2, 2), mlp_ratio: int = 4,
+                 embed_eps: float = 1e-5, block_eps: float = 1e-5, in_ch: int = 3):
+        super().__init__()
+        ins = [in_ch, *widths[:-1]]
+        self.stages = nn.ModuleList(
+            Stage(ins[s], widths[s], depths[s], heads[s], sr_ratios[s], kernels[s], strides[s], mlp_ratio,
+                  embed_eps, block_eps)
+            for s in range(len(depths))
+        )
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        feats = []
+        for stage in self.stages:
+            x = stage(x)
+            feats.append(x)  # [B, C_s, H/stride_s, W/stride_s]
+        return feats
+
+
+class SegformerHead(nn.Module):
+    """All-MLP head: per-stage linear to `width`, upsample to 1/4, concat (last stage first, as
+    transformers/NVlabs do), 1x1 fuse conv (no bias) + BN + ReLU, 1x1 classifier.
+
+    `stage_norm=True` adds mmsegmentation's per-stage BN + ReLU after each projection (its
+    `ConvModule`); with it the projections usually have no bias (`stage_bias=False`).
+    """
+
+    def __init__(self, in_dims: Sequence[int], width: int, num_classes: int,
+                 stage_norm: bool = False, stage_bias: bool = True):
+        super().__init__()
+        self.linear_c = nn.ModuleList(nn.Linear(c, width, bias=stage_bias) for c in in_dims)
+        self.linear_c_bn = nn.ModuleList(nn.BatchNorm2d(width) for _ in in_dims) if stage_norm else None
+        self.fuse = nn.Conv2d(width * len(in_dims), width, 1, bias=False)
+        self.bn = nn.BatchNorm2d(width)
+        self.classifier = nn.Conv2d(width, num_classes, 1)
+
+    def forward(self, feats: list[Tensor]) -> Tensor:
+        size = (feats[0].shape[2], feats[0].shape[3])  # 1/4 of the input
+        outs = []
+        for i, f in enumerate(feats):
+            B, _, h, w = f.shape
+            y = self.linear_c[i](f.flatten(2).transpose(1, 2)).transpose(1, 2).reshape(B, -1, h, w)
+            if self.linear_c_bn is not None:
+                y = F.relu(self.linear_c_bn[i](y))
+            outs.append(F.interpolate(y, size=size, mode="bilinear", align_corners=False))
+        x = F.relu(self.bn(self.fuse(torch.cat(outs[::-1], dim=1))))  # [B, D, H/4, W/4]
+        return self.classifier(x)  # [B, K, H/4, W/4]
+
+
+class Segformer(nn.Module):
+    """images [B, 3, H, W] -> logits [B, K, H/4, W/4] (like transformers, not upsampled)."""
+
+    def __init__(self, depths: Sequence[int], widths: Sequence[int], heads: Sequence[int], num_classes: int,
+                 decoder_width: int = 256, sr_ratios: Sequence[int] = (8, 4, 2, 1), mlp_ratio: int = 4,
+                 embed_eps: float = 1e-5, block_eps: float = 1e-5,
+                 head_stage_norm: bool = False, head_stage_bias: bool = True):
+        super().__init__()
+        self.encoder = MixTransformer(depths, widths, heads, sr_ratios, mlp_ratio=mlp_ratio,
+                                      embed_eps=embed_eps, block_eps=block_eps)
+        self.decode_head = SegformerHead(widths, decoder_width, num_classes, head_stage_norm, head_stage_bias)
+        self.num_classes = num_classes
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.decode_head(self.encoder(images))
