@@ -1,0 +1,151 @@
+"""The four `edgemerge` ops as PyTorch references (spec: docs/ops.md).
+
+These functions are the ground truth the ONNX function bodies and the CUDA kernels are tested
+against. They are also registered as `torch.library` custom ops (`torch.ops.edgemerge.*`), so
+that `torch.onnx.export` sees one opaque node per op and the exporter can write it as an
+`edgemerge`-domain node instead of tracing argsort/scatter graphs (which mis-export).
+
+Shapes: `x [B, N, C]`, `slot [B, N] int32`; every count is a Python int (static).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+NORM_EPS = 1e-6
+
+
+def _normalize(metric: Tensor) -> Tensor:
+    m = metric.float()
+    return m / m.norm(dim=-1, keepdim=True).clamp_min(NORM_EPS)
+
+
+def _top_mask(score: Tensor, r: int) -> Tensor:
+    """Bool mask of the r largest scores per row; ties go to the lower index (stable sort)."""
+    order = torch.sort(score, dim=-1, descending=True, stable=True).indices
+    mask = torch.zeros_like(score, dtype=torch.bool)
+    return mask.scatter(-1, order[..., :r], True)
+
+
+def match_bipartite_ref(
+    metric: Tensor, r: int, src: Sequence[int], dst: Sequence[int], protect: int = 0
+) -> Tensor:
+    """TokenMatchBipartite: slot of every token after merging the r best-matched sources."""
+    B, N, _ = metric.shape
+    S, D = len(src), len(dst)
+    if S + D != N:
+        raise ValueError(f"src ({S}) + dst ({D}) must cover all {N} tokens")
+    if not 0 <= r <= S - protect:
+        raise ValueError(f"r={r} must be within [0, {S - protect}] (sources {S}, protected {protect})")
+    dev = metric.device
+    src_t = torch.as_tensor(list(src), dtype=torch.long, device=dev)
+    dst_t = torch.as_tensor(list(dst), dtype=torch.long, device=dev)
+    m = _normalize(metric)
+    scores = m[:, src_t] @ m[:, dst_t].transpose(1, 2)  # [B, S, D]
+    node_max, node_idx = scores.max(dim=-1)  # first maximum on ties
+    if protect:
+        node_max[:, :protect] = -torch.inf
+    merged = _top_mask(node_max, r)  # [B, S]
+    unm_rank = torch.cumsum((~merged).long(), dim=1) - 1
+    slot_src = torch.where(merged, S - r + node_idx, unm_rank)
+    slot = torch.empty(B, N, dtype=torch.long, device=dev)
+    slot[:, src_t] = slot_src
+    slot[:, dst_t] = (S - r + torch.arange(D, device=dev)).expand(B, D)
+    return slot.int()
+
+
+def window_scores(metric: Tensor, height: int, width: int, protect: int = 0) -> Tensor:
+    """Mean off-diagonal cosine of each 2x2 window, `[B, (height/2)*(width/2)]` (ALGM local)."""
+    B, _, C = metric.shape
+    m = _normalize(metric)[:, protect:]
+    w = m.reshape(B, height // 2, 2, width // 2, 2, C).permute(0, 1, 3, 2, 4, 5)
+    w = w.reshape(B, -1, 4, C)
+    gram = w @ w.transpose(-1, -2)  # [B, W, 4, 4]
+    return (gram.sum((-1, -2)) - gram.diagonal(dim1=-2, dim2=-1).sum(-1)) / 12.0
+
+
+def match_window_ref(metric: Tensor, height: int, width: int, k: int, protect: int = 0) -> Tensor:
+    """TokenMatchWindow: slot of every token after merging the k most uniform 2x2 windows."""
+    B, N, _ = metric.shape
+    if height % 2 or width % 2:
+        raise ValueError(f"window matching needs an even token grid, got {height}x{width}")
+    if N != protect + height * width:
+        raise ValueError(f"{N} tokens do not form {protect} + {height}x{width}")
+    nwin = (height // 2) * (width // 2)
+    if not 0 <= k <= nwin:
+        raise ValueError(f"k={k} must be within [0, {nwin}] windows")
+    win_merged = _top_mask(window_scores(metric, height, width, protect), k)  # [B, W]
+    win_slot = N - 4 * k + torch.cumsum(win_merged.long(), dim=1) - 1
+
+    def to_tokens(t: Tensor) -> Tensor:  # [B, W] -> [B, h*w], each window value on its 4 tokens
+        t = t.reshape(B, height // 2, 1, width // 2, 1).expand(-1, -1, 2, -1, 2)
+        return t.reshape(B, height * width)
+
+    tok_merged = to_tokens(win_merged)
+    tok_merged = torch.cat([tok_merged.new_zeros(B, protect), tok_merged], dim=1)
+    tok_win_slot = torch.cat([win_slot.new_zeros(B, protect), to_tokens(win_slot)], dim=1)
+    unm_rank = torch.cumsum((~tok_merged).long(), dim=1) - 1
+    return torch.where(tok_merged, tok_win_slot, unm_rank).int()
+
+
+def token_merge_ref(x: Tensor, size: Tensor, slot: Tensor, num_out: int) -> tuple[Tensor, Tensor]:
+    """TokenMerge: size-weighted mean per slot, from sums and one division (fp32 accumulation)."""
+    B, N, C = x.shape
+    idx = slot.long()
+    w = size.float()
+    sums = x.new_zeros(B, num_out, C, dtype=torch.float32)
+    sums.scatter_add_(1, idx[..., None].expand(B, N, C), x.float() * w)
+    sizes = w.new_zeros(B, num_out, 1).scatter_add_(1, idx[..., None], w)
+    merged = torch.where(sizes > 0, sums / sizes.clamp_min(NORM_EPS), torch.zeros_like(sums))
+    return merged.to(x.dtype), sizes.to(size.dtype)
+
+
+def token_unmerge_ref(merged: Tensor, slot: Tensor) -> Tensor:
+    """TokenUnmerge: copy each merged token back to every position it came from."""
+    B, N = slot.shape
+    return merged.gather(1, slot.long()[..., None].expand(B, N, merged.shape[-1]))
+
+
+# --- torch.library registration: one opaque node per op for the ONNX exporter ---------------
+
+@torch.library.custom_op("edgemerge::match_bipartite", mutates_args=())
+def match_bipartite(metric: Tensor, r: int, src: list[int], dst: list[int], protect: int) -> Tensor:
+    return match_bipartite_ref(metric, r, src, dst, protect)
+
+
+@match_bipartite.register_fake
+def _(metric, r, src, dst, protect):
+    return metric.new_empty(metric.shape[:2], dtype=torch.int32)
+
+
+@torch.library.custom_op("edgemerge::match_window", mutates_args=())
+def match_window(metric: Tensor, height: int, width: int, k: int, protect: int) -> Tensor:
+    return match_window_ref(metric, height, width, k, protect)
+
+
+@match_window.register_fake
+def _(metric, height, width, k, protect):
+    return metric.new_empty(metric.shape[:2], dtype=torch.int32)
+
+
+@torch.library.custom_op("edgemerge::token_merge", mutates_args=())
+def token_merge(x: Tensor, size: Tensor, slot: Tensor, num_out: int) -> tuple[Tensor, Tensor]:
+    return token_merge_ref(x, size, slot, num_out)
+
+
+@token_merge.register_fake
+def _(x, size, slot, num_out):
+    return x.new_empty(x.shape[0], num_out, x.shape[2]), size.new_empty(x.shape[0], num_out, 1)
+
+
+@torch.library.custom_op("edgemerge::token_unmerge", mutates_args=())
+def token_unmerge(merged: Tensor, slot: Tensor) -> Tensor:
+    return token_unmerge_ref(merged, slot)
+
+
+@token_unmerge.register_fake
+def _(merged, slot):
+    return merged.new_empty(slot.shape[0], slot.shape[1], merged.shape[2])
