@@ -6,7 +6,8 @@
 
 from edgemerge.models.registry import ModelConfig, build_model, count_params, get_config, list_models
 from edgemerge.models.tokens import TokenState
+from edgemerge.models.checkpoint import CheckpointInfo, load_checkpoint
 
 __all__ = [
-    "ModelConfig", "TokenState", "build_model", "count_params", "get_config", "list_models",
+    "CheckpointInfo", "ModelConfig", "TokenState", "load_checkpoint", "build_model", "count_params", "get_config", "list_models",
 ]

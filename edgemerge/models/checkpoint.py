@@ -1,0 +1,288 @@
+"""Load published checkpoints into zoo models; the format is detected, never asked for.
+
+Accepted (local files only):
+  * Hugging Face model dirs (config.json + model.safetensors | pytorch_model.bin):
+    SegformerForSemanticSegmentation, ViTForImageClassification, DeiTForImageClassification(+WithTeacher)
+  * mmsegmentation MiT/Segformer `.pth`, NVlabs SegFormer `.pth`
+  * timm ViT/DeiT state dicts (`.pth`/`.safetensors`, possibly under `model`)
+  * rstrudel/segmenter `.pth` (under `model`, keys `encoder.*`, `decoder.*`)
+  * our own state dicts (`model.state_dict()` saved with torch.save)
+
+The checkpoint decides the class count and format-specific numerics (LayerNorm eps, head
+variant); `name` decides the architecture and a checkpoint of another one is refused with the
+fields or keys that disagree. Every failure is an EdgemergeError with a one-line message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from edgemerge.errors import EdgemergeError
+from edgemerge.models import convert
+from edgemerge.models.registry import ModelConfig, build_from_config, configure
+from edgemerge.models.vit import resize_pos_embed
+
+StateDict = dict[str, Tensor]
+
+# Per-format LayerNorm eps of the Segformer encoder: (patch-embed/sr norms, block/stage norms).
+SEGFORMER_EPS = {"hf": (1e-5, 1e-5), "nvlabs": (1e-5, 1e-6), "mmseg": (1e-6, 1e-6)}
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    path: Path
+    format: str  # 'hf' | 'mmseg' | 'nvlabs' | 'timm' | 'segmenter' | 'edgemerge'
+    sha256: str
+    num_classes: int
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _read_weights(path: Path) -> StateDict:
+    """Tensors of a .safetensors / .pth / .bin file, unwrapped from training-state containers."""
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            obj: Any = load_file(str(path))
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, random bytes, pickles we refuse, ...
+        raise EdgemergeError(_one_line(f"not a readable checkpoint: {path} ({type(e).__name__}: {e})"[:300]))
+    for wrapper in ("state_dict", "model", "module"):
+        if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
+            obj = obj[wrapper]
+    if not isinstance(obj, dict):
+        raise EdgemergeError(f"not a readable checkpoint: {path} holds a {type(obj).__name__}, not a state dict")
+    state = {str(k).removeprefix("module."): v for k, v in obj.items() if isinstance(v, Tensor)}
+    if not state:
+        raise EdgemergeError(f"not a readable checkpoint: {path} holds no tensors")
+    return state
+
+
+def _read_hf_dir(path: Path) -> tuple[StateDict, dict[str, Any], Path]:
+    cfg_file = path / "config.json"
+    if not cfg_file.is_file():
+        raise EdgemergeError(f"{path} is a directory but not a Hugging Face model dir (no config.json)")
+    try:
+        hf_cfg = json.loads(cfg_file.read_text())
+    except (OSError, ValueError) as e:
+        raise EdgemergeError(_one_line(f"not a readable checkpoint: {cfg_file} ({e})"))
+    for fname in ("model.safetensors", "pytorch_model.bin"):
+        if (path / fname).is_file():
+            return _read_weights(path / fname), hf_cfg, path / fname
+    raise EdgemergeError(f"Hugging Face dir {path} has no model.safetensors or pytorch_model.bin")
+
+
+def _detect(state: StateDict) -> tuple[str, str]:
+    """(format, family) of a single-file state dict."""
+    keys = state.keys()
+    has = lambda prefix: any(k.startswith(prefix) for k in keys)  # noqa: E731
+    if has("backbone.layers."):
+        return "mmseg", "segformer"
+    if has("backbone.patch_embed1.") or has("backbone.block1."):
+        return "nvlabs", "segformer"
+    if has("encoder.stages."):
+        return "edgemerge", "segformer"
+    if has("segformer."):
+        return "hf", "segformer"
+    if has("encoder.") and has("decoder."):
+        return "segmenter", "segmenter"
+    if "cls_token" in keys or has("patch_embed.proj.") or has("blocks."):
+        return "timm", "vit"
+    for prefix in ("vit", "deit"):
+        if has(prefix + "."):
+            return "hf", prefix
+    first = ", ".join(list(keys)[:3])
+    raise EdgemergeError(f"unrecognised checkpoint layout (first keys: {first})")
+
+
+def _same_family(a: str, b: str) -> bool:
+    vit_like = {"vit", "deit"}
+    return a == b or (a in vit_like and b in vit_like)
+
+
+def _mismatch(field: str, theirs: Any, name: str, ours: Any) -> EdgemergeError:
+    fmt = lambda v: "[" + ",".join(map(str, v)) + "]" if isinstance(v, (list, tuple)) else str(v)  # noqa: E731
+    return EdgemergeError(f"checkpoint {field} {fmt(theirs)} != {name}'s {fmt(ours)}")
+
+
+def _check(field: str, theirs: Any, ours: Any, name: str) -> None:
+    if theirs is None:
+        return
+    t = list(theirs) if isinstance(theirs, (list, tuple)) else theirs
+    o = list(ours) if isinstance(ours, (list, tuple)) else ours
+    if t != o:
+        raise _mismatch(field, t, name, o)
+
+
+# --- per-family conversion: returns (our state dict, class count, config.extra overrides) -------
+
+def _segformer(state: StateDict, fmt: str, hf_cfg: dict | None, cfg: ModelConfig) -> tuple[StateDict, int, dict]:
+    to_ours = {"hf": convert.hf_to_segformer, "mmseg": convert.mmseg_to_segformer,
+               "nvlabs": convert.nvlabs_to_segformer, "edgemerge": dict}[fmt]
+    ours = to_ours(state)
+    if hf_cfg is not None:
+        for field, mine in (("depths", cfg.depths), ("hidden_sizes", cfg.widths),
+                            ("num_attention_heads", cfg.heads), ("sr_ratios", cfg.extra["sr_ratios"])):
+            _check(field, hf_cfg.get(field), mine, cfg.name)
+        _check("mlp_ratios", hf_cfg.get("mlp_ratios"), [cfg.extra["mlp_ratio"]] * 4, cfg.name)
+    # what the weights themselves say (also catches a b0 .pth offered as b2)
+    depths = [len({m.group(1) for k in ours if (m := re.match(rf"encoder\.stages\.{s}\.blocks\.(\d+)\.", k))})
+              for s in range(4)]
+    widths = [ours[f"encoder.stages.{s}.patch_embed.proj.weight"].shape[0]
+              for s in range(4) if f"encoder.stages.{s}.patch_embed.proj.weight" in ours]
+    if len(widths) == 4:
+        _check("hidden sizes", widths, cfg.widths, cfg.name)
+    if any(depths):
+        _check("depths", depths, cfg.depths, cfg.name)
+    extra: dict[str, Any] = {}
+    if fmt in SEGFORMER_EPS:
+        extra["embed_eps"], extra["block_eps"] = SEGFORMER_EPS[fmt]
+    extra["head_stage_norm"] = "decode_head.linear_c_bn.0.weight" in ours
+    extra["head_stage_bias"] = "decode_head.linear_c.0.bias" in ours
+    if "decode_head.fuse.weight" in ours:
+        extra["decoder_width"] = ours["decode_head.fuse.weight"].shape[0]
+    classes = ours["decode_head.classifier.weight"].shape[0] if "decode_head.classifier.weight" in ours else None
+    return ours, _classes(classes, hf_cfg), extra
+
+
+def _vit(state: StateDict, fmt: str, hf_cfg: dict | None, cfg: ModelConfig) -> tuple[StateDict, int, dict]:
+    extra: dict[str, Any] = {}
+    if fmt == "hf":
+        prefix = "deit" if any(k.startswith("deit.") for k in state) else "vit"
+        ours = convert.hf_to_vit(state, prefix)
+        assert hf_cfg is not None
+        for field, mine in (("hidden_size", cfg.widths[0]), ("num_hidden_layers", cfg.depths[0]),
+                            ("num_attention_heads", cfg.heads[0]), ("patch_size", cfg.patch_size),
+                            ("intermediate_size", int(cfg.widths[0] * cfg.extra["mlp_ratio"]))):
+            _check(field, hf_cfg.get(field), mine, cfg.name)
+        if hf_cfg.get("hidden_act", "gelu") != "gelu":
+            raise EdgemergeError(f"checkpoint hidden_act {hf_cfg['hidden_act']!r} != {cfg.name}'s 'gelu'")
+        extra["eps"] = float(hf_cfg.get("layer_norm_eps", 1e-12))
+        extra["qkv_bias"] = bool(hf_cfg.get("qkv_bias", True))
+    else:
+        ours = dict(state)
+    _vit_dims(ours, "", cfg)
+    extra["distilled"] = "dist_token" in ours
+    extra["dist_head"] = "head_dist.weight" in ours
+    classes = ours["head.weight"].shape[0] if "head.weight" in ours else None
+    return ours, _classes(classes, hf_cfg), extra
+
+
+def _vit_dims(ours: StateDict, prefix: str, cfg: ModelConfig) -> None:
+    depth = len({m.group(1) for k in ours if (m := re.match(rf"{re.escape(prefix)}blocks\.(\d+)\.", k))})
+    if depth:
+        _check("depth", depth, cfg.depths[0], cfg.name)
+    if prefix + "patch_embed.proj.weight" in ours:
+        w = ours[prefix + "patch_embed.proj.weight"]
+        _check("width", w.shape[0], cfg.widths[0], cfg.name)
+        _check("patch size", w.shape[-1], cfg.patch_size, cfg.name)
+
+
+def _segmenter(state: StateDict, fmt: str, hf_cfg: dict | None, cfg: ModelConfig) -> tuple[StateDict, int, dict]:
+    ours = convert.segmenter_to_ours(state)
+    _vit_dims(ours, "encoder.", cfg)
+    kind = "mask" if "decoder.cls_emb" in ours else "linear" if "decoder.head.weight" in ours else None
+    classes = (ours["decoder.cls_emb"].shape[1] if kind == "mask"
+               else ours["decoder.head.weight"].shape[0] if kind == "linear" else None)
+    extra: dict[str, Any] = {"distilled": "encoder.dist_token" in ours}
+    if kind:
+        extra["decoder"] = kind
+        if kind == "mask":
+            extra["decoder_layers"] = len({m.group(1) for k in ours
+                                           if (m := re.match(r"decoder\.blocks\.(\d+)\.", k))})
+    return ours, _classes(classes, None), extra
+
+
+def _classes(from_weights: int | None, hf_cfg: dict | None) -> int:
+    if from_weights is not None:
+        return int(from_weights)
+    if hf_cfg is not None:
+        if "id2label" in hf_cfg:
+            return len(hf_cfg["id2label"])
+        if "num_labels" in hf_cfg:
+            return int(hf_cfg["num_labels"])
+    raise EdgemergeError("checkpoint has no classifier weights, so its class count is unknown")
+
+
+_CONVERTERS = {"segformer": _segformer, "vit": _vit, "deit": _vit, "segmenter": _segmenter}
+
+
+def _fit(model: nn.Module, state: StateDict, name: str) -> None:
+    """Strict load with one-line reasons; resizes position embeddings to the model's grid."""
+    want = model.state_dict()
+    for key in [k for k in want if k.endswith("pos_embed") and k in state]:
+        if state[key].shape != want[key].shape:
+            p = model.encoder.num_prefix_tokens if key.startswith("encoder.") else model.num_prefix_tokens
+            grid = (model.encoder if key.startswith("encoder.") else model).grid_size
+            state[key] = resize_pos_embed(state[key], grid, p)
+    for key in want:  # older BatchNorm checkpoints lack the counter; it changes nothing in eval
+        if key.endswith("num_batches_tracked") and key not in state:
+            state[key] = want[key]
+    missing = [k for k in want if k not in state]
+    unexpected = [k for k in state if k not in want]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {', '.join(missing[:3])}" + (f" (+{len(missing) - 3} more)" if len(missing) > 3 else ""))
+        if unexpected:
+            parts.append(f"unexpected {', '.join(unexpected[:3])}"
+                         + (f" (+{len(unexpected) - 3} more)" if len(unexpected) > 3 else ""))
+        raise EdgemergeError(f"checkpoint does not fit {name}: " + "; ".join(parts))
+    for key, value in want.items():
+        if state[key].shape != value.shape:
+            raise EdgemergeError(f"checkpoint does not fit {name}: {key} has shape {list(state[key].shape)}, "
+                                 f"the model needs {list(value.shape)}")
+    model.load_state_dict(state, strict=True)
+
+
+def load_checkpoint(name: str, path: str | Path, *, num_classes: int | None = None,
+                    resolution: tuple[int, int] | None = None,
+                    decoder: str | None = None) -> tuple[nn.Module, CheckpointInfo]:
+    """Build zoo model `name` with the checkpoint's weights (and class count), in eval mode."""
+    cfg = configure(name, resolution=resolution, decoder=decoder)
+    path = Path(path)
+    if not path.exists():
+        raise EdgemergeError(f"checkpoint not found: {path}")
+    hf_cfg: dict | None = None
+    if path.is_dir():
+        state, hf_cfg, weights_file = _read_hf_dir(path)
+        fmt, family = "hf", str(hf_cfg.get("model_type", ""))
+        if family not in _CONVERTERS:
+            arch = ",".join(hf_cfg.get("architectures") or [family or "?"])
+            raise EdgemergeError(f"unsupported Hugging Face architecture {arch} in {path}")
+    else:
+        state, weights_file = _read_weights(path), path
+        fmt, family = _detect(state)
+    if not _same_family(family, cfg.family):
+        raise EdgemergeError(f"{path} holds a {family} checkpoint ({fmt} layout), not a {name} one")
+    ours, classes, extra = _CONVERTERS[cfg.family](state, fmt, hf_cfg, cfg)
+    if decoder is not None and extra.get("decoder", decoder) != decoder:
+        raise EdgemergeError(f"checkpoint has a {extra['decoder']} decoder, but decoder={decoder!r} was asked")
+    if num_classes is not None and num_classes != classes:
+        raise EdgemergeError(f"checkpoint has {classes} classes, but num_classes={num_classes} was asked")
+    cfg = dataclasses.replace(cfg, num_classes=classes, extra={**cfg.extra, **extra})
+    model = build_from_config(cfg)
+    _fit(model, ours, name)
+    info = CheckpointInfo(path=path, format=fmt, sha256=_sha256(weights_file), num_classes=classes)
+    return model.eval(), info

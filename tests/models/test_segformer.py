@@ -1,0 +1,134 @@
+"""Segformer vs transformers, and the mmseg / NVlabs / transformers-5 key layouts."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from edgemerge.models import build_model, load_checkpoint
+from edgemerge.models import convert
+from edgemerge.models.registry import get_config
+
+transformers = pytest.importorskip("transformers")
+
+SIZES = {"segformer-b0": ((2, 2, 2, 2), [32, 64, 160, 256], 256), "segformer-b2": ((3, 4, 6, 3), [64, 128, 320, 512], 768)}
+
+
+def randomize(model: torch.nn.Module, seed: int = 0) -> None:
+    """Non-trivial norms and BN statistics, so a wrong eps or a dropped BN shows up."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, (torch.nn.LayerNorm, torch.nn.BatchNorm2d)):
+            m.weight.data = 1 + 0.2 * torch.randn(m.weight.shape, generator=g)
+            m.bias.data = 0.2 * torch.randn(m.bias.shape, generator=g)
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g))
+            m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=g))
+
+
+def set_eps(model: torch.nn.Module, eps: float) -> None:
+    for m in model.modules():
+        if isinstance(m, torch.nn.LayerNorm):
+            m.eps = eps
+
+
+@pytest.fixture(scope="module", params=list(SIZES))
+def hf_dir(request, tmp_path_factory):
+    name = request.param
+    depths, widths, dec = SIZES[name]
+    torch.manual_seed(0)
+    cfg = transformers.SegformerConfig(depths=list(depths), hidden_sizes=widths, decoder_hidden_size=dec, num_labels=11)
+    hf = transformers.SegformerForSemanticSegmentation(cfg).eval()
+    randomize(hf)
+    path = tmp_path_factory.mktemp(name)
+    hf.save_pretrained(path)
+    x = torch.randn(2, 3, 64, 96, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        logits = hf(pixel_values=x).logits
+    return name, path, hf, x, logits
+
+
+def test_hf_dir_matches_transformers(hf_dir):
+    name, path, _, x, want = hf_dir
+    model, info = load_checkpoint(name, path)
+    assert info.format == "hf" and info.num_classes == 11 and len(info.sha256) == 64
+    with torch.no_grad():
+        got = model(x)
+    assert got.shape == want.shape == (2, 11, 16, 24)
+    assert (got - want).abs().max() <= 1e-4
+
+
+def test_hf5_internal_names(hf_dir, tmp_path):
+    name, path, hf, x, want = hf_dir
+    shutil.copy(path / "config.json", tmp_path / "config.json")
+    save_file({k: v.contiguous() for k, v in hf.state_dict().items()}, tmp_path / "model.safetensors")
+    assert any(".q_proj." in k for k in hf.state_dict())
+    model, _ = load_checkpoint(name, tmp_path)
+    with torch.no_grad():
+        assert (model(x) - want).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("fmt, eps", [("mmseg", (1e-6, 1e-6)), ("nvlabs", (1e-5, 1e-6))])
+def test_pth_layouts(hf_dir, tmp_path, fmt, eps):
+    name, path, _, x, want = hf_dir
+    ours, _ = load_checkpoint(name, path)
+    theirs = getattr(convert, f"segformer_to_{fmt}")(ours.state_dict())
+    file = tmp_path / f"{fmt}.pth"
+    torch.save({"meta": {"x": 1}, "state_dict": theirs} if fmt == "mmseg" else theirs, file)
+    model, info = load_checkpoint(name, file)
+    assert info.format == fmt
+    assert model.encoder.stages[0].patch_embed.norm.eps == eps[0]
+    assert model.encoder.stages[0].blocks[0].norm1.eps == eps[1]
+    set_eps(model, 1e-5)  # transformers' eps: then the weights alone decide, and must agree
+    with torch.no_grad():
+        assert (model(x) - want).abs().max() <= 1e-4
+
+
+def test_mmseg_head_with_stage_norm_round_trip(tmp_path):
+    """mmseg's SegformerHead has conv+BN+ReLU per stage and concatenates first-to-last."""
+    import dataclasses
+
+    from edgemerge.models.registry import build_from_config
+
+    cfg = get_config("segformer-b0")
+    cfg = dataclasses.replace(cfg, num_classes=5, extra={**cfg.extra, "head_stage_norm": True, "head_stage_bias": False,
+                                                        "embed_eps": 1e-6, "block_eps": 1e-6})
+    torch.manual_seed(0)
+    model = build_from_config(cfg)
+    randomize(model)
+    sd = convert.segformer_to_mmseg(model.state_dict())
+    assert sd["decode_head.convs.0.conv.weight"].ndim == 4 and "decode_head.convs.0.bn.running_var" in sd
+    assert "backbone.layers.0.1.0.attn.attn.in_proj_weight" in sd
+    torch.save({"state_dict": sd}, tmp_path / "m.pth")
+    loaded, info = load_checkpoint("segformer-b0", tmp_path / "m.pth")
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), model(x), atol=1e-5)
+
+
+def test_mapping_round_trips():
+    sd = build_model("segformer-b0", num_classes=3).state_dict()
+    for fmt in ("hf", "mmseg", "nvlabs"):
+        back = getattr(convert, f"{fmt}_to_segformer")(getattr(convert, f"segformer_to_{fmt}")(sd))
+        assert back.keys() == sd.keys() and all(torch.equal(back[k], sd[k]) for k in sd)
+
+
+def test_hook_methods_are_identities():
+    attn = build_model("segformer-b0").encoder.stages[0].blocks[0].attn
+    x = torch.randn(1, 16, 32)
+    q, restore = attn.reduce_queries(x, (4, 4))
+    kv, bias = attn.reduce_kv(x, (4, 4))
+    assert q is x and restore(x) is x and kv is x and bias is None
+    assert attn.num_heads == 1 and attn.sr_ratio == 8
+
+
+def test_config_json_decides_details(tmp_path, hf_dir):
+    name, path, *_ = hf_dir
+    shutil.copytree(path, tmp_path / "c")
+    cfg = json.loads((tmp_path / "c" / "config.json").read_text())
+    cfg["id2label"] = {str(i): f"c{i}" for i in range(11)}
+    (tmp_path / "c" / "config.json").write_text(json.dumps(cfg))
+    model, info = load_checkpoint(name, tmp_path / "c", resolution=(128, 128))
+    assert info.num_classes == 11 and model.config.resolution == (128, 128)
