@@ -1,0 +1,46 @@
+"""Lazy access to TensorRT: the package imports without it and fails with one line when used."""
+
+from __future__ import annotations
+
+import importlib
+import re
+
+from edgemerge.errors import EdgemergeError
+
+MISSING_TRT = ("TensorRT is not installed: pip install 'edgemerge[trt]' "
+               "(on Jetson it comes with JetPack)")
+
+
+def require_tensorrt():
+    """Return the `tensorrt` module or raise the one-line install hint."""
+    try:
+        return importlib.import_module("tensorrt")
+    except ImportError:  # also OSError-free: a broken libnvinfer surfaces as ImportError
+        raise EdgemergeError(MISSING_TRT) from None
+
+
+def parse_version(text: str) -> tuple[int, int, int]:
+    """'10.3.0.30' -> (10, 3, 0); missing parts are 0."""
+    parts = [int(p) for p in re.findall(r"\d+", text)[:3]]
+    while len(parts) < 3:
+        parts.append(0)
+    return tuple(parts)  # type: ignore[return-value]
+
+
+def trt_version() -> tuple[int, int, int] | None:
+    """The installed TensorRT version, or None when TensorRT cannot be imported."""
+    try:
+        trt = importlib.import_module("tensorrt")
+    except ImportError:
+        return None
+    return parse_version(trt.__version__)
+
+
+def has_python_plugins(version: tuple[int, int, int] | None) -> bool:
+    """`tensorrt.plugin` (JIT) exists from 10.6."""
+    return version is not None and version >= (10, 6, 0)
+
+
+def has_aot_plugins(version: tuple[int, int, int] | None) -> bool:
+    """`@trtp.aot_impl` exists from 10.9."""
+    return version is not None and version >= (10, 9, 0)

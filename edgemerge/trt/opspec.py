@@ -1,0 +1,212 @@
+"""The four `edgemerge` ops as plain data: one table that docs/ops.md, the ONNX exporter's nodes,
+the Python `tensorrt.plugin` registration and the AOT kernel ABI are all checked against.
+
+Imports nothing from TensorRT (nor torch), so the descriptors can be compared with docs/ops.md and
+with an exported ONNX file on a machine without a GPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+DOMAIN = "edgemerge"  # ONNX domain of the nodes, also the TensorRT plugin namespace
+PLUGIN_VERSION = "1"
+
+FLOAT_TYPES = ("float32", "float16")
+
+
+@dataclass(frozen=True)
+class Attr:
+    """An ONNX node attribute. `kind` is the ONNX attribute type: int, ints, float, string."""
+
+    name: str
+    kind: str
+    to_plugin: bool = True  # False: consumed by TensorRT's ONNX parser, not a plugin field
+
+
+@dataclass(frozen=True)
+class Port:
+    """An input or output tensor: name, allowed dtypes, shape in the symbols of docs/ops.md.
+
+    `like` names the input whose dtype this tensor must have (or shares, for outputs).
+    """
+
+    name: str
+    dtypes: tuple[str, ...]
+    shape: tuple[str, ...]
+    like: str | None = None
+
+
+@dataclass(frozen=True)
+class KernelABI:
+    """How the AOT Python plugin launches the shared CUDA kernel of an op.
+
+    TensorRT's AOT plugins call one `extern "C" __global__` function with the arguments
+    (input pointers..., int32 scalars..., output pointers...). `entry` is formatted with the dtype
+    suffix (`f32` / `f16`) of the first input; `scalars` name the int32 arguments in order, each
+    resolved from the shape symbols (`B`, `N`, `M`, `C`, ...) and the int attributes of the op.
+    One thread block per batch row (`grid_x = B`) of `block` threads; `shared_mem(dims)` bytes of
+    dynamic shared memory. `device_arrays` are int attributes the AOT wrapper bakes into the PTX as
+    `__device__ const int edgemerge_<name>[]` and passes to the body function `body` (see
+    edgemerge/trt/plugins.py: `aot_source`).
+    """
+
+    source: str  # file under plugins/kernels/
+    entry: str
+    scalars: tuple[str, ...]
+    block: int = 256
+    shared_mem: Callable[[dict[str, int]], int] = lambda dims: 0
+    device_arrays: tuple[str, ...] = ()
+    body: str | None = None
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    name: str
+    attributes: tuple[Attr, ...]
+    inputs: tuple[Port, ...]
+    outputs: tuple[Port, ...]
+    kernel: KernelABI
+
+    @property
+    def plugin_id(self) -> str:
+        return f"{DOMAIN}::{self.name}"
+
+    def plugin_attributes(self) -> tuple[Attr, ...]:
+        return tuple(a for a in self.attributes if a.to_plugin)
+
+
+_NS = Attr("plugin_namespace", "string", to_plugin=False)
+
+OPS: dict[str, OpSpec] = {
+    op.name: op
+    for op in (
+        OpSpec(
+            name="TokenMatchBipartite",
+            attributes=(Attr("r", "int"), Attr("src", "ints"), Attr("dst", "ints"),
+                        Attr("protect", "int"), _NS),
+            inputs=(Port("metric", ("float32",), ("B", "N", "C")),),
+            outputs=(Port("slot", ("int32",), ("B", "N")),),
+            kernel=KernelABI(
+                source="token_match.cu",
+                entry="edgemerge_token_match_bipartite_aot",
+                scalars=("B", "N", "C", "S", "D", "r", "protect"),
+                block=256,
+                # node_max (f32), node_idx, order (i32) per source + dst rank per destination
+                shared_mem=lambda d: 12 * d["S"] + 4 * d["D"],
+                device_arrays=("src", "dst"),
+                body="edgemerge_token_match_bipartite_body",
+            ),
+        ),
+        OpSpec(
+            name="TokenMatchWindow",
+            attributes=(Attr("height", "int"), Attr("width", "int"), Attr("k", "int"),
+                        Attr("protect", "int"), _NS),
+            inputs=(Port("metric", ("float32",), ("B", "N", "C")),),
+            outputs=(Port("slot", ("int32",), ("B", "N")),),
+            kernel=KernelABI(
+                source="token_match.cu",
+                entry="edgemerge_token_match_window_f32",
+                scalars=("B", "N", "C", "height", "width", "k", "protect"),
+                block=256,
+                # score (f32) + order (i32) per window
+                shared_mem=lambda d: 8 * (d["height"] // 2) * (d["width"] // 2),
+            ),
+        ),
+        OpSpec(
+            name="TokenMerge",
+            attributes=(Attr("num_out", "int"), _NS),
+            inputs=(Port("x", FLOAT_TYPES, ("B", "N", "C")),
+                    Port("size", FLOAT_TYPES, ("B", "N", "1"), like="x"),
+                    Port("slot", ("int32",), ("B", "N"))),
+            outputs=(Port("merged", FLOAT_TYPES, ("B", "M", "C"), like="x"),
+                     Port("merged_size", FLOAT_TYPES, ("B", "M", "1"), like="x")),
+            kernel=KernelABI(
+                source="token_merge.cu",
+                entry="edgemerge_token_merge_{dtype}",
+                scalars=("B", "N", "M", "C"),
+                block=256,
+                shared_mem=lambda d: 0,
+            ),
+        ),
+        OpSpec(
+            name="TokenUnmerge",
+            attributes=(_NS,),
+            inputs=(Port("merged", FLOAT_TYPES, ("B", "M", "C")),
+                    Port("slot", ("int32",), ("B", "N"))),
+            outputs=(Port("x", FLOAT_TYPES, ("B", "N", "C"), like="merged"),),
+            kernel=KernelABI(
+                source="token_unmerge.cu",
+                entry="edgemerge_token_unmerge_{dtype}",
+                scalars=("B", "N", "M", "C"),
+                block=256,
+            ),
+        ),
+    )
+}
+
+
+def descriptors() -> dict[str, dict]:
+    """The table as plain dicts: op -> {attributes: [(name, kind)], inputs/outputs: [(name, dtypes)]}."""
+    return {
+        name: {
+            "attributes": [(a.name, a.kind) for a in op.attributes],
+            "inputs": [(p.name, p.dtypes) for p in op.inputs],
+            "outputs": [(p.name, p.dtypes) for p in op.outputs],
+        }
+        for name, op in OPS.items()
+    }
+
+
+_ONNX_DTYPES = {1: "float32", 10: "float16", 6: "int32", 7: "int64"}
+_ONNX_ATTR_KINDS = {1: "float", 2: "int", 3: "string", 6: "floats", 7: "ints"}
+
+
+def check_onnx_model(model) -> list[str]:
+    """Problems with the `edgemerge` nodes of an `onnx.ModelProto` (empty list: all agree).
+
+    Checks per node: a known op, exactly the spec's attributes with the right kinds,
+    `plugin_namespace == "edgemerge"`, the number of inputs/outputs, the dtypes where the graph
+    states them, and a model-local function of the same domain/name (so ORT and TensorRT without
+    the plugin can run it).
+    """
+    problems: list[str] = []
+    graph = model.graph
+    dtypes: dict[str, str] = {}
+    for vi in list(graph.input) + list(graph.output) + list(graph.value_info):
+        et = vi.type.tensor_type.elem_type
+        if et:
+            dtypes[vi.name] = _ONNX_DTYPES.get(et, str(et))
+    for init in graph.initializer:
+        dtypes[init.name] = _ONNX_DTYPES.get(init.data_type, str(init.data_type))
+    functions = {(f.domain, f.name) for f in model.functions}
+
+    for node in graph.node:
+        if node.domain != DOMAIN:
+            continue
+        where = f"node {node.name or node.op_type!r} ({node.op_type})"
+        op = OPS.get(node.op_type)
+        if op is None:
+            problems.append(f"{where}: unknown op in domain {DOMAIN!r}")
+            continue
+        got = {a.name: _ONNX_ATTR_KINDS.get(a.type, str(a.type)) for a in node.attribute}
+        want = {a.name: a.kind for a in op.attributes}
+        if got != want:
+            problems.append(f"{where}: attributes {sorted(got.items())} != spec {sorted(want.items())}")
+        ns = [a.s.decode() for a in node.attribute if a.name == "plugin_namespace"]
+        if ns and ns[0] != DOMAIN:
+            problems.append(f"{where}: plugin_namespace={ns[0]!r}, expected {DOMAIN!r}")
+        if len(node.input) != len(op.inputs) or len(node.output) != len(op.outputs):
+            problems.append(
+                f"{where}: {len(node.input)} inputs/{len(node.output)} outputs, "
+                f"spec has {len(op.inputs)}/{len(op.outputs)}")
+            continue
+        for ports, names in ((op.inputs, node.input), (op.outputs, node.output)):
+            for port, tname in zip(ports, names):
+                dt = dtypes.get(tname)
+                if dt is not None and dt not in port.dtypes:
+                    problems.append(f"{where}: {port.name} ({tname}) is {dt}, spec allows {port.dtypes}")
+        if (DOMAIN, node.op_type) not in functions:
+            problems.append(f"{where}: no model-local function {DOMAIN}::{node.op_type}")
+    return problems

@@ -1,0 +1,324 @@
+"""TensorRT plugins for the edgemerge ops: the C++ library loader and the Python plugins.
+
+- `load_plugin_library(path)`: the C++ IPluginV3 library (`libedgemerge_plugins.so`, the only
+  option on TensorRT 10.3 / JetPack 6).
+- `register_python_plugins()`: `tensorrt.plugin` registrations for TensorRT >= 10.6, generated
+  from the one table in `edgemerge.trt.opspec`. On >= 10.9 with a CUDA compiler (nvcc, or NVRTC
+  through cuda-python) the AOT implementation compiles the shared kernels `plugins/kernels/*.cu`
+  to PTX, which TensorRT embeds in the engine (no Python needed when the engine runs). Otherwise
+  the JIT implementation runs the op with torch on TensorRT's stream (Python needed at run time).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import subprocess
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from edgemerge.errors import EdgemergeError
+from edgemerge.trt import opspec
+from edgemerge.trt._trt import has_aot_plugins, has_python_plugins, require_tensorrt, trt_version
+
+# ---- the C++ library ---------------------------------------------------------------------------
+
+
+def registered_creators(trt) -> set[tuple[str, str]]:
+    """(name, namespace) of every plugin creator TensorRT knows."""
+    registry = trt.get_plugin_registry()
+    creators = getattr(registry, "all_creators", None)  # TRT >= 10.0: V2 and V3 creators
+    if creators is None:
+        creators = registry.plugin_creator_list
+    found = set()
+    for c in creators:
+        found.add((c.name, getattr(c, "plugin_namespace", "")))
+    return found
+
+
+def missing_ops(found: set[tuple[str, str]]) -> list[str]:
+    return [name for name in opspec.OPS if (name, opspec.DOMAIN) not in found]
+
+
+def load_plugin_library(path: str | os.PathLike) -> Path:
+    """Load `libedgemerge_plugins.so` (RTLD_GLOBAL) and check that the four creators registered."""
+    lib = Path(path)
+    if not lib.is_file():
+        raise EdgemergeError(f"plugin library {lib} not found (build it: see build_on_device.sh)")
+    trt = require_tensorrt()
+    try:
+        ctypes.CDLL(str(lib.resolve()), mode=ctypes.RTLD_GLOBAL)
+    except OSError as e:
+        raise EdgemergeError(f"cannot load plugin library {lib}: {e}") from None
+    missing = missing_ops(registered_creators(trt))
+    registry = trt.get_plugin_registry()
+    if missing and hasattr(registry, "load_library"):
+        # A library exporting getCreators()/getPluginCreators() instead of static registration.
+        registry.load_library(str(lib.resolve()))
+        missing = missing_ops(registered_creators(trt))
+    if missing:
+        raise EdgemergeError(
+            f"plugin library {lib} loaded but does not register {', '.join(missing)} in namespace "
+            f"{opspec.DOMAIN!r}: a stale or foreign build?")
+    return lib
+
+
+# ---- kernel sources and PTX -------------------------------------------------------------------
+
+
+def plugin_source_dir() -> Path | None:
+    """`plugins/` of a source checkout, or the copy a bundle carries (EDGEMERGE_PLUGINS_DIR)."""
+    env = os.environ.get("EDGEMERGE_PLUGINS_DIR")
+    candidates = [Path(env)] if env else []
+    import edgemerge
+
+    candidates.append(Path(edgemerge.__file__).resolve().parent.parent / "plugins")
+    for c in candidates:
+        if (c / "kernels").is_dir():
+            return c
+    return None
+
+
+def aot_source(op: opspec.OpSpec, dtype: str, arrays: dict[str, list[int]]) -> tuple[str, str]:
+    """(kernel name, CUDA source) for the AOT launch of `op`.
+
+    Ops with only scalar attributes launch the kernel file's own entry point. Ops with int-array
+    attributes (TokenMatchBipartite's `src`/`dst`) get a generated wrapper: the arrays become
+    `__device__` constants in the PTX (AOT plugins take only int32 scalars) and the wrapper calls
+    the kernel file's `__device__` body function.
+    """
+    kernels = plugin_source_dir()
+    if kernels is None:
+        raise EdgemergeError("plugins/kernels/ not found: set EDGEMERGE_PLUGINS_DIR to the bundle's plugins/ copy")
+    src_file = kernels / "kernels" / op.kernel.source
+    if not src_file.is_file():
+        raise EdgemergeError(f"kernel source {src_file} not found")
+    entry = op.kernel.entry.format(dtype="f16" if dtype == "float16" else "f32")
+    if not op.kernel.device_arrays:
+        return entry, f'#include "{src_file}"\n'
+    lines = [f'#include "{src_file}"']
+    for name in op.kernel.device_arrays:
+        values = arrays[name]
+        lines.append(f"__device__ const int edgemerge_{name}[{max(len(values), 1)}] = "
+                     f"{{{', '.join(str(int(v)) for v in values) or '0'}}};")
+    ptrs = ", ".join(f"const {t}* {p.name}" for t, p in zip(("float",), op.inputs))
+    scalars = ", ".join(f"int {s}" for s in op.kernel.scalars)
+    outs = ", ".join(f"int* {p.name}" for p in op.outputs)
+    call = ", ".join([p.name for p in op.inputs] + [f"edgemerge_{n}" for n in op.kernel.device_arrays]
+                     + list(op.kernel.scalars) + [p.name for p in op.outputs])
+    lines.append(f'extern "C" __global__ void {entry}({ptrs}, {scalars}, {outs})')
+    lines.append(f"{{ {op.kernel.body}({call}); }}")
+    return entry, "\n".join(lines) + "\n"
+
+
+def cuda_compiler() -> str | None:
+    """'nvcc' or 'nvrtc' when PTX can be made here, else None."""
+    if shutil.which("nvcc"):
+        return "nvcc"
+    try:
+        from cuda.bindings import nvrtc  # noqa: F401  (cuda-python >= 12.6)
+        return "nvrtc"
+    except ImportError:
+        pass
+    try:
+        from cuda import nvrtc  # noqa: F401  (older cuda-python)
+        return "nvrtc"
+    except ImportError:
+        return None
+
+
+@lru_cache(maxsize=64)
+def compile_ptx(source: str, arch: str | None = None) -> bytes:
+    """PTX for `source` with nvcc (preferred: same compiler as the C++ plugin) or NVRTC."""
+    arch = arch or _current_arch()
+    if shutil.which("nvcc"):
+        with tempfile.TemporaryDirectory(prefix="edgemerge-ptx-") as tmp:
+            cu, ptx = Path(tmp) / "k.cu", Path(tmp) / "k.ptx"
+            cu.write_text(source)
+            cmd = ["nvcc", "-ptx", "-O3", "-std=c++17", f"-arch=compute_{arch}", str(cu), "-o", str(ptx)]
+            run = subprocess.run(cmd, capture_output=True, text=True)
+            if run.returncode != 0:
+                raise EdgemergeError(f"nvcc -ptx failed: {run.stderr.strip().splitlines()[-1:]}")
+            return ptx.read_bytes()
+    try:
+        from cuda.bindings import nvrtc
+    except ImportError:
+        from cuda import nvrtc  # type: ignore[no-redef]
+    err, prog = nvrtc.nvrtcCreateProgram(source.encode(), b"edgemerge.cu", 0, [], [])
+    opts = [f"--gpu-architecture=compute_{arch}".encode(), b"-std=c++17", b"-default-device"]
+    (err,) = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
+    if int(err) != 0:
+        _, size = nvrtc.nvrtcGetProgramLogSize(prog)
+        log = b" " * size
+        nvrtc.nvrtcGetProgramLog(prog, log)
+        raise EdgemergeError(f"NVRTC failed: {log.decode(errors='replace').strip().splitlines()[-1:]}")
+    _, size = nvrtc.nvrtcGetPTXSize(prog)
+    ptx = b" " * size
+    nvrtc.nvrtcGetPTX(prog, ptx)
+    return ptx.rstrip(b"\x00 ")
+
+
+def _current_arch() -> str:
+    from edgemerge.trt.record import query_gpu
+
+    _, cc = query_gpu()
+    return cc.replace(".", "") if cc else "87"
+
+
+# ---- tensorrt.plugin registration --------------------------------------------------------------
+
+_ATTR_ANNOTATION = {"int": "int", "float": "float", "string": "str", "ints": "npt.NDArray[np.int32]"}
+_TRT_TYPE = {"float32": "FP32", "float16": "FP16", "int32": "INT32"}
+
+
+def _make_function(name: str, params: list[str], annotations: dict[str, str], returns: str | None,
+                   body: Any, namespace: dict) -> Any:
+    """A function named `name` whose signature is exactly `params` (what tensorrt.plugin inspects),
+    forwarding its arguments as keywords to `body`."""
+    sig = ", ".join(f"{p}: {annotations[p]}" if p in annotations else p for p in params)
+    ret = f" -> {returns}" if returns else ""
+    fwd = ", ".join(f"{p}={p}" for p in params)
+    code = f"def {name}({sig}){ret}:\n    return __body({fwd})\n"
+    ns = dict(namespace, __body=body)
+    exec(code, ns)  # noqa: S102 - source generated from the op table, no user input
+    return ns[name]
+
+
+def plugin_signatures(op: opspec.OpSpec) -> dict[str, list[str]]:
+    """Parameter names of the register / autotune / impl / aot_impl functions for `op`."""
+    ins = [p.name for p in op.inputs]
+    attrs = [a.name for a in op.plugin_attributes()]
+    return {
+        "register": ins + attrs,
+        "autotune": ins + ["outputs"],
+        "impl": ins + attrs + ["outputs", "stream"],
+        "aot_impl": ins + attrs + ["outputs", "tactic"],
+    }
+
+
+def autotune_combination(op: opspec.OpSpec) -> str:
+    """'FP32|FP16, FP32|FP16, INT32, ...' over inputs then outputs (positions align per option)."""
+    return ", ".join("|".join(_TRT_TYPE[d] for d in p.dtypes) for p in op.inputs + op.outputs)
+
+
+def _output_descs(trtp, trt, op: opspec.OpSpec, args: dict):
+    ins = {p.name: args[p.name] for p in op.inputs}
+    dims: dict[str, Any] = {}
+    for p in op.inputs:
+        for i, sym in enumerate(p.shape):
+            if sym != "1":
+                dims.setdefault(sym, ins[p.name].shape_expr[i])
+    if "num_out" in args:
+        dims["M"] = int(args["num_out"])
+    descs = []
+    for p in op.outputs:
+        shape = tuple(1 if s == "1" else dims[s] for s in p.shape)
+        dtype = ins[p.like].dtype if p.like else getattr(trt, p.dtypes[0])
+        descs.append(trtp.from_shape_expr(shape, dtype=dtype))
+    return descs[0] if len(descs) == 1 else tuple(descs)
+
+
+def _launch_dims(op: opspec.OpSpec, args: dict, outputs) -> dict[str, Any]:
+    """Shape symbols (as TensorRT shape expressions) and int attributes for the kernel scalars."""
+    dims: dict[str, Any] = {}
+    for p, desc in list(zip(op.inputs, [args[p.name] for p in op.inputs])) + list(zip(op.outputs, outputs)):
+        for i, sym in enumerate(p.shape):
+            if sym != "1":
+                dims.setdefault(sym, desc.shape_expr[i])
+    for a in op.plugin_attributes():
+        if a.kind == "int":
+            dims[a.name] = int(args[a.name])
+    if "src" in args:
+        dims["S"], dims["D"] = len(args["src"]), len(args["dst"])
+    return dims
+
+
+_registered: str | None = None
+
+
+def register_python_plugins(mode: str = "auto") -> str:
+    """Register the four ops with `tensorrt.plugin`; returns the implementation used: "aot" or "jit".
+
+    mode "auto": AOT when TensorRT >= 10.9 and a CUDA compiler and the kernel sources are here,
+    else JIT. Only one implementation is registered per op, so which one TensorRT's ONNX parser
+    takes is never ambiguous. Idempotent: a second call returns the first call's mode.
+    """
+    global _registered
+    if _registered is not None:
+        return _registered
+    version = trt_version()
+    if version is None:
+        require_tensorrt()  # raises the install hint
+    if not has_python_plugins(version):
+        raise EdgemergeError(
+            f"TensorRT {'.'.join(map(str, version))} has no Python plugins (needs >= 10.6): "
+            f"build the C++ plugin library and pass --plugins libedgemerge_plugins.so")
+    aot_ok = has_aot_plugins(version) and cuda_compiler() is not None and plugin_source_dir() is not None
+    if mode == "aot" and not aot_ok:
+        raise EdgemergeError("AOT Python plugins need TensorRT >= 10.9, nvcc or cuda-python, and plugins/kernels/")
+    use_aot = aot_ok if mode == "auto" else mode == "aot"
+
+    import numpy as np
+    import numpy.typing as npt
+    import tensorrt as trt
+    import tensorrt.plugin as trtp
+    from typing import List, Tuple
+
+    ns = {"trtp": trtp, "np": np, "npt": npt, "Tuple": Tuple, "List": List}
+    for op in opspec.OPS.values():
+        _register_op(op, use_aot, trtp, trt, ns)
+    _registered = "aot" if use_aot else "jit"
+    return _registered
+
+
+def _register_op(op: opspec.OpSpec, use_aot: bool, trtp, trt, ns: dict) -> None:
+    sigs = plugin_signatures(op)
+    ann = {p.name: "trtp.TensorDesc" for p in op.inputs}
+    ann.update({a.name: _ATTR_ANNOTATION[a.kind] for a in op.plugin_attributes()})
+    ret = "trtp.TensorDesc" if len(op.outputs) == 1 else f"Tuple[{', '.join(['trtp.TensorDesc'] * len(op.outputs))}]"
+    base = op.name
+
+    desc = _make_function(f"{base}_desc", sigs["register"], ann, ret,
+                          lambda **a: _output_descs(trtp, trt, op, a), ns)
+    trtp.register(op.plugin_id)(desc)
+
+    combo = autotune_combination(op)
+    tune = _make_function(f"{base}_autotune", sigs["autotune"], {}, None,
+                          lambda **a: [trtp.AutoTuneCombination(combo)], ns)
+    trtp.autotune(op.plugin_id)(tune)
+
+    if use_aot:
+        def aot_body(**a):
+            outputs = a["outputs"]
+            first = a[op.inputs[0].name]
+            dtype = "float16" if first.dtype == trt.float16 else "float32"
+            arrays = {n: [int(v) for v in a[n]] for n in op.kernel.device_arrays}
+            name, source = aot_source(op, dtype, arrays)
+            ptx = compile_ptx(source)
+            dims = _launch_dims(op, a, outputs)
+            params = trtp.KernelLaunchParams()
+            params.grid_x = dims["B"]
+            params.block_x = op.kernel.block
+            params.shared_mem = op.kernel.shared_mem(dims)
+            extra = trtp.SymIntExprs.from_tuple([trtp.SymInt32(dims[s]) for s in op.kernel.scalars])
+            return name.encode(), ptx, params, extra
+
+        trtp.aot_impl(op.plugin_id)(_make_function(f"{base}_aot_impl", sigs["aot_impl"], {}, None, aot_body, ns))
+    else:
+        def jit_body(**a):
+            import torch
+
+            from edgemerge.trt import torch_impl
+
+            with torch.cuda.stream(torch.cuda.ExternalStream(a["stream"])):
+                ins = [torch.as_tensor(a[p.name], device="cuda") for p in op.inputs]
+                outs = [torch.as_tensor(t, device="cuda") for t in a["outputs"]]
+                attrs = {x.name: a[x.name] for x in op.plugin_attributes()}
+                results = torch_impl.run(op.name, ins, attrs)
+                for o, r in zip(outs, results):
+                    o.copy_(r)
+
+        trtp.impl(op.plugin_id)(_make_function(f"{base}_impl", sigs["impl"], {}, None, jit_body, ns))
