@@ -1,0 +1,85 @@
+"""Matching functions in ToMe's shape: compute the assignment once, return merge/unmerge closures.
+
+With a count of 0 they return identities, so callers never branch. Every count is a Python int
+resolved from static shapes, so a patched model exports with static token counts.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Callable, NamedTuple
+
+import torch
+from torch import Tensor
+
+from edgemerge.merge import ops  # noqa: F401  (registers torch.ops.edgemerge.*)
+
+
+class MergeFns(NamedTuple):
+    """merge(x [B,N,C], size [B,N,1] | None) -> (x [B,M,C], size [B,M,1]); unmerge [B,M,C] -> [B,N,C]."""
+
+    merge: Callable[..., tuple[Tensor, Tensor | None]]
+    unmerge: Callable[[Tensor], Tensor]
+    slot: Tensor | None  # [B, N] int32, None for the identity
+
+
+def identity() -> MergeFns:
+    return MergeFns(lambda x, size=None: (x, size), lambda x: x, None)
+
+
+def from_slot(slot: Tensor, num_out: int) -> MergeFns:
+    def merge(x: Tensor, size: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        if size is None:
+            size = x.new_ones(x.shape[0], x.shape[1], 1)
+        return torch.ops.edgemerge.token_merge(x, size.to(x.dtype), slot, num_out)
+
+    return MergeFns(merge, lambda x: torch.ops.edgemerge.token_unmerge(x, slot), slot)
+
+
+@lru_cache(maxsize=64)
+def alternating(n: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """ToMe's split: even positions are sources (CLS at 0 among them), odd are destinations."""
+    return tuple(range(0, n, 2)), tuple(range(1, n, 2))
+
+
+@lru_cache(maxsize=64)
+def grid(height: int, width: int, sy: int, sx: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Segformer++'s split: the top-left token of every sy x sx cell is a destination."""
+    if height % sy or width % sx:
+        raise ValueError(f"a {height}x{width} token grid does not divide into {sy}x{sx} cells")
+    dst = tuple(i * width + j for i in range(0, height, sy) for j in range(0, width, sx))
+    dst_set = set(dst)
+    return tuple(i for i in range(height * width) if i not in dst_set), dst
+
+
+def bipartite_match(metric: Tensor, r: int, src: tuple[int, ...], dst: tuple[int, ...], protect: int = 0) -> MergeFns:
+    """Merge the r sources most similar (cosine) to their best destination (ToMe, Segformer++)."""
+    if r <= 0:
+        return identity()
+    slot = torch.ops.edgemerge.match_bipartite(metric.float(), r, list(src), list(dst), protect)
+    return from_slot(slot, metric.shape[1] - r)
+
+
+def window_match(metric: Tensor, height: int, width: int, k: int, protect: int = 0) -> MergeFns:
+    """Merge the k most uniform 2x2 windows whole, 4 tokens -> 1 (ALGM's local step)."""
+    if k <= 0:
+        return identity()
+    slot = torch.ops.edgemerge.match_window(metric.float(), height, width, k, protect)
+    return from_slot(slot, metric.shape[1] - 3 * k)
+
+
+def bipartite_node_max(metric: Tensor, src: tuple[int, ...], dst: tuple[int, ...], protect: int = 0) -> Tensor:
+    """Best-match cosine of every source [B, S] (protected ones -inf), for adaptive counts."""
+    m = ops._normalize(metric)
+    node_max = (m[:, list(src)] @ m[:, list(dst)].transpose(1, 2)).amax(-1)
+    node_max[:, :protect] = -torch.inf
+    return node_max
+
+
+def compose_source(source: Tensor | None, slot: Tensor | None) -> Tensor | None:
+    """Track, for every original token, which current token holds it: source' = slot[source]."""
+    if slot is None:
+        return source
+    if source is None:
+        return slot.long()
+    return slot.long().gather(1, source)

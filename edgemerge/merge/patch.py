@@ -1,0 +1,206 @@
+"""Apply a merge plan to a zoo model by swapping module classes (tomesd's patch), and undo it.
+
+The subclasses only override the models' merge hooks (`SegformerAttention.reduce_queries` /
+`reduce_kv`, ViT `Block.reduce_tokens`). Every count comes from the plan's count functions on
+static shapes, so nothing in `forward` mutates module state and the patched model exports with
+static token counts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from edgemerge.errors import EdgemergeError
+from edgemerge.merge import core
+from edgemerge.merge.plan import (ALGMPlan, GridSite, MergePlan, NoPlan, SegformerPlan, ToMePlan,
+                                  algm_global_count, algm_local_count, tome_count)
+from edgemerge.models.segformer import SegformerAttention
+from edgemerge.models.tokens import TokenState
+from edgemerge.models.vit import Block, VisionTransformer
+
+_ORIGINAL = "_em_original_class"
+
+
+class SegformerPPAttention(SegformerAttention):
+    """Segformer++: keys/values merged after the spatial reduction, queries merged and restored."""
+
+    em_kv: GridSite | None
+    em_q: GridSite | None
+    em_pool: bool
+    em_proportional: bool
+
+    def reduce_kv(self, kv: Tensor, hw: tuple[int, int]) -> tuple[Tensor, Tensor | None]:
+        if self.em_kv is None:
+            return kv, None
+        site = self.em_kv
+        src, dst = core.grid(hw[0], hw[1], site.sy, site.sx)
+        kv, size = core.bipartite_match(kv, site.count(kv.shape[1]), src, dst).merge(kv)
+        if not self.em_proportional or size is None:
+            return kv, None
+        return kv, size.log().transpose(1, 2)[:, None].to(kv.dtype)  # [B, 1, 1, Nkv]
+
+    def reduce_queries(self, x: Tensor, hw: tuple[int, int]):
+        B, N, C = x.shape
+        H, W = hw
+        if self.em_pool:  # n2d: 2x2 average pooling, nearest-neighbour restore
+            pooled = x.reshape(B, H // 2, 2, W // 2, 2, C).mean(dim=(2, 4)).reshape(B, -1, C)
+
+            def restore(t: Tensor) -> Tensor:
+                t = t.reshape(B, H // 2, 1, W // 2, 1, C).expand(B, H // 2, 2, W // 2, 2, C)
+                return t.reshape(B, N, C)
+
+            return pooled, restore
+        if self.em_q is None:
+            return x, lambda t: t
+        site = self.em_q
+        src, dst = core.grid(H, W, site.sy, site.sx)
+        fns = core.bipartite_match(x, site.count(N), src, dst)
+        return fns.merge(x)[0], fns.unmerge
+
+
+@dataclass
+class ToMeSite:
+    r: int
+    protect: int = 1
+    proportional: bool = True
+
+
+@dataclass
+class WindowSite:
+    """ALGM local: merge 2x2 windows whole; static fraction or adaptive threshold."""
+
+    grid_hw: tuple[int, int]
+    fraction: float
+    threshold: float
+    adaptive: bool
+    protect: int = 1
+
+
+@dataclass
+class GlobalSite:
+    """ALGM global: ToMe matching with r from a static fraction or mean + std / layer."""
+
+    fraction: float
+    layer: int
+    adaptive: bool
+    protect: int = 1
+
+
+class MergingBlock(Block):
+    """ViT block that reduces tokens between attention and MLP (ToMe, DTEM, ALGM)."""
+
+    em_site: ToMeSite | WindowSite | GlobalSite
+
+    def reduce_tokens(self, x: Tensor, state: TokenState, keys: Tensor, normed: Tensor):
+        site = self.em_site
+        N = x.shape[1]
+        if isinstance(site, WindowSite):
+            h, w = site.grid_hw
+            if site.adaptive:
+                scores = core.ops.window_scores(x, h, w, site.protect)
+                k = int((scores >= site.threshold).sum(-1).min())  # one count per batch
+            else:
+                k = algm_local_count(site.fraction, site.grid_hw)
+            fns = core.window_match(x, h, w, k, site.protect)
+            proportional = False
+        else:
+            src, dst = core.alternating(N)
+            if isinstance(site, ToMeSite):
+                metric = self.dtem_metric(normed) if hasattr(self, "dtem_metric") else keys
+                r = tome_count(site.r, N, site.protect)
+                proportional = site.proportional
+            else:  # ALGM global: the metric is the tokens after the attention residual
+                metric = x
+                if site.adaptive:
+                    node_max = core.bipartite_node_max(x, src, dst, site.protect)[:, site.protect:]
+                    cut = node_max.mean(-1, keepdim=True) + node_max.std(-1, keepdim=True) / max(site.layer, 1)
+                    r = int((node_max >= cut).sum(-1).min())
+                else:
+                    r = algm_global_count(site.fraction, N, site.protect)
+                proportional = False
+            fns = core.bipartite_match(metric, r, src, dst, site.protect)
+        if fns.slot is None:
+            return x, state
+        x, size = fns.merge(x, state.size)
+        return x, TokenState(size, core.compose_source(state.source, fns.slot), proportional)
+
+
+def _swap(module: nn.Module, cls: type, **attrs) -> None:
+    if not hasattr(module, _ORIGINAL):
+        setattr(module, _ORIGINAL, module.__class__)
+    module.__class__ = cls
+    for k, v in attrs.items():
+        setattr(module, k, v)
+
+
+def _vit_of(model: nn.Module) -> VisionTransformer:
+    if isinstance(model, VisionTransformer):
+        return model
+    for m in model.modules():
+        if isinstance(m, VisionTransformer):
+            return m
+    raise EdgemergeError(f"{type(model).__name__} has no ViT backbone to merge")
+
+
+def apply_merging(model: nn.Module, plan: MergePlan, *, dtem_state: dict[str, Tensor] | None = None) -> nn.Module:
+    """Patch `model` in place for `plan` (NoPlan leaves it untouched); returns the model."""
+    remove_merging(model)
+    if isinstance(plan, NoPlan):
+        return model
+    if isinstance(plan, SegformerPlan):
+        stages = getattr(getattr(model, "encoder", None), "stages", None)
+        if stages is None:
+            raise EdgemergeError("Segformer++ plans apply to Segformer models only")
+        for s, stage in enumerate(stages, start=1):
+            for blk in stage.blocks:
+                _swap(blk.attn, SegformerPPAttention, em_kv=plan.kv.get(s), em_q=plan.q.get(s),
+                      em_pool=s in plan.q_pool, em_proportional=plan.proportional)
+        return model
+    vit = _vit_of(model)
+    protect = vit.num_prefix_tokens
+    if isinstance(plan, ToMePlan):
+        for i, blk in enumerate(vit.blocks):
+            _swap(blk, MergingBlock, em_site=ToMeSite(plan.r, protect, plan.proportional))
+            key = f"blocks.{i}.dtem_metric."
+            if plan.metric == "dtem" and dtem_state and key + "weight" in dtem_state:
+                w = dtem_state[key + "weight"]
+                proj = nn.Linear(w.shape[1], w.shape[0]).to(w.device, w.dtype)
+                proj.load_state_dict({"weight": w, "bias": dtem_state[key + "bias"]})
+                blk.dtem_metric = proj
+        return model
+    if isinstance(plan, ALGMPlan):
+        adaptive = plan.mode == "adaptive"
+        depth = len(vit.blocks)
+        if not (0 <= plan.local_layer < plan.global_layer < depth):
+            raise EdgemergeError(f"ALGM layers {plan.local_layer}/{plan.global_layer} do not fit {depth} blocks")
+        _swap(vit.blocks[plan.local_layer], MergingBlock,
+              em_site=WindowSite(tuple(vit.grid_size), plan.local_fraction, plan.threshold, adaptive, protect))
+        _swap(vit.blocks[plan.global_layer], MergingBlock,
+              em_site=GlobalSite(plan.global_fraction, plan.global_layer, adaptive, protect))
+        return model
+    raise EdgemergeError(f"unsupported plan {plan!r}")
+
+
+def remove_merging(model: nn.Module) -> nn.Module:
+    """Undo `apply_merging`: original classes back, merge attributes and DTEM projections gone."""
+    for m in model.modules():
+        original = m.__dict__.pop(_ORIGINAL, None)
+        if original is not None:
+            m.__class__ = original
+            for k in [k for k in m.__dict__ if k.startswith("em_")]:
+                del m.__dict__[k]
+            if "dtem_metric" in m._modules:
+                del m._modules["dtem_metric"]
+    return model
+
+
+@torch.no_grad()
+def merged_model(name: str, variant: str, **build) -> nn.Module:
+    """Convenience: a zoo model with random weights, patched for `variant`."""
+    from edgemerge.merge.plan import get_plan
+    from edgemerge.models import build_model
+
+    return apply_merging(build_model(name, **build), get_plan(name, variant))

@@ -1,0 +1,222 @@
+"""Merge plans: variants as data (`export_configs/<model>.toml`), resolved to static counts.
+
+A variant is a small frozen spec; the same count functions serve the patched model (which calls
+them on static shapes) and `edgemerge plan` (which prints them), so the two cannot disagree.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from edgemerge.errors import EdgemergeError
+
+VARIANTS = {
+    "segformer": ("none", "hq", "fast", "n2d"),
+    "segmenter": ("none", "algm"),
+    "vit": ("none", "tome", "dtem"),
+    "deit": ("none", "tome", "dtem"),
+}
+
+
+@dataclass(frozen=True)
+class GridSite:
+    """Segformer++ merging of one token set: r = int(n * ratio) sources into one dst per cell."""
+
+    ratio: float
+    sy: int
+    sx: int
+
+    def count(self, n: int) -> int:
+        return int(n * self.ratio)
+
+
+@dataclass(frozen=True)
+class SegformerPlan:
+    kv: dict[int, GridSite] = field(default_factory=dict)  # stage (1-based) -> site
+    q: dict[int, GridSite] = field(default_factory=dict)
+    q_pool: tuple[int, ...] = ()  # n2d: stages whose queries are 2x2-average-pooled
+    proportional: bool = False  # log(size) on merged keys (Segformer++ does not use it)
+
+
+@dataclass(frozen=True)
+class ToMePlan:
+    r: int  # tokens merged per block (ToMe's constant schedule)
+    metric: str = "keys"  # "keys" (ToMe) or "dtem" (learned projection, falls back to keys)
+    metric_dim: int = 64
+    proportional: bool = True
+
+
+@dataclass(frozen=True)
+class ALGMPlan:
+    local_layer: int  # block index (0-based) after whose attention 2x2 windows merge
+    global_layer: int
+    threshold: float  # adaptive local threshold (paper values per model/dataset)
+    local_fraction: float  # static mode: fraction of 2x2 windows merged
+    global_fraction: float  # static mode: fraction of mergeable sources merged
+    mode: str = "static"  # "static" (exportable) or "adaptive" (paper, PyTorch only)
+
+
+@dataclass(frozen=True)
+class NoPlan:
+    pass
+
+
+MergePlan = SegformerPlan | ToMePlan | ALGMPlan | NoPlan
+
+
+def config_dir() -> Path:
+    """export_configs/ beside the package (source tree) or installed as package data."""
+    here = Path(__file__).resolve().parents[2] / "export_configs"
+    if here.is_dir():
+        return here
+    from importlib.resources import files
+
+    return Path(str(files("edgemerge") / "export_configs"))
+
+
+def family_of(model: str) -> str:
+    from edgemerge.models import get_config
+
+    return get_config(model).family
+
+
+def load_variants(model: str) -> dict[str, dict[str, Any]]:
+    path = config_dir() / f"{model}.toml"
+    if not path.is_file():
+        family_of(model)  # raises the 'unknown model' error first
+        raise EdgemergeError(f"no merge config for {model} ({path} is missing)")
+    with open(path, "rb") as f:
+        return tomllib.load(f).get("variants", {})
+
+
+def _grid_sites(d: dict[str, Any]) -> dict[int, GridSite]:
+    return {int(s): GridSite(float(d["ratio"]), int(d["grid"][0]), int(d["grid"][1])) for s in d.get("stages", [])}
+
+
+def get_plan(model: str, variant: str, *, calibration: dict[str, Any] | None = None,
+             mode: str | None = None) -> MergePlan:
+    """The variant's spec for `model`; `calibration` (from `edgemerge calibrate`) overrides ALGM's fractions."""
+    family = family_of(model)
+    variants = load_variants(model)
+    if variant not in variants:
+        raise EdgemergeError(f"unknown variant '{variant}' for {model}; known: {', '.join(variants)}")
+    v = variants[variant]
+    if variant == "none":
+        return NoPlan()
+    if family == "segformer":
+        pool = v.get("q_pool", {})
+        return SegformerPlan(kv=_grid_sites(v.get("kv", {})), q=_grid_sites(v.get("q", {})),
+                             q_pool=tuple(int(s) for s in pool.get("stages", [])),
+                             proportional=bool(v.get("proportional", False)))
+    if family in ("vit", "deit"):
+        return ToMePlan(r=int(v["r"]), metric=v.get("metric", "keys"), metric_dim=int(v.get("metric_dim", 64)))
+    if family == "segmenter":
+        cal = calibration or {}
+        return ALGMPlan(local_layer=int(v["local_layer"]), global_layer=int(v["global_layer"]),
+                        threshold=float(v["threshold"]),
+                        local_fraction=float(cal.get("local_fraction", v["local_fraction"])),
+                        global_fraction=float(cal.get("global_fraction", v["global_fraction"])),
+                        mode=mode or "static")
+    raise EdgemergeError(f"no merging method for family {family}")
+
+
+def load_calibration(path: str | Path | None) -> dict[str, Any] | None:
+    if path is None:
+        return None
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise EdgemergeError(f"cannot read calibration file {path}: {e}") from None
+
+
+# --- static counts -------------------------------------------------------------------------
+
+def tome_count(r: int, n: int, protect: int) -> int:
+    """ToMe's clamp: at most half of the unprotected tokens can merge in one step."""
+    return max(0, min(r, (n - protect) // 2))
+
+
+def algm_local_count(fraction: float, grid_hw: tuple[int, int]) -> int:
+    return int(fraction * (grid_hw[0] // 2) * (grid_hw[1] // 2))
+
+
+def algm_global_count(fraction: float, n: int, protect: int) -> int:
+    n_src = (n + 1) // 2
+    return int(fraction * (n_src - protect))
+
+
+def _check_divisible(name: str, hw: tuple[int, int], sy: int, sx: int) -> None:
+    if hw[0] % sy or hw[1] % sx:
+        raise EdgemergeError(f"{name}: a {hw[0]}x{hw[1]} token grid does not divide into {sy}x{sx} cells; "
+                             f"choose a resolution whose stage grids are multiples of the cell")
+
+
+def resolve(model: str, plan: MergePlan, resolution: tuple[int, int]) -> dict[str, Any]:
+    """Per-stage (Segformer) or per-site (ViT) token counts for one input resolution."""
+    from edgemerge.models import get_config
+
+    cfg = get_config(model)
+    H, W = resolution
+    if cfg.family == "segformer":
+        stages, h, w = [], H, W
+        sr = (8, 4, 2, 1)
+        for s, stride in enumerate(cfg.strides, start=1):
+            h, w = -(-h // stride), -(-w // stride)  # overlapping patch embeddings round up
+            n_q = h * w
+            kv_hw = (h // sr[s - 1], w // sr[s - 1])
+            n_kv = kv_hw[0] * kv_hw[1]
+            q_kept, kv_kept = n_q, n_kv
+            if isinstance(plan, SegformerPlan):
+                if s in plan.q_pool:
+                    if h % 2 or w % 2:
+                        raise EdgemergeError(f"n2d: stage {s} grid {h}x{w} is not even")
+                    q_kept = n_q // 4
+                elif s in plan.q:
+                    site = plan.q[s]
+                    _check_divisible(f"stage {s} queries", (h, w), site.sy, site.sx)
+                    q_kept = n_q - site.count(n_q)
+                if s in plan.kv:
+                    site = plan.kv[s]
+                    _check_divisible(f"stage {s} keys/values", kv_hw, site.sy, site.sx)
+                    kv_kept = n_kv - site.count(n_kv)
+            stages.append({"stage": s, "grid": [h, w], "blocks": cfg.depths[s - 1], "queries_in": n_q,
+                           "queries_kept": q_kept, "kv_in": n_kv, "kv_kept": kv_kept})
+        return {"stages": stages}
+    p = cfg.patch_size
+    if H % p or W % p:
+        raise EdgemergeError(f"resolution {H}x{W} is not a multiple of the patch size {p}")
+    grid_hw = (H // p, W // p)
+    protect = 1
+    n = protect + grid_hw[0] * grid_hw[1]
+    sites = []
+    depth = cfg.depths[0]
+    for i in range(depth):
+        kept = n
+        if isinstance(plan, ToMePlan):
+            kept = n - tome_count(plan.r, n, protect)
+        elif isinstance(plan, ALGMPlan) and i == plan.local_layer:
+            if grid_hw[0] % 2 or grid_hw[1] % 2:
+                raise EdgemergeError(f"ALGM: the {grid_hw[0]}x{grid_hw[1]} patch grid is not even")
+            kept = n - 3 * algm_local_count(plan.local_fraction, grid_hw)
+        elif isinstance(plan, ALGMPlan) and i == plan.global_layer:
+            kept = n - algm_global_count(plan.global_fraction, n, protect)
+        if kept != n or i == 0:
+            sites.append({"block": i, "tokens_in": n, "tokens_kept": kept})
+        n = kept
+    return {"sites": [s for s in sites if s["tokens_in"] != s["tokens_kept"]], "tokens_out": n,
+            "tokens_in": protect + grid_hw[0] * grid_hw[1]}
+
+
+def plan_dict(plan: MergePlan) -> dict[str, Any]:
+    d = asdict(plan) if not isinstance(plan, NoPlan) else {}
+    d["method"] = type(plan).__name__.removesuffix("Plan").lower()
+    return json.loads(json.dumps(d, default=str))
