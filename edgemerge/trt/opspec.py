@@ -40,25 +40,24 @@ class Port:
 
 @dataclass(frozen=True)
 class KernelABI:
-    """How the AOT Python plugin launches the shared CUDA kernel of an op.
+    """How the AOT Python plugin launches the shared CUDA kernel body of an op (plugins/kernels/).
 
-    TensorRT's AOT plugins call one `extern "C" __global__` function with the arguments
-    (input pointers..., int32 scalars..., output pointers...). `entry` is formatted with the dtype
-    suffix (`f32` / `f16`) of the first input; `scalars` name the int32 arguments in order, each
-    resolved from the shape symbols (`B`, `N`, `M`, `C`, ...) and the int attributes of the op.
-    One thread block per batch row (`grid_x = B`) of `block` threads; `shared_mem(dims)` bytes of
-    dynamic shared memory. `device_arrays` are int attributes the AOT wrapper bakes into the PTX as
-    `__device__ const int edgemerge_<name>[]` and passes to the body function `body` (see
-    edgemerge/trt/plugins.py: `aot_source`).
+    TensorRT's AOT plugins launch one `extern "C" __global__` function whose arguments are
+    (input pointers..., int32 scalars..., output pointers...). The kernel files order theirs
+    differently, so the AOT path compiles a generated wrapper that `#include`s the kernel file and
+    calls its `__device__` body template with `body_args` (port and scalar names, in the body's
+    order). `grid(dims, cdiv)` -> (x, y) and `shared_mem(dims)` use the same launch geometry as the
+    file's C++ launcher (`launchTokenMerge`, ...). Ops whose kernels need several launches and
+    scratch memory (the two match ops) have no single-launch body: their Python plugin is JIT.
     """
 
-    source: str  # file under plugins/kernels/
-    entry: str
+    source: str
+    body: str  # with {T} for the element type
+    body_args: tuple[str, ...]
     scalars: tuple[str, ...]
-    block: int = 256
-    shared_mem: Callable[[dict[str, int]], int] = lambda dims: 0
-    device_arrays: tuple[str, ...] = ()
-    body: str | None = None
+    block: int
+    grid: Callable[[dict, Callable], tuple]
+    shared_mem: Callable[[dict], object] = lambda dims: 0
 
 
 @dataclass(frozen=True)
@@ -67,7 +66,7 @@ class OpSpec:
     attributes: tuple[Attr, ...]
     inputs: tuple[Port, ...]
     outputs: tuple[Port, ...]
-    kernel: KernelABI
+    kernel: KernelABI | None
 
     @property
     def plugin_id(self) -> str:
@@ -88,16 +87,7 @@ OPS: dict[str, OpSpec] = {
                         Attr("protect", "int"), _NS),
             inputs=(Port("metric", ("float32",), ("B", "N", "C")),),
             outputs=(Port("slot", ("int32",), ("B", "N")),),
-            kernel=KernelABI(
-                source="token_match.cu",
-                entry="edgemerge_token_match_bipartite_aot",
-                scalars=("B", "N", "C", "S", "D", "r", "protect"),
-                block=256,
-                # node_max (f32), node_idx, order (i32) per source + dst rank per destination
-                shared_mem=lambda d: 12 * d["S"] + 4 * d["D"],
-                device_arrays=("src", "dst"),
-                body="edgemerge_token_match_bipartite_body",
-            ),
+            kernel=None,  # four launches + scratch (tokenMatchBipartiteKernel.cu)
         ),
         OpSpec(
             name="TokenMatchWindow",
@@ -105,14 +95,7 @@ OPS: dict[str, OpSpec] = {
                         Attr("protect", "int"), _NS),
             inputs=(Port("metric", ("float32",), ("B", "N", "C")),),
             outputs=(Port("slot", ("int32",), ("B", "N")),),
-            kernel=KernelABI(
-                source="token_match.cu",
-                entry="edgemerge_token_match_window_f32",
-                scalars=("B", "N", "C", "height", "width", "k", "protect"),
-                block=256,
-                # score (f32) + order (i32) per window
-                shared_mem=lambda d: 8 * (d["height"] // 2) * (d["width"] // 2),
-            ),
+            kernel=None,  # four launches + scratch (tokenMatchWindowKernel.cu)
         ),
         OpSpec(
             name="TokenMerge",
@@ -123,11 +106,13 @@ OPS: dict[str, OpSpec] = {
             outputs=(Port("merged", FLOAT_TYPES, ("B", "M", "C"), like="x"),
                      Port("merged_size", FLOAT_TYPES, ("B", "M", "1"), like="x")),
             kernel=KernelABI(
-                source="token_merge.cu",
-                entry="edgemerge_token_merge_{dtype}",
-                scalars=("B", "N", "M", "C"),
-                block=256,
-                shared_mem=lambda d: 0,
+                source="tokenMergeKernel.cu",
+                body="tokenMergeBody<{T}>",
+                body_args=("x", "size", "slot", "merged", "merged_size", "N", "M", "C"),
+                scalars=("N", "M", "C"),
+                block=128,  # kMergeBlock
+                grid=lambda d, cdiv: (d["M"], d["B"]),
+                shared_mem=lambda d: 4 * d["C"] + 4 * 128,  # C floats + kMergeBlock ints
             ),
         ),
         OpSpec(
@@ -137,10 +122,12 @@ OPS: dict[str, OpSpec] = {
                     Port("slot", ("int32",), ("B", "N"))),
             outputs=(Port("x", FLOAT_TYPES, ("B", "N", "C"), like="merged"),),
             kernel=KernelABI(
-                source="token_unmerge.cu",
-                entry="edgemerge_token_unmerge_{dtype}",
+                source="tokenUnmergeKernel.cu",
+                body="tokenUnmergeBody<{T}>",
+                body_args=("merged", "slot", "x", "B", "N", "M", "C"),
                 scalars=("B", "N", "M", "C"),
-                block=256,
+                block=256,  # grid-stride loop: any grid
+                grid=lambda d, cdiv: (cdiv(d["B"] * d["N"] * d["C"], 256), 1),
             ),
         ),
     )

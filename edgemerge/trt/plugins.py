@@ -82,36 +82,38 @@ def plugin_source_dir() -> Path | None:
     return None
 
 
-def aot_source(op: opspec.OpSpec, dtype: str, arrays: dict[str, list[int]]) -> tuple[str, str]:
-    """(kernel name, CUDA source) for the AOT launch of `op`.
+_C_TYPE = {"float32": "float", "float16": "__half", "int32": "int"}
 
-    Ops with only scalar attributes launch the kernel file's own entry point. Ops with int-array
-    attributes (TokenMatchBipartite's `src`/`dst`) get a generated wrapper: the arrays become
-    `__device__` constants in the PTX (AOT plugins take only int32 scalars) and the wrapper calls
-    the kernel file's `__device__` body function.
+
+def aot_entry(op: opspec.OpSpec, dtype: str) -> str:
+    return f"em_aot_{op.name}_{'f16' if dtype == 'float16' else 'f32'}"
+
+
+def aot_source(op: opspec.OpSpec, dtype: str, kernel_dir: Path | None = None) -> tuple[str, str]:
+    """(kernel name, CUDA source) of the AOT wrapper for `op` at element type `dtype`.
+
+    The wrapper `#include`s the shared kernel file (so its `__device__` body is in the same
+    translation unit) and reorders the arguments into the AOT convention
+    (inputs, int32 scalars, outputs).
     """
-    kernels = plugin_source_dir()
-    if kernels is None:
-        raise EdgemergeError("plugins/kernels/ not found: set EDGEMERGE_PLUGINS_DIR to the bundle's plugins/ copy")
-    src_file = kernels / "kernels" / op.kernel.source
-    if not src_file.is_file():
-        raise EdgemergeError(f"kernel source {src_file} not found")
-    entry = op.kernel.entry.format(dtype="f16" if dtype == "float16" else "f32")
-    if not op.kernel.device_arrays:
-        return entry, f'#include "{src_file}"\n'
-    lines = [f'#include "{src_file}"']
-    for name in op.kernel.device_arrays:
-        values = arrays[name]
-        lines.append(f"__device__ const int edgemerge_{name}[{max(len(values), 1)}] = "
-                     f"{{{', '.join(str(int(v)) for v in values) or '0'}}};")
-    ptrs = ", ".join(f"const {t}* {p.name}" for t, p in zip(("float",), op.inputs))
-    scalars = ", ".join(f"int {s}" for s in op.kernel.scalars)
-    outs = ", ".join(f"int* {p.name}" for p in op.outputs)
-    call = ", ".join([p.name for p in op.inputs] + [f"edgemerge_{n}" for n in op.kernel.device_arrays]
-                     + list(op.kernel.scalars) + [p.name for p in op.outputs])
-    lines.append(f'extern "C" __global__ void {entry}({ptrs}, {scalars}, {outs})')
-    lines.append(f"{{ {op.kernel.body}({call}); }}")
-    return entry, "\n".join(lines) + "\n"
+    abi = op.kernel
+    if abi is None:
+        raise EdgemergeError(f"{op.name} has no single-launch kernel: its Python plugin is JIT only")
+    kernel_dir = kernel_dir or (plugin_source_dir() or Path("plugins")) / "kernels"
+    src_file = Path(kernel_dir) / abi.source
+    ctype = _C_TYPE[dtype]
+
+    def port_type(port: opspec.Port) -> str:
+        return ctype if port.like or len(port.dtypes) > 1 else _C_TYPE[port.dtypes[0]]
+
+    params = [f"{port_type(p)} const* {p.name}" for p in op.inputs]
+    params += [f"int {s}" for s in abi.scalars]
+    params += [f"{port_type(p)}* {p.name}" for p in op.outputs]
+    entry = aot_entry(op, dtype)
+    source = (f'#include "{src_file}"\n'
+              f'extern "C" __global__ void {entry}({", ".join(params)})\n'
+              f"{{\n    {abi.body.format(T=ctype)}({', '.join(abi.body_args)});\n}}\n")
+    return entry, source
 
 
 def cuda_compiler() -> str | None:
@@ -231,8 +233,8 @@ def _launch_dims(op: opspec.OpSpec, args: dict, outputs) -> dict[str, Any]:
     for a in op.plugin_attributes():
         if a.kind == "int":
             dims[a.name] = int(args[a.name])
-    if "src" in args:
-        dims["S"], dims["D"] = len(args["src"]), len(args["dst"])
+    if "num_out" in args:
+        dims["M"] = int(args["num_out"])
     return dims
 
 
@@ -240,7 +242,8 @@ _registered: str | None = None
 
 
 def register_python_plugins(mode: str = "auto") -> str:
-    """Register the four ops with `tensorrt.plugin`; returns the implementation used: "aot" or "jit".
+    """Register the four ops with `tensorrt.plugin`; returns "aot+jit" (TokenMerge/TokenUnmerge
+    AOT, the match ops JIT) or "jit".
 
     mode "auto": AOT when TensorRT >= 10.9 and a CUDA compiler and the kernel sources are here,
     else JIT. Only one implementation is registered per op, so which one TensorRT's ONNX parser
@@ -269,8 +272,9 @@ def register_python_plugins(mode: str = "auto") -> str:
 
     ns = {"trtp": trtp, "np": np, "npt": npt, "Tuple": Tuple, "List": List}
     for op in opspec.OPS.values():
-        _register_op(op, use_aot, trtp, trt, ns)
-    _registered = "aot" if use_aot else "jit"
+        _register_op(op, use_aot and op.kernel is not None, trtp, trt, ns)
+    # The match ops have no single-launch kernel, so they are JIT (torch) even in "aot" mode.
+    _registered = "aot+jit" if use_aot else "jit"
     return _registered
 
 
@@ -295,18 +299,16 @@ def _register_op(op: opspec.OpSpec, use_aot: bool, trtp, trt, ns: dict) -> None:
             outputs = a["outputs"]
             first = a[op.inputs[0].name]
             dtype = "float16" if first.dtype == trt.float16 else "float32"
-            arrays = {n: [int(v) for v in a[n]] for n in op.kernel.device_arrays}
-            name, source = aot_source(op, dtype, arrays)
+            name, source = aot_source(op, dtype)
             ptx = compile_ptx(source)
             dims = _launch_dims(op, a, outputs)
             params = trtp.KernelLaunchParams()
-            params.grid_x = dims["B"]
+            params.grid_x, params.grid_y = op.kernel.grid(dims, trtp.cdiv)
             params.block_x = op.kernel.block
             params.shared_mem = op.kernel.shared_mem(dims)
             extra = trtp.SymIntExprs.from_tuple([trtp.SymInt32(dims[s]) for s in op.kernel.scalars])
             return name.encode(), ptx, params, extra
 
-        trtp.aot_impl(op.plugin_id)(_make_function(f"{base}_aot_impl", sigs["aot_impl"], {}, None, aot_body, ns))
     else:
         def jit_body(**a):
             import torch

@@ -1,0 +1,167 @@
+"""The build-record checks, with the environment as a parameter: no TensorRT or GPU needed."""
+
+import json
+
+import pytest
+
+from edgemerge.errors import EdgemergeError
+from edgemerge.trt.builder import check_engine, choose_typing, read_manifest
+from edgemerge.trt.record import (
+    NO_PLUGINS, PYTHON_PLUGINS, BuildRecord, Environment, record_path, sha256_file, write_record,
+)
+from trt_helpers import write_bundle
+
+ORIN = Environment("10.3.0.30", "Orin", "8.7")
+
+
+def make_engine(tmp_path, plugins=NO_PLUGINS, data=b"\x01engine-bytes" * 100):
+    plan = tmp_path / "model.plan"
+    plan.write_bytes(data)
+    write_record(plan, BuildRecord(
+        tensorrt_version="10.3.0.30", gpu_name="Orin", compute_capability="8.7", plugins=plugins,
+        plugins_sha256=None, onnx_sha256="0" * 64, engine_sha256=sha256_file(plan),
+        engine_size=len(data), edgemerge_version="0.1.0", build_time="2025-01-01T00:00:00+00:00"))
+    return plan
+
+
+def one_line(excinfo):
+    msg = str(excinfo.value)
+    assert "\n" not in msg
+    return msg
+
+
+def test_matching_engine_passes(tmp_path):
+    record, plugins = check_engine(make_engine(tmp_path), ORIN)
+    assert plugins == NO_PLUGINS and record.gpu_name == "Orin"
+
+
+def test_record_round_trips(tmp_path):
+    plan = make_engine(tmp_path)
+    data = json.loads(record_path(plan).read_text())
+    assert data["tensorrt_version"] == "10.3.0.30" and data["engine_sha256"] == sha256_file(plan)
+
+
+def test_missing_record(tmp_path):
+    plan = make_engine(tmp_path)
+    record_path(plan).unlink()
+    with pytest.raises(EdgemergeError) as e:
+        check_engine(plan, ORIN)
+    assert "no build record" in one_line(e)
+
+
+def test_other_tensorrt_version(tmp_path):
+    with pytest.raises(EdgemergeError) as e:
+        check_engine(make_engine(tmp_path), Environment("11.4.1", "Orin", "8.7"))
+    msg = one_line(e)
+    assert "TensorRT 10.3.0.30" in msg and "11.4.1" in msg
+
+
+def test_patch_build_of_same_version_is_accepted(tmp_path):
+    check_engine(make_engine(tmp_path), Environment("10.3.0", "Orin", "8.7"))
+
+
+def test_other_compute_capability(tmp_path):
+    with pytest.raises(EdgemergeError) as e:
+        check_engine(make_engine(tmp_path), Environment("10.3.0.30", "NVIDIA H100", "9.0"))
+    assert "compute capability 8.7" in one_line(e) and "9.0" in str(e.value)
+
+
+def test_other_gpu_same_capability(tmp_path):
+    with pytest.raises(EdgemergeError) as e:
+        check_engine(make_engine(tmp_path), Environment("10.3.0.30", "Orin Nano", "8.7"))
+    assert "'Orin Nano'" in one_line(e)
+
+
+def test_truncated_engine(tmp_path):
+    plan = make_engine(tmp_path)
+    data = plan.read_bytes()
+    plan.write_bytes(data[: len(data) // 2])
+    with pytest.raises(EdgemergeError) as e:
+        check_engine(plan, ORIN)
+    assert "truncated" in one_line(e)
+
+
+def test_same_size_corrupted_engine(tmp_path):
+    plan = make_engine(tmp_path)
+    data = bytearray(plan.read_bytes())
+    data[7] ^= 0xFF
+    plan.write_bytes(bytes(data))
+    with pytest.raises(EdgemergeError) as e:
+        check_engine(plan, ORIN)
+    assert "sha256" in one_line(e)
+
+
+def test_missing_plugin_library(tmp_path):
+    plan = make_engine(tmp_path, plugins="build/plugins/libedgemerge_plugins.so")
+    with pytest.raises(EdgemergeError) as e:
+        check_engine(plan, ORIN)
+    assert "libedgemerge_plugins.so" in one_line(e) and "not found" in str(e.value)
+
+
+def test_given_plugin_library_missing(tmp_path):
+    plan = make_engine(tmp_path, plugins="build/plugins/libedgemerge_plugins.so")
+    with pytest.raises(EdgemergeError) as e:
+        check_engine(plan, ORIN, plugins=[str(tmp_path / "nope.so")])
+    assert "nope.so not found" in one_line(e)
+
+
+def test_recorded_plugin_library_found_beside_engine(tmp_path):
+    plan = make_engine(tmp_path, plugins="build/plugins/libedgemerge_plugins.so")
+    lib = tmp_path / "build/plugins/libedgemerge_plugins.so"
+    lib.parent.mkdir(parents=True)
+    lib.write_bytes(b"\x7fELF")
+    _, plugins = check_engine(plan, ORIN)
+    assert plugins == str(lib)
+
+
+def test_python_plugins_record(tmp_path):
+    _, plugins = check_engine(make_engine(tmp_path, plugins=PYTHON_PLUGINS), ORIN)
+    assert plugins == PYTHON_PLUGINS
+
+
+def test_onnx_without_manifest(tmp_path):
+    onnx_path = write_bundle(tmp_path, manifest=False)
+    with pytest.raises(EdgemergeError) as e:
+        read_manifest(onnx_path)
+    assert "manifest.json" in one_line(e)
+
+
+def test_onnx_missing(tmp_path):
+    with pytest.raises(EdgemergeError) as e:
+        read_manifest(tmp_path / "model.onnx")
+    assert "not found" in one_line(e)
+
+
+def test_edited_onnx_is_refused(tmp_path):
+    from edgemerge.trt.builder import check_onnx_matches_manifest
+
+    onnx_path = write_bundle(tmp_path)
+    manifest = read_manifest(onnx_path)
+    onnx_path.write_bytes(onnx_path.read_bytes() + b"\0")
+    with pytest.raises(EdgemergeError) as e:
+        check_onnx_matches_manifest(onnx_path, manifest)
+    assert "sha256" in one_line(e)
+
+
+@pytest.mark.parametrize("version, precision, fp16_onnx, expect", [
+    ((10, 3, 0), "fp16", True, (True, False)),
+    ((10, 3, 0), "fp16", False, (False, True)),
+    ((10, 3, 0), "fp32", False, (False, False)),
+    ((11, 4, 1), "fp16", True, (True, False)),
+    ((11, 4, 1), "fp32", False, (True, False)),
+])
+def test_choose_typing(version, precision, fp16_onnx, expect):
+    t = choose_typing(version, precision, fp16_onnx)
+    assert (t.strongly_typed, t.fp16_flag) == expect
+
+
+def test_trt11_refuses_fp16_bundle_with_fp32_onnx():
+    with pytest.raises(EdgemergeError, match="re-export"):
+        choose_typing((11, 4, 1), "fp16", False)
+
+
+def test_onnx_has_fp16(tmp_path):
+    from edgemerge.trt.builder import onnx_has_fp16
+
+    assert onnx_has_fp16(write_bundle(tmp_path / "a", precision="fp16"))
+    assert not onnx_has_fp16(write_bundle(tmp_path / "b", precision="fp32"))
