@@ -1,0 +1,55 @@
+"""`edgemerge export`: model + variant -> bundle (ONNX, manifest, reference, engine or script)."""
+
+from __future__ import annotations
+
+import click
+
+from edgemerge.cli import main
+
+
+@main.command()
+@click.option("--model", "-m", required=True, help="Zoo model name (see `edgemerge models`).")
+@click.option("--variant", "-v", default="none", show_default=True, help="Merge variant.")
+@click.option("--checkpoint", "-c", type=click.Path(), default=None,
+              help="Weights: a Hugging Face dir, mmseg/NVlabs/timm/Segmenter .pth. Default: random weights.")
+@click.option("--resolution", "-r", default=None, help="Input HxW (static), default: the model's.")
+@click.option("--batch", default=1, show_default=True, type=int)
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
+@click.option("--merge-ops", type=click.Choice(["plugin", "native"]), default="plugin", show_default=True,
+              help="plugin: edgemerge nodes (+ standard-op function bodies); native: standard ops only.")
+@click.option("--opset", default=18, show_default=True, type=int)
+@click.option("--num-classes", type=int, default=None, help="Class count (must match the checkpoint's).")
+@click.option("--calibration", type=click.Path(), default=None, help="ALGM counts from `edgemerge calibrate`.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of random weights and check inputs.")
+@click.option("--engine", is_flag=True, help="Also build the TensorRT engine (needs TensorRT and a GPU).")
+@click.option("--plugins", type=click.Path(), default=None, help="Plugin library for --engine.")
+@click.option("--out", "-o", type=click.Path(), default=None, help="Bundle directory, default: MODEL-VARIANT.")
+def export(model, variant, checkpoint, resolution, batch, precision, merge_ops, opset, num_classes,
+           calibration, seed, engine, plugins, out) -> None:
+    """Export a merged model to a self-checked ONNX bundle for TensorRT."""
+    from rich.console import Console
+
+    from edgemerge.export.bundle import ExportOptions, export_bundle, parse_resolution
+
+    console = Console(stderr=True)
+    opts = ExportOptions(model=model, variant=variant, checkpoint=checkpoint, resolution=parse_resolution(resolution),
+                         batch=batch, precision=precision, merge_ops=merge_ops, opset=opset, out=out, seed=seed,
+                         num_classes=num_classes, calibration=calibration, engine=engine, plugins=plugins)
+    if checkpoint is None:
+        console.print(f"[yellow]note:[/] no --checkpoint given: exporting {model} with RANDOM weights (seed {seed}); "
+                      "its outputs mean nothing, the pipeline is what is exercised.")
+    with console.status("exporting") as status:
+        manifest = export_bundle(opts, progress=lambda msg: (status.update(msg), console.log(msg)))
+    check = manifest["self_check"]
+    plan = manifest["plan"]
+    g = plan["gflops"]
+    click.echo(f"bundle: {manifest['bundle']}/")
+    click.echo(f"  model.onnx  sha256 {manifest['onnx_sha256'][:16]}  ops: {', '.join(manifest['custom_ops']) or 'standard only'}")
+    click.echo(f"  self-check  ONNX Runtime vs PyTorch: argmax agreement {check['argmax_agreement'] * 100:.2f}%, "
+               f"max abs error {check['max_abs_rel_range']:.1e} of the logits' range")
+    click.echo(f"  GFLOPs      merged {g['merged']:.1f} vs unmerged {g['unmerged']:.1f} ({g['ratio']:.2f}x)")
+    if "model.plan" in manifest["files"]:
+        click.echo("  engine      model.plan")
+    else:
+        click.echo("  engine      not built here (TensorRT/GPU absent or --engine not given): "
+                   "run build_on_device.sh on the target")

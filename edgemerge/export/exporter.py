@@ -1,0 +1,101 @@
+"""PyTorch -> ONNX: merge ops as `edgemerge` nodes with their function bodies, or inlined.
+
+torch's dynamo exporter sees each merge op as one opaque `torch.ops.edgemerge.*` call; the
+translation table below writes it as a node in the `edgemerge` domain whose op_type is the
+TensorRT plugin name, with `plugin_namespace` and its static counts as attributes. `finalize`
+then adds the model-local functions (plugin mode) or inlines them (native mode).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import warnings
+from contextlib import redirect_stderr, redirect_stdout
+
+import onnx
+import onnx.inliner
+import onnxscript
+import torch
+from torch import Tensor, nn
+
+from edgemerge.export import functions as F
+from edgemerge.merge import ops as _ops  # noqa: F401  (registers torch.ops.edgemerge.*)
+from edgemerge.export.fp16 import keep_fp32
+
+_E = onnxscript.values.Opset(F.DOMAIN, F.DOMAIN_VERSION)
+_NS = F.PLUGIN_NAMESPACE
+
+
+def _match_bipartite(metric, r: int, src, dst, protect: int):
+    return _E.TokenMatchBipartite(metric, r=r, src=list(src), dst=list(dst), protect=protect, plugin_namespace=_NS)
+
+
+def _match_window(metric, height: int, width: int, k: int, protect: int):
+    return _E.TokenMatchWindow(metric, height=height, width=width, k=k, protect=protect, plugin_namespace=_NS)
+
+
+def _token_merge(x, size, slot, num_out: int):
+    return _E.TokenMerge(x, size, slot, num_out=num_out, plugin_namespace=_NS, _outputs=2)
+
+
+def _token_unmerge(merged, slot):
+    return _E.TokenUnmerge(merged, slot, plugin_namespace=_NS)
+
+
+TRANSLATIONS = {
+    torch.ops.edgemerge.match_bipartite.default: _match_bipartite,
+    torch.ops.edgemerge.match_window.default: _match_window,
+    torch.ops.edgemerge.token_merge.default: _token_merge,
+    torch.ops.edgemerge.token_unmerge.default: _token_unmerge,
+}
+
+
+class IOCast(nn.Module):
+    """fp32 images in, fp32 logits out, the model itself in `dtype` (fp16 exports)."""
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype):
+        super().__init__()
+        self.model = model.to(dtype)
+        self.dtype = dtype
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.model(images.to(self.dtype)).float()
+
+
+def torch_to_onnx(model: nn.Module, example: Tensor, opset: int) -> onnx.ModelProto:
+    """Run torch's dynamo exporter quietly; static shapes (no dynamic axes)."""
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    sink = io.StringIO()
+    with warnings.catch_warnings(), redirect_stdout(sink), redirect_stderr(sink), torch.no_grad():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(model, (example,), dynamo=True, opset_version=opset,
+                                    custom_translation_table=TRANSLATIONS, input_names=["images"],
+                                    output_names=["logits"], optimize=True, verbose=False)
+    return program.model_proto
+
+
+def model_opset(model: onnx.ModelProto) -> int:
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def finalize(model: onnx.ModelProto, *, merge_ops: str, precision: str) -> onnx.ModelProto:
+    """Attach function bodies (plugin) or inline them (native); fp32 islands for fp16 graphs."""
+    if precision == "fp16":
+        model = keep_fp32(model)
+    opset = model_opset(model)
+    used = sorted({n.op_type for n in model.graph.node if n.domain == F.DOMAIN})
+    del model.functions[:]
+    model.functions.extend(F.function_proto(op, opset) for op in used)
+    if merge_ops == "native":
+        model = onnx.inliner.inline_local_functions(model)
+        keep = [o for o in model.opset_import if o.domain != F.DOMAIN]
+        del model.opset_import[:]
+        model.opset_import.extend(keep)
+    elif used and not any(o.domain == F.DOMAIN for o in model.opset_import):
+        model.opset_import.append(onnx.helper.make_opsetid(F.DOMAIN, F.DOMAIN_VERSION))
+    model.producer_name = "edgemerge"
+    from edgemerge import __version__
+
+    model.producer_version = __version__
+    return model

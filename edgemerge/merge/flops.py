@@ -1,0 +1,53 @@
+"""GFLOPs of a merged model vs the unmerged one, counted by torch on the meta device.
+
+torch's FlopCounterMode counts matmuls, convolutions and attention as they actually run, so the
+merged figure follows the real token counts; the merge ops add their own cost through formulas
+registered below (the similarity matmul dominates).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode, register_flop_formula
+
+from edgemerge.merge import ops  # noqa: F401
+
+
+@register_flop_formula(torch.ops.edgemerge.match_bipartite)
+def _match_bipartite_flops(metric_shape, r, src, dst, protect, *args, out_shape=None, **kw) -> int:
+    B, N, C = metric_shape
+    return 2 * B * len(src) * len(dst) * C + 3 * B * N * C
+
+
+@register_flop_formula(torch.ops.edgemerge.match_window)
+def _match_window_flops(metric_shape, *args, out_shape=None, **kw) -> int:
+    B, N, C = metric_shape
+    return 2 * B * N * 4 * C + 3 * B * N * C
+
+
+@register_flop_formula(torch.ops.edgemerge.token_merge)
+def _token_merge_flops(x_shape, *args, out_shape=None, **kw) -> int:
+    B, N, C = x_shape
+    return 3 * B * N * C
+
+
+def count_gflops(model: torch.nn.Module, resolution: tuple[int, int], batch: int = 1) -> float:
+    model = model.to("meta")
+    x = torch.empty(batch, 3, *resolution, device="meta")
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(x)
+    return counter.get_total_flops() / 1e9
+
+
+def gflops(model_name: str, variant: str, resolution: tuple[int, int], *, calibration: dict | None = None) -> dict:
+    """{'merged': G, 'unmerged': G, 'ratio': unmerged / merged} for batch 1 at `resolution`."""
+    from edgemerge.merge import apply_merging, get_plan
+    from edgemerge.models import build_model
+
+    with torch.device("meta"):
+        model = build_model(model_name, resolution=resolution)
+    unmerged = count_gflops(model, resolution)
+    apply_merging(model, get_plan(model_name, variant, calibration=calibration))
+    merged = count_gflops(model, resolution)
+    return {"merged": round(merged, 3), "unmerged": round(unmerged, 3), "ratio": round(unmerged / merged, 3)}
