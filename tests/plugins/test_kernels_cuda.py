@@ -238,12 +238,13 @@ def test_match_bipartite_random(lib, case):
 
 @pytest.mark.parametrize("r", [0, 5, 17, 40])
 def test_match_bipartite_exact_ties(lib, r):
-    """Rows drawn from 4 prototypes: node_max and argmax tie exactly; the spec's order must hold."""
+    """Rows are scaled one-hot vectors (power-of-two scales): every cosine is exactly 0 or 1 in
+    fp32 and fp64 alike, so node_max and argmax tie exactly and the spec's order must hold."""
     g = torch.Generator().manual_seed(1)
-    protos = torch.randn(4, 16, generator=g)
-    n = 96
-    metric = protos[torch.randint(0, 4, (2, n), generator=g)] * torch.rand(2, n, 1, generator=g).add(0.5)
-    metric[:, ::7] = protos[0]  # more duplicates, different scale
+    n, c = 96, 16
+    cls = torch.randint(0, 4, (2, n), generator=g)
+    scale = torch.tensor([0.5, 1.0, 2.0, 4.0])[torch.randint(0, 4, (2, n), generator=g)]
+    metric = torch.nn.functional.one_hot(cls, c).float() * scale[..., None]
     src, dst, protect = alternating(n, True)
     slot = run_bipartite(lib, metric, r, src, dst, protect)
     assert torch.equal(slot, ref_bipartite(metric, r, src, dst, protect))
@@ -289,18 +290,27 @@ def test_match_window_random(lib, case):
     assert torch.equal(slot, run_window(lib, metric, h, w, k, protect))
 
 
-@pytest.mark.parametrize("k", [1, 3, 8])
+@pytest.mark.parametrize("k", [1, 3, 8, 20])
 def test_match_window_exact_ties(lib, k):
-    """Identical windows tie exactly; lower window index wins."""
+    """Three kinds of window built from one-hot tokens (scores exactly 1, 1/3 and 0): identical
+    windows tie exactly and the lower window index must win."""
     g = torch.Generator().manual_seed(3)
-    cell = torch.randn(4, 8, generator=g)
-    h, w = 8, 8
-    x = torch.empty(1, h * w, 8)
-    for y in range(h):
-        for xx in range(w):
-            x[0, y * w + xx] = cell[(y % 2) * 2 + (xx % 2)]
-    slot = run_window(lib, x, h, w, k, 0)
-    assert torch.equal(slot, ref_window(x, h, w, k, 0))
+    e = torch.eye(8)
+    kinds = [
+        [e[0], e[0], e[0], 2 * e[0]],  # score 1
+        [e[0], e[1], e[0], e[1]],      # score 1/3
+        [e[0], e[2], e[1], e[3]],      # score 0
+    ]
+    h, w, protect = 10, 12, 1
+    x = torch.zeros(1, protect + h * w, 8)
+    x[0, 0] = e[5]
+    kind = torch.randint(0, 3, ((h // 2) * (w // 2),), generator=g)
+    for win, kd in enumerate(kind.tolist()):
+        y0, x0 = (win // (w // 2)) * 2, (win % (w // 2)) * 2
+        for q, tok in enumerate(kinds[kd]):
+            x[0, protect + (y0 + q // 2) * w + x0 + q % 2] = tok
+    slot = run_window(lib, x, h, w, k, protect)
+    assert torch.equal(slot, ref_window(x, h, w, k, protect))
 
 
 MERGE_CASES = [
