@@ -16,6 +16,7 @@ from contextlib import redirect_stderr, redirect_stdout
 import onnx
 import onnx.inliner
 import onnxscript
+import onnxscript.optimizer
 import torch
 from torch import Tensor, nn
 
@@ -57,6 +58,8 @@ class IOCast(nn.Module):
     def __init__(self, model: nn.Module, dtype: torch.dtype):
         super().__init__()
         self.model = model.to(dtype)
+        for name in getattr(model, "fp32_modules", ()):  # parts the model wants kept in fp32
+            getattr(model, name).float()
         self.dtype = dtype
 
     def forward(self, images: Tensor) -> Tensor:
@@ -92,6 +95,9 @@ def finalize(model: onnx.ModelProto, *, merge_ops: str, precision: str) -> onnx.
         keep = [o for o in model.opset_import if o.domain != F.DOMAIN]
         del model.opset_import[:]
         model.opset_import.extend(keep)
+        # The bodies compute counts (TopK's K, reshape sizes) from attribute constants; fold them,
+        # so every tensor has a static shape and TensorRT sees plain constants.
+        model = onnxscript.optimizer.optimize(model)
     elif used and not any(o.domain == F.DOMAIN for o in model.opset_import):
         model.opset_import.append(onnx.helper.make_opsetid(F.DOMAIN, F.DOMAIN_VERSION))
     model.producer_name = "edgemerge"

@@ -58,6 +58,5 @@ def keep_fp32(model: onnx.ModelProto) -> onnx.ModelProto:
     keep = [t for t in graph.initializer if t.name in used or t.name in {o.name for o in graph.output}]
     del graph.initializer[:]
     graph.initializer.extend(keep)
-    # value_info of rewired tensors is stale; shape inference rebuilds it
-    del graph.value_info[:]
+    # value_info stays valid: every original tensor name keeps its type (new names are added)
     return model
