@@ -1,0 +1,44 @@
+"""`edgemerge bench`: merged artifact vs baseline, interleaved timing -> bench.json + plot."""
+
+from __future__ import annotations
+
+import click
+
+from edgemerge.cli import main
+
+
+@main.command()
+@click.argument("artifact", type=click.Path())
+@click.option("--baseline", type=click.Path(), default=None, help="Baseline artifact (bundle dir, .onnx or .plan).")
+@click.option("--unmerged", is_flag=True, help="Baseline: the same model with variant 'none' at the same settings.")
+@click.option("--backend", type=click.Choice(["trt", "onnxruntime", "torch"]), default=None,
+              help="Default: trt for .plan, onnxruntime for .onnx / bundle dir.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None,
+              help="Default: cuda for trt, cpu otherwise.")
+@click.option("--iters", default=50, show_default=True, type=int, help="Timed iterations per model.")
+@click.option("--warmup", default=5, show_default=True, type=int, help="Untimed iterations per model first.")
+@click.option("--threads", default=None, type=int, help="CPU threads (default: all cores).")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the synthetic input.")
+@click.option("--plugins", type=click.Path(), default=None, help="Plugin library for the engines (trt).")
+@click.option("--json", "json_out", type=click.Path(), default="bench.json", show_default=True)
+@click.option("--plot", type=click.Path(), default=None, help="Latency plot PNG (default: the JSON path with .png).")
+@click.option("--power", is_flag=True, help="Jetson: board power from tegrastats, energy per frame.")
+def bench(artifact, baseline, unmerged, backend, device, iters, warmup, threads, seed, plugins, json_out, plot,
+          power) -> None:
+    """Time ARTIFACT (and its baseline, interleaved): latency percentiles, throughput, memory, speed-up."""
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from edgemerge.bench import BenchOptions, plot_report, run_bench, summary_lines, write_json
+
+    console = Console(stderr=True)
+    opts = BenchOptions(artifact=artifact, baseline=baseline, unmerged=unmerged, backend=backend, device=device,
+                        iters=iters, warmup=warmup, power=power, seed=seed, threads=threads,
+                        plugins=[plugins] if plugins else None)
+    report = run_bench(opts, progress=lambda msg: console.log(msg))
+    jpath = write_json(report, json_out)
+    ppath = plot_report(report, plot or Path(json_out).with_suffix(".png"))
+    for line in summary_lines(report):
+        click.echo(line)
+    click.echo(f"wrote {jpath} and {ppath}")
