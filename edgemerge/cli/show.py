@@ -1,0 +1,32 @@
+"""`edgemerge show`: draw the merge decisions of a merged model over an image."""
+
+from __future__ import annotations
+
+import click
+
+from edgemerge.cli import main
+
+
+@main.command()
+@click.option("--model", "-m", required=True, help="Zoo model name (see `edgemerge models`).")
+@click.option("--variant", "-v", required=True, help="Merge variant.")
+@click.option("--image", "-i", required=True, type=click.Path(), help="Input image.")
+@click.option("--checkpoint", "-c", type=click.Path(), default=None, help="Weights (default: random weights).")
+@click.option("--resolution", "-r", default=None, help="Model input HxW, default: the model's.")
+@click.option("--site", type=int, default=None, help="Draw only this merge site (index) to --out.")
+@click.option("--all-sites", is_flag=True, help="Every merging block, not only the first of each stage.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of random weights.")
+@click.option("--out", "-o", default="merges.png", show_default=True, type=click.Path(),
+              help="PNG for site 0; site k goes to <stem>_site<k>.png. Each is the image's size.")
+def show(model, variant, image, checkpoint, resolution, site, all_sites, seed, out) -> None:
+    """Draw which tokens merged (one colour per merged group) over IMAGE, one PNG per merge site."""
+    from edgemerge.export.bundle import parse_resolution
+    from edgemerge.show import show_merges
+
+    if checkpoint is None:
+        click.echo(f"note: no --checkpoint: {model} has RANDOM weights (seed {seed}); the merges show the "
+                   "mechanism, not what a trained model does", err=True)
+    written = show_merges(model, variant, image, out, checkpoint=checkpoint, resolution=parse_resolution(resolution),
+                          site=site, seed=seed, all_sites=all_sites)
+    for path, s in written:
+        click.echo(f"{path}: {s.name}")
