@@ -1,0 +1,82 @@
+"""`edgemerge validate`: an exported ONNX file or engine against the PyTorch model it came from."""
+
+from __future__ import annotations
+
+import click
+
+from edgemerge.cli import main
+
+
+@main.command()
+@click.argument("artifact", type=click.Path())
+@click.option("--images", type=click.Path(), default=None,
+              help="Folder of images (resized + normalised per the manifest). Default: seeded synthetic scenes.")
+@click.option("--labels", type=click.Path(), default=None,
+              help="Folder of label PNGs, matched to the images by file stem (0..K-1, 255 ignored).")
+@click.option("--num", "-n", type=int, default=None, help="Number of images (default: 4 synthetic, or all).")
+@click.option("--atol", type=float, default=None, help="Limit on the max abs error (logit units).")
+@click.option("--rtol", type=float, default=None,
+              help="Limit on the max abs error as a fraction of the reference logits' range (fp32 default 1e-3).")
+@click.option("--min-agreement", type=float, default=None,
+              help="Minimum argmax pixel agreement (default: fp32 0.999, fp16 0.99).")
+@click.option("--localize", is_flag=True, help="On failure, name the first ONNX node whose output diverges.")
+@click.option("--out", "-o", type=click.Path(), default=None,
+              help="Report folder (report.json, report.png). Default: validate_report/ in the bundle.")
+@click.option("--plugins", type=click.Path(), default=None, help="Plugin library for an engine.")
+@click.option("--reference", type=click.Choice(["auto", "pytorch", "stored"]), default="auto", show_default=True,
+              help="pytorch: rebuild the model from the manifest; stored: the bundle's reference.npz; "
+                   "auto: PyTorch when torch is installed.")
+def validate(artifact, images, labels, num, atol, rtol, min_agreement, localize, out, plugins, reference) -> None:
+    """Check that ARTIFACT (bundle dir, model.onnx or model.plan) matches PyTorch; exit 1 when not."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from edgemerge.errors import CheckFailed
+    from edgemerge.validate import validate_artifact
+
+    console = Console(stderr=True)
+    with console.status("validating") as status:
+        report = validate_artifact(artifact, images=images, labels=labels, num=num, atol=atol, rtol=rtol,
+                                   min_agreement=min_agreement, localize=localize, out=out,
+                                   plugins=[plugins] if plugins else None, reference=reference,
+                                   progress=lambda msg: status.update(msg))
+    a = report["artifact"]
+    table = Table(title=f"{a['kind']} ({a['precision']}) vs {report['reference']['kind']}, "
+                        f"{report['inputs']['count']} input(s)")
+    for col in ("metric", "value", "limit", ""):
+        table.add_column(col)
+    for c in report["checks"]:
+        table.add_row(f"{c['output']}.{c['metric']}", _fmt(c["value"]), f"{c['op']} {c['threshold']:g}",
+                      "[green]pass[/]" if c["passed"] else "[red]FAIL[/]")
+    for o, m in report["metrics"].items():
+        for k in ("max_abs", "mean_abs", "max_abs_rel_range", "max_rel", "mean_rel", "cosine", "miou_vs_reference"):
+            if k not in {c["metric"] for c in report["checks"]}:
+                table.add_row(f"{o}.{k}", _fmt(m.get(k)), "", "")
+    merge = report["merge_decisions"]
+    if merge.get("available"):
+        table.add_row("merge sites identical", _fmt(merge["site_agreement"]), "", "")
+        table.add_row("merge tokens same slot", _fmt(merge["token_agreement"]), "", "")
+    else:
+        table.add_row("merge decisions", "n/a", merge.get("reason", ""), "")
+    if report.get("labels"):
+        lab = report["labels"]
+        table.add_row("mIoU PyTorch / artifact", f"{_fmt(lab['miou_reference'])} / {_fmt(lab['miou_artifact'])}",
+                      f"diff {_fmt(lab['miou_difference'])}", "")
+    Console().print(table)
+    loc = report.get("localize")
+    if loc and loc.get("first_divergent"):
+        f = loc["first_divergent"]
+        click.echo(f"first diverging node: {f['op_type']} {f['name']} (output {f['output']}, error {_fmt(f['error'])})")
+    elif loc and loc.get("ran") is not False and loc.get("reason"):
+        click.echo(f"localize: {loc['reason']}")
+    click.echo(f"report: {report['report_files']['json']}")
+    if not report["passed"]:
+        raise CheckFailed(report["failure"])
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)

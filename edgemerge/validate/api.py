@@ -1,0 +1,192 @@
+"""`validate_artifact`: does an exported artifact compute what the PyTorch model computes?
+
+Steps: find the artifact and its manifest (hash checks) -> inputs -> reference outputs (PyTorch
+rebuilt from the manifest, recording its merge decisions; or reference.npz without torch) -> the
+artifact's outputs (ONNX Runtime or TensorRT via polygraphy) -> metrics against per-precision
+limits -> (on failure, with localize) the first diverging node -> report.json + report.png.
+"""
+
+from __future__ import annotations
+
+import importlib
+import platform
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from edgemerge import __version__
+from edgemerge.errors import EdgemergeError
+from edgemerge.validate import inputs as inputs_mod
+from edgemerge.validate import metrics as M
+from edgemerge.validate import reference as R
+from edgemerge.validate import runners
+from edgemerge.validate.artifact import find_artifact
+from edgemerge.validate.report import write_json, write_png
+
+REFERENCES = ("auto", "pytorch", "stored")
+REPORT_DIR = "validate_report"
+
+
+def _versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {"edgemerge": __version__, "python": platform.python_version()}
+    for mod in ("numpy", "onnx", "onnxruntime", "polygraphy", "torch", "tensorrt"):
+        try:
+            out[mod] = importlib.import_module(mod).__version__
+        except Exception:
+            out[mod] = None
+    return out
+
+
+def _stack(per_batch: list[dict[str, np.ndarray]], names: list[str]) -> dict[str, np.ndarray]:
+    return {n: np.concatenate([b[n] for b in per_batch]) for n in names}
+
+
+def failure_message(report: dict) -> str | None:
+    """One line naming every failed limit (and any flipped merge decision), or None."""
+    failed = [c for c in report["checks"] if not c["passed"]]
+    if not failed:
+        return None
+    parts = [f"{c['output']}.{c['metric']} = {_fmt(c['value'])} (limit {c['op']} {c['threshold']:g})" for c in failed]
+    msg = f"validation failed ({report['artifact']['kind']} vs {report['reference']['kind']}): " + "; ".join(parts)
+    merge = report.get("merge_decisions", {})
+    if merge.get("available") and merge.get("differing"):
+        d = merge["differing"][0]
+        msg += (f"; merge decisions differ at {len(merge['differing'])} of {merge['sites']} sites "
+                f"(first: site {d['site']}, margin {_fmt(d.get('decision_margin'))})")
+    loc = report.get("localize")
+    if loc and loc.get("first_divergent"):
+        f = loc["first_divergent"]
+        msg += f"; first diverging node: {f['op_type']} {f['name']} (error {_fmt(f['error'])})"
+    return msg + f"; report: {report['report_files']['json']}"
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def validate_artifact(path: str | Path, *, images: str | Path | None = None, labels: str | Path | None = None,
+                      num: int | None = None, atol: float | None = None, rtol: float | None = None,
+                      min_agreement: float | None = None, localize: bool = False, out: str | Path | None = None,
+                      plugins: list[str] | None = None, reference: str = "auto",
+                      progress: Callable[[str], None] = lambda s: None) -> dict:
+    """Validate a bundle directory, model.onnx or model.plan; returns the report (`passed` says
+    the verdict; `failure` is the one-line reason). Raises EdgemergeError on bad input."""
+    t0 = time.time()
+    if reference not in REFERENCES:
+        raise EdgemergeError(f"unknown reference {reference!r}; known: {', '.join(REFERENCES)}")
+    if labels is not None and images is None:
+        raise EdgemergeError("--labels needs --images (labels are matched to the images by file stem)")
+    if num is not None and num < 1:
+        raise EdgemergeError(f"--num must be >= 1, got {num}")
+    art = find_artifact(path)
+    manifest = art.manifest
+    out_dir = Path(out) if out is not None else art.bundle / REPORT_DIR
+    use_torch = reference == "pytorch" or (reference == "auto" and R.torch_available())
+    if use_torch and not R.torch_available():
+        raise EdgemergeError("--reference pytorch needs PyTorch; without it validate against reference.npz")
+    if images is not None and not use_torch:
+        raise EdgemergeError("new images need the PyTorch reference (torch and the checkpoint); without PyTorch "
+                             "validation uses the bundle's stored inputs and outputs (reference.npz)")
+
+    # inputs and reference
+    ref_sites: list[dict] | None = None
+    stored = R.load_stored(art.bundle, manifest) if not use_torch or images is None else None
+    if use_torch:
+        progress("rebuilding the PyTorch reference from the manifest")
+        model = R.build_from_manifest(manifest)  # refuses a changed or missing checkpoint
+        inp = (inputs_mod.folder_inputs(manifest, images, labels, num) if images is not None
+               else inputs_mod.synthetic_inputs(manifest, num))
+        progress(f"running PyTorch on {inp.source['count']} input(s)")
+        ref_out, ref_sites = R.run_pytorch(model, inp.batches)
+        ref_kind = "pytorch"
+    else:
+        inp = inputs_mod.stored_inputs(stored, manifest, num)
+        ref_out = R.stored_outputs(stored, len(inp.batches))
+        ref_kind = "reference.npz"
+    out_names = [o["name"] for o in manifest.get("outputs", [])] or ["output"]
+    ref = {out_names[0]: np.concatenate(ref_out)}  # models have one output (logits)
+
+    # the artifact
+    progress(f"running the {art.kind} ({'ONNX Runtime' if art.kind == 'onnx' else 'TensorRT'})")
+    slot_names = None
+    if art.kind == "onnx":
+        got_per_batch, slot_names = runners.run_onnx(art.path, manifest, inp.batches)
+    else:
+        got_per_batch = runners.run_engine(art.path, manifest, inp.batches, plugins)
+    name = out_names[0] if out_names[0] in got_per_batch[0] else next(iter(got_per_batch[0]))
+    got = {out_names[0]: np.concatenate([b[name] for b in got_per_batch])}
+    got_slots = ([np.concatenate([b[s] for b in got_per_batch]) for s in slot_names] if slot_names else None)
+
+    # figures and limits
+    limits = M.thresholds_for(art.precision, atol=atol, rtol=rtol, min_agreement=min_agreement)
+    per_output, checks = {}, []
+    for o in out_names[:1]:
+        per_output[o] = M.output_metrics(got[o], ref[o])
+        checks += [{"output": o, **c} for c in M.check(per_output[o], limits)]
+    main_out = out_names[0]
+    ref_pred = ref[main_out].argmax(1) if ref[main_out].ndim == 4 else None
+    got_pred = got[main_out].argmax(1) if got[main_out].ndim == 4 else None
+    num_classes = int(manifest.get("num_classes") or ref[main_out].shape[1])
+
+    label_figs = None
+    if inp.labels is not None and ref_pred is not None:
+        lab = M.resize_labels(inp.labels, *ref_pred.shape[1:])
+        label_figs = {**M.label_metrics(ref_pred, got_pred, lab, num_classes),
+                      "resolution": list(ref_pred.shape[1:]),
+                      "note": "evaluated at the logits' resolution; labels resized nearest-neighbour; "
+                              f"values >= {num_classes} (and 255) ignored"}
+    if ref_sites is None:
+        merge = {"available": False, "reason": "the stored reference (reference.npz) holds no merge decisions"}
+    elif art.kind == "engine":
+        merge = {"available": False, "reason": "a TensorRT engine does not expose its slot tensors"}
+    else:
+        merge = M.slot_agreement(ref_sites, got_slots)
+    if merge.get("available"):
+        merge["slot_tensors"] = slot_names
+
+    reference_consistency = None
+    if ref_kind == "pytorch" and inp.source.get("kind") == "synthetic":
+        stored = stored or R.load_stored(art.bundle, manifest)
+        n = min(len(ref_out), sum(k.startswith("output_") for k in stored))
+        if n:  # the same seeded inputs: the rebuilt model must reproduce the stored outputs
+            d = max(float(np.abs(ref_out[i] - stored[f"output_{i}"]).max()) for i in range(n))
+            reference_consistency = {"batches": n, "max_abs_vs_reference_npz": d}
+
+    report = {
+        "format": 1, "passed": all(c["passed"] for c in checks),
+        "artifact": {"path": str(art.path.resolve()), "kind": art.kind, "bundle": str(art.bundle.resolve()),
+                     "precision": art.precision, "merge_ops": manifest.get("merge_ops"), **art.hashes},
+        "model": {k: manifest.get(k) for k in ("model", "variant", "resolution", "batch", "num_classes", "seed")},
+        "checkpoint": manifest.get("checkpoint"),
+        "reference": {"kind": ref_kind, "consistency": reference_consistency},
+        "inputs": inp.source,
+        "thresholds": {k: {"op": op, "value": v} for k, (op, v) in limits.items()},
+        "metrics": per_output, "checks": checks,
+        "merge_decisions": merge, "labels": label_figs, "localize": None,
+        "versions": _versions(),
+    }
+
+    if localize and not report["passed"]:
+        from edgemerge.validate.localize import localize_divergence
+
+        progress("localizing the first diverging node")
+        report["localize"] = localize_divergence(art, inp.batches[0], limits, progress=progress)
+    elif localize:
+        report["localize"] = {"ran": False, "reason": "the comparison passed"}
+
+    out_dir = out_dir.resolve()
+    report["report_files"] = {"json": str(out_dir / "report.json"), "png": None}
+    if ref_pred is not None:
+        write_png(out_dir / "report.png", inp.images, ref_pred, got_pred, num_classes,
+                  f"{art.kind} ({art.precision})")
+        report["report_files"]["png"] = str(out_dir / "report.png")
+    report["seconds"] = round(time.time() - t0, 2)
+    report["failure"] = failure_message(report)
+    write_json(out_dir / "report.json", report)
+    return report

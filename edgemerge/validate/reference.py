@@ -1,0 +1,128 @@
+"""The reference an artifact is held to: PyTorch rebuilt from the manifest, or reference.npz.
+
+Torch is imported only inside the functions that need it, so a device without PyTorch (a Jetson)
+validates against the bundle's stored outputs with numpy alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+
+from edgemerge.errors import EdgemergeError
+from edgemerge.validate.artifact import sha256_file
+
+REFERENCE_FILE = "reference.npz"
+
+
+def torch_available() -> bool:
+    return importlib.util.find_spec("torch") is not None
+
+
+def load_stored(bundle: Path, manifest: dict) -> dict[str, np.ndarray]:
+    path = bundle / manifest.get("reference", {}).get("file", REFERENCE_FILE)
+    if not path.is_file():
+        raise EdgemergeError(f"{path}: the bundle's stored reference is missing; re-export the bundle")
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files}
+
+
+def stored_outputs(reference: dict[str, np.ndarray], n_batches: int) -> list[np.ndarray]:
+    return [reference[f"output_{i}"] for i in range(n_batches)]
+
+
+def checked_checkpoint(manifest: dict) -> str | None:
+    """The checkpoint path, refused when the file is gone or is not the one exported from."""
+    ckpt = manifest.get("checkpoint")
+    if not ckpt:
+        return None
+    path = Path(ckpt["path"])
+    weights = path
+    if path.is_dir():  # a Hugging Face directory: the sha256 is of its weights file
+        found = [path / n for n in ("model.safetensors", "pytorch_model.bin") if (path / n).is_file()]
+        weights = found[0] if found else None
+    if not path.exists() or weights is None:
+        raise EdgemergeError(f"checkpoint {path} named in manifest.json is gone: put it back, or validate "
+                             f"against the bundle's stored outputs (--reference stored)")
+    got = sha256_file(weights)
+    if got != ckpt.get("sha256"):
+        raise EdgemergeError(f"checkpoint {weights} changed since export (sha256 {got[:16]}, manifest says "
+                             f"{str(ckpt.get('sha256'))[:16]}): the PyTorch reference would not be the exported model")
+    return str(path)
+
+
+def build_from_manifest(manifest: dict):
+    """The merged PyTorch model exactly as exported (eval, fp32)."""
+    from edgemerge.export.bundle import build_reference
+
+    checkpoint = checked_checkpoint(manifest)
+    model, _, _ = build_reference(
+        manifest["model"], manifest["variant"], checkpoint=checkpoint,
+        resolution=tuple(manifest["resolution"]), seed=int(manifest.get("seed", 0)),
+        num_classes=manifest.get("num_classes"), calibration=manifest.get("calibration"))
+    return model
+
+
+@contextlib.contextmanager
+def record_merge_decisions():
+    """Record every merge decision the model makes, in call order, while the block is active.
+
+    Wraps `edgemerge.merge.core.bipartite_match` / `window_match` (the patched blocks call them
+    through the module) and appends {"kind", "slot" [B, N] int32, "margin" [B]} per call; `margin`
+    is the gap between the last selected and the first rejected score, so a flipped decision can
+    be told apart as a near-tie.
+    """
+    import torch
+
+    from edgemerge.merge import core
+
+    calls: list[dict] = []
+    orig_bip, orig_win = core.bipartite_match, core.window_match
+
+    def gap(scores, count: int):
+        if count <= 0 or count >= scores.shape[1]:
+            return None
+        top = torch.sort(scores, dim=1, descending=True).values
+        return (top[:, count - 1] - top[:, count]).double().cpu().numpy()
+
+    def bipartite(metric, r, src, dst, protect=0):
+        fns = orig_bip(metric, r, src, dst, protect)
+        if fns.slot is not None:
+            margin = gap(core.bipartite_node_max(metric.float(), src, dst, protect), r)
+            calls.append({"kind": "bipartite", "slot": fns.slot.cpu().numpy(), "margin": margin})
+        return fns
+
+    def window(metric, height, width, k, protect=0):
+        fns = orig_win(metric, height, width, k, protect)
+        if fns.slot is not None:
+            margin = gap(core.ops.window_scores(metric.float(), height, width, protect), k)
+            calls.append({"kind": "window", "slot": fns.slot.cpu().numpy(), "margin": margin})
+        return fns
+
+    core.bipartite_match, core.window_match = bipartite, window
+    try:
+        yield calls
+    finally:
+        core.bipartite_match, core.window_match = orig_bip, orig_win
+
+
+def run_pytorch(model, batches: list[np.ndarray]) -> tuple[list[np.ndarray], list[dict]]:
+    """Outputs per batch and the merge decisions per site (slots/margins stacked over batches)."""
+    import torch
+
+    outputs, per_batch = [], []
+    with torch.no_grad():
+        for b in batches:
+            with record_merge_decisions() as calls:
+                outputs.append(model(torch.from_numpy(np.ascontiguousarray(b, np.float32))).numpy())
+            per_batch.append(calls)
+    sites = []
+    for i in range(len(per_batch[0]) if per_batch else 0):
+        kind = per_batch[0][i]["kind"]
+        margins = [c[i]["margin"] for c in per_batch]
+        sites.append({"kind": kind, "slot": np.concatenate([c[i]["slot"] for c in per_batch]),
+                      "margin": None if any(m is None for m in margins) else np.concatenate(margins)})
+    return outputs, sites
