@@ -37,9 +37,14 @@ def from_slot(slot: Tensor, num_out: int) -> MergeFns:
 
 
 @lru_cache(maxsize=64)
-def alternating(n: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """ToMe's split: even positions are sources (CLS at 0 among them), odd are destinations."""
-    return tuple(range(0, n, 2)), tuple(range(1, n, 2))
+def alternating(n: int, prefix: int = 0) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """ToMe's split: even positions are sources (CLS at 0 among them), odd are destinations.
+
+    The first `prefix` positions are always sources, so that `protect=prefix` keeps every prefix
+    token (CLS and DeiT's distillation token at 1) out of the merge, as a source and as a destination.
+    """
+    src = tuple(i for i in range(n) if i < prefix or i % 2 == 0)
+    return src, tuple(i for i in range(n) if i >= prefix and i % 2 == 1)
 
 
 @lru_cache(maxsize=64)

@@ -107,7 +107,7 @@ class MergingBlock(Block):
             fns = core.window_match(x, h, w, k, site.protect)
             proportional = False
         else:
-            src, dst = core.alternating(N)
+            src, dst = core.alternating(N, site.protect)
             if isinstance(site, ToMeSite):
                 metric = self.dtem_metric(normed) if hasattr(self, "dtem_metric") else keys
                 r = tome_count(site.r, N, site.protect)

@@ -31,9 +31,13 @@ def _dot(a: list[float], b: list[float]) -> float:
     return sum(x * y for x, y in zip(a, b))
 
 
-def loop_alternating(n: int) -> tuple[list[int], list[int]]:
-    """ToMe: even positions are sources (CLS at 0 among them), odd positions destinations."""
-    return [i for i in range(n) if i % 2 == 0], [i for i in range(n) if i % 2 == 1]
+def loop_alternating(n: int, prefix: int = 0) -> tuple[list[int], list[int]]:
+    """ToMe: even positions are sources (CLS at 0 among them), odd positions destinations; prefix
+    tokens (CLS, DeiT's distillation token) are all sources, so protecting them keeps them whole."""
+    src, dst = [], []
+    for i in range(n):
+        (src if i < prefix or i % 2 == 0 else dst).append(i)
+    return src, dst
 
 
 def loop_grid(height: int, width: int, sy: int, sx: int) -> tuple[list[int], list[int]]:
@@ -171,9 +175,12 @@ def _rand(*shape: int, seed: int) -> torch.Tensor:
 # --- splits --------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("n", [2, 5, 17, 50])
-def test_alternating_split(n):
-    src, dst = core.alternating(n)
-    assert (list(src), list(dst)) == loop_alternating(n)
+@pytest.mark.parametrize("prefix", [0, 1, 2])
+def test_alternating_split(n, prefix):
+    src, dst = core.alternating(n, prefix)
+    assert (list(src), list(dst)) == loop_alternating(n, prefix)
+    if prefix <= 1:  # exactly ToMe's even/odd split
+        assert (src, dst) == (tuple(range(0, n, 2)), tuple(range(1, n, 2)))
 
 
 @pytest.mark.parametrize("hw,cell", [((4, 4), (2, 2)), ((8, 12), (4, 4)), ((6, 4), (2, 2)), ((8, 8), (4, 2))])
