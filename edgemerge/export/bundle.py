@@ -227,12 +227,14 @@ def export_bundle(opts: ExportOptions, progress: Callable[[str], None] = lambda 
     # 1. the PyTorch reference (checks model, variant, resolution and checkpoint first)
     calibration = load_calibration(opts.calibration)
     plan = get_plan(opts.model, opts.variant, calibration=calibration)
+    from edgemerge.models import get_config
+
+    counts = resolve(opts.model, plan, opts.resolution or get_config(opts.model).resolution)
     progress("building the PyTorch model")
     model, cfg, info = build_reference(opts.model, opts.variant, checkpoint=opts.checkpoint,
                                        resolution=opts.resolution, seed=opts.seed,
                                        num_classes=opts.num_classes, calibration=calibration)
     H, W = opts.resolution or cfg.resolution
-    counts = resolve(opts.model, plan, (H, W))
     num_classes = info.num_classes if info else (opts.num_classes or cfg.num_classes)
     images = normalize(synthetic_images(opts.batch * N_REFERENCE, H, W, seed=opts.seed), cfg.mean, cfg.std)
     batches = [images[i * opts.batch:(i + 1) * opts.batch] for i in range(N_REFERENCE)]
@@ -271,7 +273,10 @@ def export_bundle(opts: ExportOptions, progress: Callable[[str], None] = lambda 
     progress("writing the bundle")
     plan_json = {"model": opts.model, "variant": opts.variant, "resolution": [H, W], "plan": plan_dict(plan),
                  **counts, "gflops": gflops(opts.model, opts.variant, (H, W), calibration=calibration)}
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as e:
+        raise EdgemergeError(f"output directory {out.resolve().parent} is not writable ({e.strerror})") from None
     try:
         onnx_path = tmp / "model.onnx"
         onnx_path.write_bytes(model_bytes)
@@ -299,6 +304,9 @@ def export_bundle(opts: ExportOptions, progress: Callable[[str], None] = lambda 
         _write_json(tmp / "manifest.json", manifest)
         os.chmod(tmp, 0o755)
         _replace_dir(tmp, out)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise EdgemergeError(f"cannot write the bundle to {out}: {e}") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -331,8 +339,11 @@ def _check_writable(out: Path) -> None:
         raise EdgemergeError(f"output directory {out} is not empty and holds no bundle; refusing to replace it")
     if not parent.is_dir():
         raise EdgemergeError(f"output parent directory {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise EdgemergeError(f"output directory {parent} is not writable")
+    try:
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as e:
+        raise EdgemergeError(f"output directory {parent} is not writable ({e.strerror})") from None
 
 
 def _replace_dir(tmp: Path, out: Path) -> None:

@@ -78,9 +78,7 @@ def config_dir() -> Path:
     here = Path(__file__).resolve().parents[2] / "export_configs"
     if here.is_dir():
         return here
-    from importlib.resources import files
-
-    return Path(str(files("edgemerge") / "export_configs"))
+    return Path(__file__).resolve().parents[1] / "export_configs"  # installed wheel
 
 
 def family_of(model: str) -> str:

@@ -23,6 +23,7 @@ def plugin_sources() -> Path | None:
     import sys
 
     candidates = [Path(edgemerge.__file__).resolve().parent.parent / "plugins",
+                  Path(edgemerge.__file__).resolve().parent / "plugin_sources",  # installed wheel
                   Path(sys.prefix) / "share" / "edgemerge" / "plugins"]
     for c in candidates:
         if (c / "CMakeLists.txt").is_file() or (c / "kernels").is_dir():

@@ -76,6 +76,7 @@ def plugin_source_dir() -> Path | None:
     import edgemerge
 
     candidates.append(Path(edgemerge.__file__).resolve().parent.parent / "plugins")
+    candidates.append(Path(edgemerge.__file__).resolve().parent / "plugin_sources")  # installed wheel
     for c in candidates:
         if (c / "kernels").is_dir():
             return c
