@@ -1,0 +1,40 @@
+"""`edgemerge calibrate`: ALGM's static counts from a folder of images (adaptive mode, quantile)."""
+
+from __future__ import annotations
+
+import click
+
+from edgemerge.cli import main
+
+
+@main.command()
+@click.option("--model", "-m", required=True, help="A segmenter-vit-* model (ALGM).")
+@click.option("--images", "-i", required=True, type=click.Path(), help="Folder of images (png, jpg, ...).")
+@click.option("--checkpoint", "-c", type=click.Path(), default=None, help="Weights; default: random weights.")
+@click.option("--resolution", "-r", default=None, help="Input HxW, default: the model's.")
+@click.option("--quantile", "-q", default=0.5, show_default=True, type=float,
+              help="Quantile of the per-image fractions to keep (lower = fewer merges = conservative).")
+@click.option("--out", "-o", type=click.Path(), default=None, help="JSON file, default: MODEL-calibration.json.")
+def calibrate(model: str, images: str, checkpoint: str | None, resolution: str | None, quantile: float,
+              out: str | None) -> None:
+    """Run ALGM adaptively over images and write static local/global fractions for plan/export."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from edgemerge.export.bundle import parse_resolution
+    from edgemerge.merge.calibrate import calibrate as run, summary, write_calibration
+
+    console = Console(stderr=True)
+    result = run(model, images, checkpoint=checkpoint, resolution=parse_resolution(resolution), quantile=quantile)
+    path = write_calibration(result, out or f"{model}-calibration.json")
+    if checkpoint is None:  # after the run, so that bad input stays a one-line error
+        console.print(f"[yellow]note:[/] no --checkpoint given: calibrated {model} with RANDOM weights; "
+                      "the fractions say nothing about a trained model.")
+    res = "x".join(map(str, result["resolution"]))
+    table = Table("site", "min", "median", "max", f"kept (q={quantile:g})",
+                  title=f"{model} ALGM fractions over {result['images']} images at {res}")
+    for row in summary(result):
+        table.add_row(row["site"], *(f"{row[k]:.3f}" for k in ("min", "median", "max", "kept")))
+    console.print(table)
+    console.print(f"wrote {path}; use it with `edgemerge plan|export --model {model} --variant algm "
+                  f"--calibration {path}`")
