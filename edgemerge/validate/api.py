@@ -98,10 +98,10 @@ def validate_artifact(path: str | Path, *, images: str | Path | None = None, lab
     ref_sites: list[dict] | None = None
     stored = R.load_stored(art.bundle, manifest) if not use_torch or images is None else None
     if use_torch:
+        inp = (inputs_mod.folder_inputs(manifest, images, labels, num) if images is not None
+               else inputs_mod.synthetic_inputs(manifest, num))  # bad folders are refused before any work
         progress("rebuilding the PyTorch reference from the manifest")
         model = R.build_from_manifest(manifest)  # refuses a changed or missing checkpoint
-        inp = (inputs_mod.folder_inputs(manifest, images, labels, num) if images is not None
-               else inputs_mod.synthetic_inputs(manifest, num))
         progress(f"running PyTorch on {inp.source['count']} input(s)")
         ref_out, ref_sites = R.run_pytorch(model, inp.batches)
         ref_kind = "pytorch"
