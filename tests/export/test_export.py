@@ -203,3 +203,20 @@ def test_failed_self_check_leaves_nothing(tmp_path, monkeypatch):
     assert res.exit_code == 1 and "self-check failed" in res.output
     assert not (tmp_path / "b").exists()
     assert [p.name for p in tmp_path.iterdir()] == []
+
+
+def test_plugins_agree_with_exported_nodes(tmp_path):
+    """The C++ creators' fields and the Python plugin descriptors match the nodes of real exports."""
+    from edgemerge.trt.opspec import check_onnx_model, cpp_plugin_fields
+
+    cpp = cpp_plugin_fields(REPO / "plugins")
+    seen = set()
+    for model, variant, res in [("segformer-b0", "fast", (128, 128)), ("segmenter-vit-t", "algm", (128, 128))]:
+        export_bundle(ExportOptions(model, variant, resolution=res, out=str(tmp_path / variant)))
+        proto = onnx.load(tmp_path / variant / "model.onnx")
+        assert check_onnx_model(proto) == []
+        for n in proto.graph.node:
+            if n.domain == DOMAIN:
+                seen.add(n.op_type)
+                assert sorted(a.name for a in n.attribute if a.name != "plugin_namespace") == sorted(cpp[n.op_type])
+    assert seen == {"TokenMatchBipartite", "TokenMatchWindow", "TokenMerge", "TokenUnmerge"}

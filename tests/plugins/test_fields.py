@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import re
 
+from edgemerge.trt.opspec import cpp_plugin_fields
+
 from .conftest import PLUGINS, REPO
 
 OPS = ["TokenMatchBipartite", "TokenMatchWindow", "TokenMerge", "TokenUnmerge"]
@@ -15,16 +17,9 @@ OPS = ["TokenMatchBipartite", "TokenMatchWindow", "TokenMerge", "TokenUnmerge"]
 
 def cpp_fields() -> dict[str, list[str]]:
     """{plugin name: field names in order} parsed from plugins/src/*Plugin.cpp / .h."""
-    out: dict[str, list[str]] = {}
-    for cpp in sorted((PLUGINS / "src").glob("token*Plugin.cpp")):
-        text = cpp.read_text()
-        header = cpp.with_suffix(".h").read_text()
-        name = re.search(r'static char const\* name\(\) noexcept \{ return "(\w+)"; \}', header)
-        assert name, f"no plugin name in {cpp.with_suffix('.h').name}"
-        body = re.search(r"::fieldList\(\)\s*\{(.*?)return fields;", text, re.S)
-        assert body, f"no fieldList() in {cpp.name}"
-        out[name.group(1)] = re.findall(r'PluginField\("(\w+)"', body.group(1))
-    return out
+    fields = cpp_plugin_fields(PLUGINS)
+    assert set(fields) == set(OPS), f"plugins found: {sorted(fields)}"
+    return fields
 
 
 def spec_attributes() -> dict[str, list[str]]:
