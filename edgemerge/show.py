@@ -188,7 +188,7 @@ def draw_site(image, site: MergeSite, alpha: float = 0.55, label: bool = True):
         edge[:, :-1] |= diff_x & (merged[:, 1:] | merged[:, :-1])
         edge[1:, :] |= diff_y & (merged[1:, :] | merged[:-1, :])
         edge[:-1, :] |= diff_y & (merged[1:, :] | merged[:-1, :])
-        rgb[edge] = 20.0
+        rgb[edge & merged] = 20.0  # drawn inside the groups, so unmerged tokens stay clear
     out = Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8))
     if label and W0 >= 64 and H0 >= 24:
         d = ImageDraw.Draw(out)
