@@ -91,7 +91,7 @@ def build_reference(model_name: str, variant: str, *, checkpoint: str | None = N
         torch.manual_seed(seed)
         model = build_model(model_name, num_classes=num_classes, resolution=resolution)
         _randomize_norm_stats(model, seed)
-    apply_merging(model, plan)
+    apply_merging(model, plan, dtem_state=info.merge_state if info else None)
     return model.eval(), cfg, info
 
 

@@ -43,6 +43,8 @@ class CheckpointInfo:
     format: str  # 'hf' | 'mmseg' | 'nvlabs' | 'timm' | 'segmenter' | 'edgemerge'
     sha256: str
     num_classes: int
+    # tensors a merge method reads but the architecture does not have (DTEM's metric projections)
+    merge_state: dict[str, Tensor] = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
 
 def _one_line(text: str) -> str:
@@ -228,8 +230,15 @@ def _classes(from_weights: int | None, hf_cfg: dict | None) -> int:
 _CONVERTERS = {"segformer": _segformer, "vit": _vit, "deit": _vit, "segmenter": _segmenter}
 
 
-def _fit(model: nn.Module, state: StateDict, name: str) -> None:
-    """Strict load with one-line reasons; resizes position embeddings to the model's grid."""
+MERGE_KEY = ".dtem_metric."  # DTEM: blocks.{i}.dtem_metric.weight/bias
+
+
+def _fit(model: nn.Module, state: StateDict, name: str) -> StateDict:
+    """Strict load with one-line reasons; resizes position embeddings to the model's grid.
+
+    Returns the merge-method tensors (DTEM metric projections) set aside from `state`.
+    """
+    merge_state = {k: state.pop(k) for k in [k for k in state if MERGE_KEY in k]}
     want = model.state_dict()
     for key in [k for k in want if k.endswith("pos_embed") and k in state]:
         if state[key].shape != want[key].shape:
@@ -254,6 +263,7 @@ def _fit(model: nn.Module, state: StateDict, name: str) -> None:
             raise EdgemergeError(f"checkpoint does not fit {name}: {key} has shape {list(state[key].shape)}, "
                                  f"the model needs {list(value.shape)}")
     model.load_state_dict(state, strict=True)
+    return merge_state
 
 
 def load_checkpoint(name: str, path: str | Path, *, num_classes: int | None = None,
@@ -283,6 +293,7 @@ def load_checkpoint(name: str, path: str | Path, *, num_classes: int | None = No
         raise EdgemergeError(f"checkpoint has {classes} classes, but num_classes={num_classes} was asked")
     cfg = dataclasses.replace(cfg, num_classes=classes, extra={**cfg.extra, **extra})
     model = build_from_config(cfg)
-    _fit(model, ours, name)
-    info = CheckpointInfo(path=path, format=fmt, sha256=_sha256(weights_file), num_classes=classes)
+    merge_state = _fit(model, ours, name)
+    info = CheckpointInfo(path=path, format=fmt, sha256=_sha256(weights_file), num_classes=classes,
+                          merge_state=merge_state)
     return model.eval(), info
