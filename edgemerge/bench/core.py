@@ -167,6 +167,12 @@ def machine_info(device: str, backend: str) -> dict[str, Any]:
 
 # ---- the baseline -------------------------------------------------------------------------------
 
+def unmerged_name(manifest: dict) -> str:
+    """Directory name of an --unmerged baseline bundle, e.g. segformer-b0-none-fp32-512x512-b1."""
+    res = "x".join(str(v) for v in manifest["resolution"])
+    return f"{manifest['model']}-none-{manifest.get('precision', 'fp32')}-{res}-b{manifest.get('batch', 1)}"
+
+
 def unmerged_artifact(merged: Artifact, backend: str, workdir: Path,
                       progress: Callable[[str], None] = lambda s: None) -> Artifact:
     """The same model with variant 'none' at the same settings (exported when the backend needs a file)."""
@@ -183,7 +189,15 @@ def unmerged_artifact(merged: Artifact, backend: str, workdir: Path,
     from edgemerge.export.bundle import ExportOptions, export_bundle
 
     ck = m.get("checkpoint")
-    out = workdir / "unmerged"
+    out = workdir / unmerged_name(m)
+    wanted = "model.plan" if backend == "trt" else "model.onnx"
+    if (out / "manifest.json").is_file() and (out / wanted).is_file():
+        kept = read_artifact(out / wanted)
+        same = ("model", "resolution", "batch", "precision", "merge_ops", "seed", "num_classes")
+        if kept.manifest.get("variant") == "none" and all(kept.manifest.get(k) == m.get(k) for k in same) and \
+                (kept.manifest.get("checkpoint") or {}).get("sha256") == (ck or {}).get("sha256"):
+            progress(f"reusing the unmerged baseline in {out}")
+            return kept
     opts = ExportOptions(model=m["model"], variant="none", checkpoint=ck["path"] if ck else None,
                          resolution=tuple(m["resolution"]), batch=int(m.get("batch", 1)),
                          precision=m.get("precision", "fp32"), merge_ops=m.get("merge_ops", "plugin"),

@@ -17,13 +17,15 @@ from edgemerge.cli import main
               help="Default: cuda for trt, cpu otherwise.")
 @click.option("--iters", default=50, show_default=True, type=int, help="Timed iterations per model.")
 @click.option("--warmup", default=5, show_default=True, type=int, help="Untimed iterations per model first.")
+@click.option("--baseline-dir", type=click.Path(file_okay=False), default=None,
+              help="Keep the --unmerged baseline bundle here (reused when its settings match); default: a temp dir.")
 @click.option("--threads", default=None, type=int, help="CPU threads (default: all cores).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the synthetic input.")
 @click.option("--plugins", type=click.Path(), default=None, help="Plugin library for the engines (trt).")
 @click.option("--json", "json_out", type=click.Path(), default="bench.json", show_default=True)
 @click.option("--plot", type=click.Path(), default=None, help="Latency plot PNG (default: the JSON path with .png).")
 @click.option("--power", is_flag=True, help="Jetson: board power from tegrastats, energy per frame.")
-def bench(artifact, baseline, unmerged, backend, device, iters, warmup, threads, seed, plugins, json_out, plot,
+def bench(artifact, baseline, unmerged, baseline_dir, backend, device, iters, warmup, threads, seed, plugins, json_out, plot,
           power) -> None:
     """Time ARTIFACT (and its baseline, interleaved): latency percentiles, throughput, memory, speed-up."""
     from pathlib import Path
@@ -35,7 +37,7 @@ def bench(artifact, baseline, unmerged, backend, device, iters, warmup, threads,
     console = Console(stderr=True)
     opts = BenchOptions(artifact=artifact, baseline=baseline, unmerged=unmerged, backend=backend, device=device,
                         iters=iters, warmup=warmup, power=power, seed=seed, threads=threads,
-                        plugins=[plugins] if plugins else None)
+                        plugins=[plugins] if plugins else None, workdir=baseline_dir)
     report = run_bench(opts, progress=lambda msg: console.log(msg))
     jpath = write_json(report, json_out)
     ppath = plot_report(report, plot or Path(json_out).with_suffix(".png"))

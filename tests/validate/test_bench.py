@@ -95,6 +95,22 @@ def test_bench_explicit_baseline_and_onnx_file(bundle, tmp_path):
     assert report["flop_ratio"] == 1.0 and report["baseline_kind"] == "given"
 
 
+def test_bench_unmerged_reuses_a_kept_baseline(bundle, tmp_path):
+    """--baseline-dir: a matching unmerged bundle there is reused, not exported again."""
+    from edgemerge.bench.core import unmerged_name
+
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    kept = tmp_path / unmerged_name(manifest)
+    shutil.copytree(bundle, kept)  # stands in for the unmerged export (same settings, variant none)
+    (kept / "manifest.json").write_text(json.dumps({**manifest, "variant": "none"}))
+    result = CliRunner().invoke(main, ["bench", str(bundle), "--unmerged", "--baseline-dir", str(tmp_path),
+                                       "--iters", "2", "--json", str(tmp_path / "r.json")])
+    assert result.exit_code == 0, result.output
+    assert "reusing the unmerged baseline" in result.output
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["baseline"] == str(kept / "model.onnx")
+
+
 def test_bench_without_baseline_has_no_ratio(bundle, tmp_path):
     jpath = tmp_path / "one.json"
     result = CliRunner().invoke(main, ["bench", str(bundle), "--iters", "2", "--json", str(jpath)])
