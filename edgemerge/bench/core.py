@@ -174,7 +174,7 @@ def unmerged_name(manifest: dict) -> str:
 
 
 def unmerged_artifact(merged: Artifact, backend: str, workdir: Path,
-                      progress: Callable[[str], None] = lambda s: None) -> Artifact:
+                      progress: Callable[[str], None] = lambda s: None, plugins: list[str] | None = None) -> Artifact:
     """The same model with variant 'none' at the same settings (exported when the backend needs a file)."""
     m = merged.manifest
     if m["variant"] == "none":
@@ -202,7 +202,8 @@ def unmerged_artifact(merged: Artifact, backend: str, workdir: Path,
                          resolution=tuple(m["resolution"]), batch=int(m.get("batch", 1)),
                          precision=m.get("precision", "fp32"), merge_ops=m.get("merge_ops", "plugin"),
                          opset=int(m.get("opset", 18)), out=str(out), seed=int(m.get("seed", 0)),
-                         num_classes=m.get("num_classes"), engine=backend == "trt")
+                         num_classes=m.get("num_classes"), engine=backend == "trt", plugins=plugins[0] if plugins else None)
+    workdir.mkdir(parents=True, exist_ok=True)
     progress(f"exporting the unmerged baseline ({m['model']} none) to {out}")
     export_bundle(opts, progress=progress)
     return read_artifact(out / ("model.plan" if backend == "trt" else "model.onnx"))
@@ -269,7 +270,7 @@ def run_bench(opts: BenchOptions, progress: Callable[[str], None] = lambda s: No
             baseline = read_artifact(opts.baseline)
         elif opts.unmerged:
             workdir = Path(opts.workdir) if opts.workdir else Path(tmp := tempfile.mkdtemp(prefix="edgemerge-bench-"))
-            baseline = unmerged_artifact(merged, backend, workdir, progress)
+            baseline = unmerged_artifact(merged, backend, workdir, progress, opts.plugins)
         if baseline is not None:
             _check_compatible(merged, baseline)
         return _timed(merged, baseline, backend, device, opts, power, progress)
