@@ -8,6 +8,8 @@ For each variant (none / hq / fast / n2d) it evaluates the merged PyTorch model,
 logits at 1/4 resolution -> bilinear upsampling to the label size -> argmax; label 11 (void) is
 ignored; mIoU over the 11 classes from one confusion matrix over all frames.
 Writes fidelity.json and fidelity.md (the table) under --out; the bundles go to --out/bundles.
+Results are saved after every (variant, backend) entry and a rerun with the same --out, frames and
+resolution skips what is there, so `--backends` can split the work across runs.
 """
 
 from __future__ import annotations
@@ -95,9 +97,19 @@ def main(argv: list[str] | None = None) -> int:
 
     results: dict = {"model": MODEL, "checkpoint": args.checkpoint, "resolution": [H, W], "frames": len(frames),
                      "ignore_label": IGNORE, "classes": list(CLASSES), "variants": {}}
+    json_path = out / "fidelity.json"
+    if json_path.is_file():  # resume: keep the entries of an earlier run at the same settings
+        old = json.loads(json_path.read_text())
+        if all(old.get(k) == results[k] for k in ("checkpoint", "resolution", "frames")):
+            results["variants"] = old["variants"]
+
+    def save():
+        json_path.write_text(json.dumps(results, indent=2) + "\n")
+
     for v in variants:
-        res = results["variants"][v] = {"gflops": gflops(MODEL, v, (H, W))}
-        if "torch" in backends:
+        res = results["variants"].setdefault(v, {})
+        res.setdefault("gflops", gflops(MODEL, v, (H, W)))
+        if "torch" in backends and "torch" not in res:
             model, _, _ = build_reference(MODEL, v, checkpoint=args.checkpoint, resolution=(H, W))
 
             def run_torch(x, model=model):
@@ -106,9 +118,10 @@ def main(argv: list[str] | None = None) -> int:
 
             res["torch"] = evaluate(run_torch, images, labels)
             print(f"{v:5s} torch     mIoU {res['torch']['miou'] * 100:6.2f}", flush=True)
+            save()
         for precision in ("fp32", "fp16"):
             key = f"ort-{precision}"
-            if key not in backends:
+            if key not in backends or key in res:
                 continue
             bundle = out / "bundles" / f"{MODEL}-{v}-{precision}-{H}x{W}"
             if not (bundle / "manifest.json").is_file():
@@ -126,9 +139,10 @@ def main(argv: list[str] | None = None) -> int:
 
             res[key] = evaluate(run_ort, images, labels)
             print(f"{v:5s} {key:9s} mIoU {res[key]['miou'] * 100:6.2f}", flush=True)
+            save()
 
-    (out / "fidelity.json").write_text(json.dumps(results, indent=2) + "\n")
-    table = markdown_table(results, backends)
+    save()
+    table = markdown_table(results, ["torch", "ort-fp32", "ort-fp16"])
     (out / "fidelity.md").write_text(table + "\n")
     print(table)
     return 0
