@@ -5,6 +5,8 @@ Every iteration runs each variant once, in an order rotated per iteration, on th
 timed region), so drift in the machine's speed (thermal, other load) hits all variants alike.
 Reports median and p90 latency per variant, the speed-up of the median against `none`, and the
 GFLOP ratio from `edgemerge.merge.flops.gflops` beside it. Random weights: only time is measured.
+Also reports the process CPU time per forward (all threads): on a shared machine, wall time also
+counts the time other processes held the cores, CPU time much less so.
 
     python benchmarks/bench_merging_cpu.py --model segformer-b2 --resolution 512x512 \
         --variants none,hq,fast,n2d --iters 10 --warmup 2 --json b2.json
@@ -61,27 +63,32 @@ def run(model_name: str, resolution: tuple[int, int], variants: list[str], iters
     plans = {v: get_plan(model_name, v) for v in variants}
     x = torch.randn(1, 3, *resolution, generator=torch.Generator().manual_seed(seed))
     times: dict[str, list[float]] = {v: [] for v in variants}
+    cpu: dict[str, list[float]] = {v: [] for v in variants}
     with torch.inference_mode():
         for it in range(warmup + iters):
             shift = it % len(variants)
             for v in variants[shift:] + variants[:shift]:
                 apply_merging(model, plans[v])
-                t0 = time.perf_counter()
+                c0, t0 = time.process_time(), time.perf_counter()
                 model(x)
-                dt = time.perf_counter() - t0
+                dt, dc = time.perf_counter() - t0, time.process_time() - c0
                 if it >= warmup:
                     times[v].append(dt * 1000)
+                    cpu[v].append(dc * 1000)
                 print(f"  iter {it + 1}/{warmup + iters}{' (warm-up)' if it < warmup else ''} {v}: {dt * 1000:.0f} ms",
                       file=sys.stderr, flush=True)
     remove_merging(model)
     base = statistics.median(times["none"])
+    base_cpu = statistics.median(cpu["none"])
     rows = []
     for v in variants:
         g = gflops(model_name, v, resolution)
         med = statistics.median(times[v])
+        med_cpu = statistics.median(cpu[v])
         rows.append({"variant": v, "median_ms": round(med, 2), "p90_ms": round(percentile(times[v], 90), 2),
-                     "speedup": round(base / med, 3), "gflops": g["merged"], "flop_ratio": g["ratio"],
-                     "times_ms": [round(t, 2) for t in times[v]]})
+                     "speedup": round(base / med, 3), "cpu_median_ms": round(med_cpu, 2),
+                     "cpu_speedup": round(base_cpu / med_cpu, 3), "gflops": g["merged"], "flop_ratio": g["ratio"],
+                     "times_ms": [round(t, 2) for t in times[v]], "cpu_ms": [round(t, 2) for t in cpu[v]]})
     return {"model": model_name, "resolution": list(resolution), "iters": iters, "warmup": warmup,
             "threads": threads, "seed": seed, "batch": 1, "torch": torch.__version__, "cpu": cpu_name(),
             "python": platform.python_version(), "results": rows}
@@ -89,11 +96,11 @@ def run(model_name: str, resolution: tuple[int, int], variants: list[str], iters
 
 def table(result: dict) -> str:
     """The results as a Markdown table."""
-    lines = ["| variant | median ms | p90 ms | speed-up vs none | GFLOPs | FLOP ratio |",
-             "|---|---:|---:|---:|---:|---:|"]
+    lines = ["| variant | median ms | p90 ms | speed-up vs none | CPU-time median ms | CPU-time speed-up | GFLOPs "
+             "| FLOP ratio |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in result["results"]:
-        lines.append(f"| {r['variant']} | {r['median_ms']:.1f} | {r['p90_ms']:.1f} | {r['speedup']:.2f}x | "
-                     f"{r['gflops']:.1f} | {r['flop_ratio']:.2f}x |")
+        lines.append(f"| {r['variant']} | {r['median_ms']:.0f} | {r['p90_ms']:.0f} | {r['speedup']:.2f}x | "
+                     f"{r['cpu_median_ms']:.0f} | {r['cpu_speedup']:.2f}x | {r['gflops']:.1f} | {r['flop_ratio']:.2f}x |")
     return "\n".join(lines)
 
 
@@ -113,11 +120,14 @@ def main(argv: list[str] | None = None) -> int:
         variants.insert(0, "none")
     if args.iters < 1 or args.warmup < 0:
         ap.error("--iters must be >= 1 and --warmup >= 0")
+    load_before = os.getloadavg()
     result = run(args.model, parse_resolution(args.resolution), variants, args.iters, args.warmup, args.threads,
                  args.seed)
     result["command"] = "python benchmarks/bench_merging_cpu.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    load = result["loadavg_before"], result["loadavg_after"] = load_before, os.getloadavg()
     print(f"{result['model']} at {args.resolution}, batch 1, {args.threads} threads, {args.iters} iterations "
-          f"(+{args.warmup} warm-up), torch {result['torch']}, {result['cpu']}")
+          f"(+{args.warmup} warm-up), torch {result['torch']}, {result['cpu']}, "
+          f"1-min load average {load[0][0]:.1f} before / {load[1][0]:.1f} after")
     print(table(result))
     if args.json:
         path = Path(args.json)
