@@ -60,16 +60,30 @@ def tensor_error(got: np.ndarray, ref: np.ndarray) -> tuple[float, str]:
     return float((got != ref).mean()) if got.size else 0.0, "exact"
 
 
+_CACHE: dict[str, onnx.ModelProto] = {}  # the last fresh export, keyed by what it was made from
+
+
 def _reference_export(manifest: dict, out: Path, progress: Callable[[str], None]) -> onnx.ModelProto:
-    from edgemerge.export.bundle import ExportOptions, export_bundle
     from edgemerge.validate.reference import checked_checkpoint
+
+    checkpoint = checked_checkpoint(manifest)
+    key = json.dumps([manifest.get(k) for k in ("model", "variant", "resolution", "batch", "merge_ops", "opset",
+                                                "seed", "num_classes", "calibration", "checkpoint")], sort_keys=True)
+    if key not in _CACHE:
+        _CACHE.clear()
+        _CACHE[key] = _export_fp32(manifest, checkpoint, out, progress)
+    return _CACHE[key]
+
+
+def _export_fp32(manifest: dict, checkpoint: str | None, out: Path, progress: Callable[[str], None]) -> onnx.ModelProto:
+    from edgemerge.export.bundle import ExportOptions, export_bundle
 
     calibration = None
     if manifest.get("calibration") is not None:
         calibration = out.parent / "calibration.json"
         calibration.write_text(json.dumps(manifest["calibration"]))
     opts = ExportOptions(model=manifest["model"], variant=manifest["variant"],
-                         checkpoint=checked_checkpoint(manifest), resolution=tuple(manifest["resolution"]),
+                         checkpoint=checkpoint, resolution=tuple(manifest["resolution"]),
                          batch=int(manifest.get("batch", 1)), precision="fp32",
                          merge_ops=manifest.get("merge_ops", "plugin"), opset=int(manifest.get("opset", 18)),
                          out=str(out), seed=int(manifest.get("seed", 0)), num_classes=manifest.get("num_classes"),
@@ -100,7 +114,7 @@ def first_divergence(got_model: onnx.ModelProto, got: dict[str, np.ndarray], ref
     """Walk `got_model`'s nodes in order; the first whose output differs from `ref` by more than tol."""
     errors: dict[str, float] = {}
     compared = unmatched = 0
-    first = None
+    first = largest = None
     for node in got_model.graph.node:
         for out in node.output:
             if not out or out not in got:
@@ -112,6 +126,8 @@ def first_divergence(got_model: onnx.ModelProto, got: dict[str, np.ndarray], ref
             err, kind = tensor_error(got[out], ref[out])
             errors[out] = err
             limit = 0.0 if kind == "exact" else tol
+            if kind != "exact" and (largest is None or err > largest["error"]):
+                largest = {"name": node.name, "op_type": node.op_type, "output": out, "error": err}
             if first is None and err > limit:
                 inputs = [{"name": i, "error": errors.get(i)} for i in node.input if i]
                 initializers = {t.name for t in got_model.graph.initializer}
@@ -120,7 +136,8 @@ def first_divergence(got_model: onnx.ModelProto, got: dict[str, np.ndarray], ref
                          "weights": [i for i in node.input if i in initializers],
                          "inputs_agree": all(e["error"] is None or e["error"] <= tol for e in inputs),
                          "hint": _hint(node, kind, inputs, tol)}
-    return {"first_divergent": first, "tensors_compared": compared, "tensors_unmatched": unmatched}
+    return {"first_divergent": first, "largest_error": largest, "tensors_compared": compared,
+            "tensors_unmatched": unmatched}
 
 
 def _hint(node: onnx.NodeProto, kind: str, inputs: list[dict], tol: float) -> str:
@@ -135,6 +152,11 @@ def _hint(node: onnx.NodeProto, kind: str, inputs: list[dict], tol: float) -> st
     return "its inputs already differ (below the tolerance at the producing node): accumulated error"
 
 
+def _largest(result: dict) -> str:
+    big = result.get("largest_error")
+    return "none" if big is None else f"{big['op_type']} {big['name']} ({big['error']:.3g})"
+
+
 def localize_divergence(art: Artifact, batch: np.ndarray, limits: dict, *,
                         progress: Callable[[str], None] = lambda s: None) -> dict:
     """The report's `localize` section; says plainly when it cannot run."""
@@ -147,8 +169,13 @@ def localize_divergence(art: Artifact, batch: np.ndarray, limits: dict, *,
     tol = limits.get("max_abs_rel_range", ("<=", None))[1]
     tol = tol if tol is not None else (FP16_TOLERANCE if art.precision == "fp16" else 1e-3)
     got_model = onnx.load(str(art.onnx_path))
+    from edgemerge.errors import EdgemergeError
+
     with tempfile.TemporaryDirectory(prefix="edgemerge-localize-") as tmp:
-        ref_model = _reference_export(art.manifest, Path(tmp) / "reference", progress)
+        try:
+            ref_model = _reference_export(art.manifest, Path(tmp) / "reference", progress)
+        except EdgemergeError as e:
+            return {"ran": False, "reason": f"the fresh fp32 reference export failed: {e}"}
     progress("running both graphs with every node output marked")
     got = run_all(got_model, batch)
     ref = run_all(ref_model, batch)
@@ -160,8 +187,9 @@ def localize_divergence(art: Artifact, batch: np.ndarray, limits: dict, *,
     if result["first_divergent"] is None:
         reason = (f"no node output differs by more than {tol:g} of its range from the fresh fp32 export "
                   f"({result['tensors_compared']} tensors compared, {result['tensors_unmatched']} without a "
-                  f"same-named tensor): the difference lies in what ONNX Runtime cannot show (an engine's "
-                  f"kernels) or in tensors whose names do not match")
+                  f"same-named tensor): no single node makes the difference; it accumulates (fp16 rounding, "
+                  f"flipped near-ties in argmax) or lies in tensors whose names do not match; largest error: "
+                  f"{_largest(result)}")
     return {"ran": True, "reference": "fresh fp32 export of the manifest's model (ONNX Runtime)",
             "tolerance": tol, **result, "differing_initializers": diffs[:MAX_LISTED],
             "differing_initializers_count": len(diffs), "note": note, "reason": reason}

@@ -59,12 +59,14 @@ def output_metrics(got: np.ndarray, ref: np.ndarray) -> dict[str, float | None]:
     rel = err / np.maximum(np.abs(ref), REL_FLOOR * span)
     g = got.reshape(len(got), -1)
     r = ref.reshape(len(ref), -1)
-    cos = (g * r).sum(1) / np.maximum(np.linalg.norm(g, axis=1) * np.linalg.norm(r, axis=1), 1e-30)
+    cos = float("nan")
+    if finite:
+        cos = float(((g * r).sum(1) / np.maximum(np.linalg.norm(g, axis=1) * np.linalg.norm(r, axis=1), 1e-30)).min())
     out: dict[str, float | None] = {
         "max_abs": float(err.max()), "mean_abs": float(err.mean()),
         "max_rel": float(rel.max()), "mean_rel": float(rel.mean()),
         "range": span, "max_abs_rel_range": float(err.max()) / span,
-        "cosine": float(cos.min()) if finite else float("nan"), "finite": finite,
+        "cosine": cos, "finite": finite,
         "argmax_agreement": None, "miou_vs_reference": None,
     }
     if got.ndim == 4:  # [B, K, H, W] class scores

@@ -180,6 +180,20 @@ def test_stored_reference_without_pytorch_path(bundles, tmp_path):
     assert report["merge_decisions"]["available"] is False
 
 
+def test_validate_without_torch_uses_reference_npz(bundles, tmp_path):
+    """The Jetson path: no torch importable, the stored inputs/outputs are the reference."""
+    import subprocess
+    import sys
+
+    code = ("import sys, json; sys.modules['torch'] = None\n"
+            "from edgemerge.validate import validate_artifact\n"
+            f"r = validate_artifact({str(bundles['fp32-plugin'])!r}, out={str(tmp_path)!r})\n"
+            "print(json.dumps([r['passed'], r['reference']['kind'], 'torch' in sys.modules and sys.modules['torch'] is not None]))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == [True, "reference.npz", False]
+
+
 # ---- broken exports fail with exit 1, naming the metric -----------------------------------------
 
 def test_altered_weight_fails(weight_altered, tmp_path):
@@ -191,14 +205,17 @@ def test_altered_weight_fails(weight_altered, tmp_path):
     assert not report["passed"]
 
 
-def test_overwrite_merge_fails(merge_overwrite, tmp_path):
-    res = run(merge_overwrite, "--out", tmp_path, "--num", 2)
+def test_overwrite_merge_fails_and_is_localized_to_a_merge(merge_overwrite, tmp_path):
+    res = run(merge_overwrite, "--out", tmp_path, "--num", 1, "--localize")
     assert res.exit_code == 1, res.stderr
     line = _one_line_error(res)
     assert "logits.max_abs_rel_range" in line or "logits.argmax_agreement" in line
     report = json.loads((tmp_path / "report.json").read_text())
     failed = {c["metric"] for c in report["checks"] if not c["passed"]}
     assert "max_abs_rel_range" in failed
+    first = report["localize"]["first_divergent"]
+    assert first["op_type"] == "TokenMerge" and first["domain"] == "edgemerge"
+    assert not report["localize"]["differing_initializers"]  # same weights: the op itself is wrong
 
 
 def _downstream(model: onnx.ModelProto, tensor: str) -> set[str]:
