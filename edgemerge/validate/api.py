@@ -8,7 +8,6 @@ limits -> (on failure, with localize) the first diverging node -> report.json + 
 
 from __future__ import annotations
 
-import importlib
 import platform
 import time
 from pathlib import Path
@@ -30,12 +29,26 @@ REPORT_DIR = "validate_report"
 
 
 def _versions() -> dict[str, str | None]:
+    """Versions of what took part, without importing anything new (no torch import for this)."""
+    import sys
+    from importlib import metadata
+
     out: dict[str, str | None] = {"edgemerge": __version__, "python": platform.python_version()}
-    for mod in ("numpy", "onnx", "onnxruntime", "polygraphy", "torch", "tensorrt"):
-        try:
-            out[mod] = importlib.import_module(mod).__version__
-        except Exception:
-            out[mod] = None
+    dists = {"numpy": ["numpy"], "onnx": ["onnx"], "onnxruntime": ["onnxruntime", "onnxruntime-gpu"],
+             "polygraphy": ["polygraphy"], "torch": ["torch"], "tensorrt": ["tensorrt", "tensorrt-cu12"],
+             "matplotlib": ["matplotlib"]}
+    for mod, names in dists.items():
+        if mod in sys.modules:
+            m = sys.modules[mod]
+            out[mod] = getattr(m, "__version__", None) if m is not None else None
+            continue
+        out[mod] = None
+        for name in names:
+            try:
+                out[mod] = metadata.version(name)
+                break
+            except metadata.PackageNotFoundError:
+                pass
     return out
 
 

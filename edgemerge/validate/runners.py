@@ -12,7 +12,6 @@ import re
 from pathlib import Path
 
 import numpy as np
-import onnx
 
 from edgemerge.errors import EdgemergeError
 
@@ -27,9 +26,11 @@ def _quiet_polygraphy() -> None:
     G_LOGGER.module_severity = G_LOGGER.ERROR
 
 
-def slot_tensors(model: onnx.ModelProto) -> list[str] | None:
+def slot_tensors(model) -> list[str] | None:
     """Names of the slot tensors in graph order: outputs of TokenMatch* nodes (plugin mode) or
     the int32 Casts that end their inlined bodies (native mode); None when none can be found."""
+    import onnx
+
     names = [n.output[0] for n in model.graph.node if n.op_type in MATCH_OPS]
     if not names:
         names = [n.output[0] for n in model.graph.node if n.op_type == "Cast" and _NATIVE_SLOT.match(n.output[0])
@@ -37,8 +38,11 @@ def slot_tensors(model: onnx.ModelProto) -> list[str] | None:
     return names or None
 
 
-def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
-    """A copy of `model` with `names` added to its graph outputs (types left to the runtime)."""
+def with_outputs(model, names: list[str]):
+    """A copy of `model` (onnx.ModelProto) with `names` added to its graph outputs (types left to
+    the runtime)."""
+    import onnx
+
     out = onnx.ModelProto()
     out.CopyFrom(model)
     have = {o.name for o in out.graph.output}
@@ -56,6 +60,7 @@ def _feeds(batches: list[np.ndarray], name: str, dtype: str) -> list[dict]:
 def run_onnx(onnx_path: Path, manifest: dict, batches: list[np.ndarray], *, expose_slots: bool = True
              ) -> tuple[list[dict[str, np.ndarray]], list[str] | None]:
     """Outputs per batch ({name: array}, slot tensors included) and the slot tensor names."""
+    import onnx
     from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
     from polygraphy.comparator import Comparator
 
