@@ -65,7 +65,7 @@ def write_png(path: Path, images: np.ndarray, ref_pred: np.ndarray, got_pred: np
 
     n = min(MAX_FIGURE_INPUTS, len(images))
     pal = _palette(num_classes)
-    fig = Figure(figsize=(12, 3.1 * n), dpi=80)
+    fig = Figure(figsize=(12, 3.3 * n), dpi=80, layout="constrained")
     axes = fig.subplots(n, 4, squeeze=False)
     for i in range(n):
         diff = ref_pred[i] != got_pred[i]
@@ -78,7 +78,6 @@ def write_png(path: Path, images: np.ndarray, ref_pred: np.ndarray, got_pred: np
             ax.imshow(img, interpolation="nearest", **kw)
             ax.set_title(title, fontsize=9)
             ax.axis("off")
-    fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return _atomic_write(path, buf.getvalue())
