@@ -17,7 +17,6 @@ from edgemerge.errors import EdgemergeError
 from edgemerge.images import IMAGE_SUFFIXES, list_images, load_image, normalize, synthetic_images
 
 DEFAULT_SYNTHETIC = 4
-IGNORE_INDEX = 255
 
 
 @dataclass
