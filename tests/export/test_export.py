@@ -62,8 +62,11 @@ def test_export_self_checks(tmp_path, model, res, variant, merge_ops, precision)
     if precision == "fp16":
         kinds = {t.data_type for t in proto.graph.initializer}
         assert onnx.TensorProto.FLOAT16 in kinds
-        ln = [n for n in proto.graph.node if n.op_type == "LayerNormalization"]
-        assert ln and all(i.endswith("__fp32") or "fp32" in i for n in ln for i in n.input)
+        typed = onnx.shape_inference.infer_shapes(proto)
+        dtype = {v.name: v.type.tensor_type.elem_type for v in [*typed.graph.value_info, *typed.graph.input]}
+        dtype.update({t.name: t.data_type for t in proto.graph.initializer})
+        ln = [n for n in proto.graph.node if n.op_type in ("LayerNormalization", "Softmax")]
+        assert ln and all(dtype[i] == onnx.TensorProto.FLOAT for n in ln for i in n.input if i)
         assert manifest["inputs"][0]["dtype"] == "float32" and manifest["outputs"][0]["dtype"] == "float32"
     m = json.loads((out / "manifest.json").read_text())
     for key in ("model", "variant", "resolution", "batch", "precision", "merge_ops", "plan", "inputs", "outputs",
