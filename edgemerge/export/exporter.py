@@ -8,6 +8,7 @@ then adds the model-local functions (plugin mode) or inlines them (native mode).
 
 from __future__ import annotations
 
+import copy
 import io
 import logging
 import warnings
@@ -57,9 +58,9 @@ class IOCast(nn.Module):
 
     def __init__(self, model: nn.Module, dtype: torch.dtype):
         super().__init__()
-        self.model = model.to(dtype)
+        self.model = copy.deepcopy(model).to(dtype)  # the fp32 reference stays as it is
         for name in getattr(model, "fp32_modules", ()):  # parts the model wants kept in fp32
-            getattr(model, name).float()
+            getattr(self.model, name).float()
         self.dtype = dtype
 
     def forward(self, images: Tensor) -> Tensor:

@@ -6,6 +6,8 @@ resolved from static shapes, so a patched model exports with static token counts
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from typing import Callable, NamedTuple
 
@@ -57,11 +59,60 @@ def grid(height: int, width: int, sy: int, sx: int) -> tuple[tuple[int, ...], tu
     return tuple(i for i in range(height * width) if i not in dst_set), dst
 
 
+_replay: list[Tensor] | None = None
+
+
+@contextmanager
+def replay_decisions(slots: Iterable[Tensor]) -> Iterator[None]:
+    """Use these slots, in call order, instead of matching (PyTorch only, never exported).
+
+    Lets a check run PyTorch with another backend's merge decisions, so that a flipped near-tie
+    (which legitimately merges other tokens) is told apart from a numerical error.
+    """
+    global _replay
+    _replay = list(slots)
+    try:
+        yield
+    finally:
+        left, _replay = _replay, None
+        if left:
+            raise RuntimeError(f"{len(left)} replayed merge decisions were not used")
+
+
+_record: list[Tensor] | None = None
+
+
+@contextmanager
+def record_decisions() -> Iterator[list[Tensor]]:
+    """Collect the slot of every merge site, in call order, while the block runs (PyTorch only)."""
+    global _record
+    _record = []
+    try:
+        yield _record
+    finally:
+        _record = None
+
+
+def _decide(compute: Callable[[], Tensor], n: int) -> Tensor:
+    if _replay is None:
+        slot = compute()
+    elif not _replay:
+        raise RuntimeError("more merge sites than replayed decisions")
+    else:
+        slot = _replay.pop(0).to(torch.int32)
+        if slot.shape[1] != n:
+            raise RuntimeError(f"replayed slot for {slot.shape[1]} tokens at a site with {n}")
+    if _record is not None:
+        _record.append(slot)
+    return slot
+
+
 def bipartite_match(metric: Tensor, r: int, src: tuple[int, ...], dst: tuple[int, ...], protect: int = 0) -> MergeFns:
     """Merge the r sources most similar (cosine) to their best destination (ToMe, Segformer++)."""
     if r <= 0:
         return identity()
-    slot = torch.ops.edgemerge.match_bipartite(metric.float(), r, list(src), list(dst), protect)
+    slot = _decide(lambda: torch.ops.edgemerge.match_bipartite(metric.float(), r, list(src), list(dst), protect),
+                   metric.shape[1])
     return from_slot(slot, metric.shape[1] - r)
 
 
@@ -69,7 +120,8 @@ def window_match(metric: Tensor, height: int, width: int, k: int, protect: int =
     """Merge the k most uniform 2x2 windows whole, 4 tokens -> 1 (ALGM's local step)."""
     if k <= 0:
         return identity()
-    slot = torch.ops.edgemerge.match_window(metric.float(), height, width, k, protect)
+    slot = _decide(lambda: torch.ops.edgemerge.match_window(metric.float(), height, width, k, protect),
+                   metric.shape[1])
     return from_slot(slot, metric.shape[1] - 3 * k)
 
 

@@ -42,6 +42,9 @@ def test_export_self_checks(tmp_path, model, res, variant, merge_ops, precision)
         assert check["argmax_agreement"] == 1.0 and check["max_abs_rel_range"] <= 1e-4
     else:
         assert check["argmax_agreement"] >= 0.995
+    assert check["merge_decisions"]["tokens_same_slot"] >= 0.99
+    sites = {"none": 0, "n2d": 0}.get(variant)
+    assert sites is None or check["merge_decisions"]["sites"] == sites
     proto = onnx.load(out / "model.onnx")
     custom = [n for n in proto.graph.node if n.domain == DOMAIN]
     merges = variant not in ("none", "n2d")
@@ -201,7 +204,11 @@ def test_failed_self_check_leaves_nothing(tmp_path, monkeypatch):
     """A self-check failure (simulated by a broken ORT run) exits 1 and writes no bundle."""
     import edgemerge.export.bundle as bundle
 
-    monkeypatch.setattr(bundle, "_onnxruntime_run", lambda b, x: np.zeros((x.shape[0], 150, 16, 16), np.float32))
+    def broken_run(model_bytes, x, all_outputs=False):
+        out = np.zeros((x.shape[0], 150, 16, 16), np.float32)
+        return [out] if all_outputs else out
+
+    monkeypatch.setattr(bundle, "_onnxruntime_run", broken_run)
     res = CliRunner().invoke(main, ["export", "-m", "segformer-b0", "-r", "64x64", "-o", str(tmp_path / "b")])
     assert res.exit_code == 1 and "self-check failed" in res.output
     assert not (tmp_path / "b").exists()
@@ -223,3 +230,20 @@ def test_plugins_agree_with_exported_nodes(tmp_path):
                 seen.add(n.op_type)
                 assert sorted(a.name for a in n.attribute if a.name != "plugin_namespace") == sorted(cpp[n.op_type])
     assert seen == {"TokenMatchBipartite", "TokenMatchWindow", "TokenMerge", "TokenUnmerge"}
+
+
+def test_wrong_match_lowering_fails_on_decisions(tmp_path, monkeypatch):
+    """A match body that picks other tokens (here: the smallest scores) fails the decision check,
+    even though PyTorch replaying its decisions would reproduce the logits."""
+    import edgemerge.export.functions as F
+
+    original = F._top_mask
+
+    def inverted(b, score, r, n):
+        return original(b, b("Neg", score), r, n)
+
+    monkeypatch.setattr(F, "_top_mask", inverted)
+    res = CliRunner().invoke(main, ["export", "-m", "segformer-b0", "-v", "fast", "-r", "128x128",
+                                    "-o", str(tmp_path / "b")])
+    assert res.exit_code == 1 and "tokens_same_slot" in res.output
+    assert not (tmp_path / "b").exists()
