@@ -26,11 +26,6 @@ import torch
 from edgemerge.errors import EdgemergeError
 from edgemerge.merge import core
 
-# int(fraction * n) is how a plan turns a fraction back into a count; k / n * n can land just below
-# k in binary floating point (1 / 49 * 49 < 1), so written fractions get this much headroom.
-FRACTION_HEADROOM = 1e-9
-
-
 @dataclass
 class SiteRecord:
     """One merge site of one forward pass: `count` merged out of `capacity` possible."""
@@ -121,9 +116,8 @@ def calibrate(model_name: str, images: str | Path, *, checkpoint: str | None = N
         if progress is not None:
             progress(i + 1, len(files))
 
-    def pick(key: str) -> float:
-        value = _quantile([p[key] for p in per_image], quantile)
-        return min(1.0, value + FRACTION_HEADROOM) if value > 0 else 0.0
+    def pick(key: str) -> float:  # plan.py turns a fraction back into the same count (1/49 of 49 is 1)
+        return _quantile([p[key] for p in per_image], quantile)
 
     return {"model": model_name, "resolution": [H, W], "quantile": quantile, "threshold": plan.threshold,
             "local_layer": plan.local_layer, "global_layer": plan.global_layer,

@@ -143,13 +143,18 @@ def tome_count(r: int, n: int, protect: int) -> int:
     return max(0, min(r, (n - protect) // 2))
 
 
+def _fraction_of(fraction: float, n: int) -> int:
+    """floor(fraction * n), robust to the representation error of calibrated fractions (1/49*49 < 1)."""
+    return int(fraction * n + 1e-9)
+
+
 def algm_local_count(fraction: float, grid_hw: tuple[int, int]) -> int:
-    return int(fraction * (grid_hw[0] // 2) * (grid_hw[1] // 2))
+    return _fraction_of(fraction, (grid_hw[0] // 2) * (grid_hw[1] // 2))
 
 
 def algm_global_count(fraction: float, n: int, protect: int) -> int:
     n_src = (n + 1) // 2
-    return int(fraction * (n_src - protect))
+    return _fraction_of(fraction, n_src - protect)
 
 
 def _check_divisible(name: str, hw: tuple[int, int], sy: int, sx: int) -> None:
