@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from edgemerge.cli import main
+from edgemerge.validate.api import _fmt
 
 
 @main.command()
@@ -72,11 +73,3 @@ def validate(artifact, images, labels, num, atol, rtol, min_agreement, localize,
     click.echo(f"report: {report['report_files']['json']}")
     if not report["passed"]:
         raise CheckFailed(report["failure"])
-
-
-def _fmt(v) -> str:
-    if v is None:
-        return "n/a"
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)

@@ -6,7 +6,6 @@ failure anywhere (bad input, a failed self-check) leaves no bundle behind.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -20,6 +19,7 @@ import onnx
 
 from edgemerge import __version__
 from edgemerge.errors import CheckFailed, EdgemergeError
+from edgemerge.files import sha256_file
 from edgemerge.images import normalize, synthetic_images
 from edgemerge.merge.core import record_decisions
 
@@ -50,14 +50,6 @@ class ExportOptions:
     engine: bool = False
     plugins: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def parse_resolution(text: str | None) -> tuple[int, int] | None:

@@ -14,8 +14,6 @@ of one forward pass, so the merge code itself is not touched.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,18 +125,9 @@ def calibrate(model_name: str, images: str | Path, *, checkpoint: str | None = N
 
 def write_calibration(result: dict[str, Any], path: str | Path) -> Path:
     """Write the calibration JSON atomically (a temp file in the same folder, then a rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(result, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    from edgemerge.files import atomic_write_bytes
+
+    return atomic_write_bytes(path, (json.dumps(result, indent=2) + "\n").encode())
 
 
 def summary(result: dict[str, Any]) -> list[dict[str, Any]]:

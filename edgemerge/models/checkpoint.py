@@ -16,7 +16,6 @@ fields or keys that disagree. Every failure is an EdgemergeError with a one-line
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from edgemerge.errors import EdgemergeError
+from edgemerge.files import sha256_file
 from edgemerge.models import convert
 from edgemerge.models.registry import ModelConfig, build_from_config, configure
 from edgemerge.models.vit import resize_pos_embed
@@ -49,14 +49,6 @@ class CheckpointInfo:
 
 def _one_line(text: str) -> str:
     return " ".join(str(text).split())
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _read_weights(path: Path) -> StateDict:
@@ -294,6 +286,6 @@ def load_checkpoint(name: str, path: str | Path, *, num_classes: int | None = No
     cfg = dataclasses.replace(cfg, num_classes=classes, extra={**cfg.extra, **extra})
     model = build_from_config(cfg)
     merge_state = _fit(model, ours, name)
-    info = CheckpointInfo(path=path, format=fmt, sha256=_sha256(weights_file), num_classes=classes,
+    info = CheckpointInfo(path=path, format=fmt, sha256=sha256_file(weights_file), num_classes=classes,
                           merge_state=merge_state)
     return model.eval(), info

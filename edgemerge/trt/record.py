@@ -7,13 +7,13 @@ tested without TensorRT; `current_environment()` is the only part that asks the 
 
 from __future__ import annotations
 
+from edgemerge.files import atomic_write_bytes, sha256_file  # noqa: F401  (re-exported)
+
 import ctypes
-import hashlib
 import json
 import os
 import shutil
 import subprocess
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -70,33 +70,6 @@ def record_path(plan_path: str | os.PathLike) -> Path:
     """model.plan -> model.plan.json"""
     p = Path(plan_path)
     return p.with_name(p.name + ".json")
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes, mode: int | None = None) -> Path:
-    """Write to a temp file in the same directory, fsync, rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        if mode is not None:
-            os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def write_record(plan_path: str | os.PathLike, record: BuildRecord) -> Path:

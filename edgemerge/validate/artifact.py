@@ -7,24 +7,16 @@ which ONNX file the engine must have been built from. Needs no torch and no Tens
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgemerge.errors import EdgemergeError
+from edgemerge.files import sha256_file
 
 MANIFEST = "manifest.json"
 ENGINE_SUFFIXES = (".plan", ".engine", ".trt")
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass

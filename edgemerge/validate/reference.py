@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from edgemerge.errors import EdgemergeError
-from edgemerge.validate.artifact import sha256_file
+from edgemerge.files import sha256_file
 
 REFERENCE_FILE = "reference.npz"
 
