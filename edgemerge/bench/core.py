@@ -227,6 +227,14 @@ def bench_inputs(artifact: Artifact, seed: int, backend: str) -> dict[str, np.nd
     return {name: x if backend == "torch" else x.astype(dtype)}
 
 
+def _engine_of(artifact: Artifact) -> Artifact:
+    """For --backend trt on a bundle dir or its ONNX file: the bundle's model.plan, when built."""
+    plan = artifact.path.with_name("model.plan")
+    if artifact.kind == "onnx" and plan.is_file():
+        return Artifact(plan, "plan", artifact.manifest)
+    return artifact
+
+
 def _check_compatible(a: Artifact, b: Artifact) -> None:
     sa, sb = a.input_spec()[1], b.input_spec()[1]
     if tuple(sa) != tuple(sb):
@@ -251,6 +259,8 @@ def run_bench(opts: BenchOptions, progress: Callable[[str], None] = lambda s: No
     device = opts.device or ("cuda" if backend == "trt" else "cpu")
     if device not in DEVICES:
         raise EdgemergeError(f"unknown device {device!r}; known: {', '.join(DEVICES)}")
+    if backend == "trt":
+        merged = _engine_of(merged)
     if backend == "trt" and device != "cuda":
         raise EdgemergeError("the trt backend runs on --device cuda only")
     power = None
@@ -268,6 +278,7 @@ def run_bench(opts: BenchOptions, progress: Callable[[str], None] = lambda s: No
         baseline = None
         if opts.baseline:
             baseline = read_artifact(opts.baseline)
+            baseline = _engine_of(baseline) if backend == "trt" else baseline
         elif opts.unmerged:
             workdir = Path(opts.workdir) if opts.workdir else Path(tmp := tempfile.mkdtemp(prefix="edgemerge-bench-"))
             baseline = unmerged_artifact(merged, backend, workdir, progress, opts.plugins)
