@@ -29,7 +29,12 @@ FORBIDDEN_NATIVE = ("ScatterND",)  # and ScatterElements with a reduction, TopK 
 TOPK_LIMIT = 3840
 FP32_TOLERANCE = 1e-4  # max abs error relative to the logits' range
 FP16_MIN_AGREEMENT = 0.995
-MIN_DECISION_AGREEMENT = 0.99  # fraction of tokens with the same slot, at the worst merge site
+# Merge decisions, as the fraction of tokens whose slot equals PyTorch's at the same site. Near-ties
+# (sources whose candidate destinations are near-identical tokens) flip with rounding: measured on
+# segformer-b5 fast at 1024x1024 with random weights, 0.996 on average and 0.990 at the worst of
+# 52 sites. A wrong lowering decides differently nearly everywhere.
+MIN_DECISION_AGREEMENT = 0.98  # mean over sites
+MIN_DECISION_AGREEMENT_SITE = 0.95  # worst site
 N_REFERENCE = 2
 
 
@@ -178,10 +183,12 @@ def self_check(model, proto: onnx.ModelProto, batches: list[np.ndarray], ref_out
     """ONNX Runtime against PyTorch, numerics and merge decisions told apart.
 
     ORT's merge decisions (its `slot` tensors) are replayed in PyTorch, and the logits must then
-    meet the precision's limits: that is what the graph computes. Separately, the decisions must
-    agree token for token with PyTorch's own (>= MIN_DECISION_AGREEMENT): a near-tie may flip a
-    few tokens (ORT and PyTorch round the similarities differently), a wrong lowering flips many.
-    Figures without replay are reported too.
+    meet the precision's limits: that is what the graph computes. Separately, at every merge site
+    ORT's decision must agree token for token (>= MIN_DECISION_AGREEMENT) with the one PyTorch
+    makes there given the same history: a near-tie may flip a few tokens (ORT and PyTorch round
+    the similarities differently), a wrong lowering flips many. Comparing with PyTorch's unforced
+    run instead would let one early flip compound through every later site. Figures without
+    replay are reported too.
     """
     import torch
 
@@ -191,24 +198,27 @@ def self_check(model, proto: onnx.ModelProto, batches: list[np.ndarray], ref_out
     names = slot_tensors(proto) or []
     run_bytes = with_outputs(proto, names).SerializeToString() if names else proto.SerializeToString()
     ort_out, forced_out, same_tokens, same_sites = [], [], [], []
-    for b, own in zip(batches, ref_slots):
+    for b, unforced in zip(batches, ref_slots):
         outs = _onnxruntime_run(run_bytes, b, all_outputs=True)
         ort_out.append(outs[0])
         ort_slots = outs[1:]
-        if len(ort_slots) != len(own):
+        if len(ort_slots) != len(unforced):
             raise CheckFailed(f"self-check failed: the ONNX graph has {len(ort_slots)} merge sites, "
-                              f"PyTorch {len(own)}")
-        for got, want in zip(ort_slots, own):
-            same_tokens.append(float(np.mean(got == want)))
-            same_sites.append(float(np.array_equal(got, want)))
-        with torch.no_grad(), replay_decisions([torch.from_numpy(s) for s in ort_slots]):
+                              f"PyTorch {len(unforced)}")
+        with torch.no_grad(), record_decisions() as own, replay_decisions([torch.from_numpy(s) for s in ort_slots]):
             forced_out.append(model(torch.from_numpy(b)).numpy())
+        for got, want in zip(ort_slots, own):
+            same_tokens.append(float(np.mean(got == want.numpy())))
+            same_sites.append(float(np.array_equal(got, want.numpy())))
     figures = compare_logits(np.concatenate(ort_out), np.concatenate(forced_out))
     unforced = compare_logits(np.concatenate(ort_out), np.concatenate(ref_out))
     decisions = {"sites": len(same_sites) // max(len(batches), 1),
                  "sites_identical": float(np.mean(same_sites)) if same_sites else 1.0,
-                 "tokens_same_slot": float(np.min(same_tokens)) if same_tokens else 1.0}
-    limits: dict[str, float] = {"tokens_same_slot": MIN_DECISION_AGREEMENT}
+                 "tokens_same_slot": float(np.mean(same_tokens)) if same_tokens else 1.0,
+                 "tokens_same_slot_worst_site": float(np.min(same_tokens)) if same_tokens else 1.0,
+                 "tokens_same_slot_per_site": [round(t, 6) for t in same_tokens]}
+    limits: dict[str, float] = {"tokens_same_slot": MIN_DECISION_AGREEMENT,
+                                "tokens_same_slot_worst_site": MIN_DECISION_AGREEMENT_SITE}
     if precision == "fp32":
         limits.update(max_abs_rel_range=FP32_TOLERANCE, argmax_agreement=1.0)
     else:

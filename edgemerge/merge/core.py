@@ -94,16 +94,19 @@ def record_decisions() -> Iterator[list[Tensor]]:
 
 
 def _decide(compute: Callable[[], Tensor], n: int) -> Tensor:
+    """The slot to use here; records PyTorch's own decision (also while replaying another's)."""
     if _replay is None:
         slot = compute()
-    elif not _replay:
+        if _record is not None:
+            _record.append(slot)
+        return slot
+    if not _replay:
         raise RuntimeError("more merge sites than replayed decisions")
-    else:
-        slot = _replay.pop(0).to(torch.int32)
-        if slot.shape[1] != n:
-            raise RuntimeError(f"replayed slot for {slot.shape[1]} tokens at a site with {n}")
-    if _record is not None:
-        _record.append(slot)
+    slot = _replay.pop(0).to(torch.int32)
+    if slot.shape[1] != n:
+        raise RuntimeError(f"replayed slot for {slot.shape[1]} tokens at a site with {n}")
+    if _record is not None:  # what PyTorch would decide given the same history
+        _record.append(compute())
     return slot
 
 

@@ -42,7 +42,8 @@ def test_export_self_checks(tmp_path, model, res, variant, merge_ops, precision)
         assert check["argmax_agreement"] == 1.0 and check["max_abs_rel_range"] <= 1e-4
     else:
         assert check["argmax_agreement"] >= 0.995
-    assert check["merge_decisions"]["tokens_same_slot"] >= 0.99
+    assert check["merge_decisions"]["tokens_same_slot"] >= 0.98
+    assert check["merge_decisions"]["tokens_same_slot_worst_site"] >= 0.95
     sites = {"none": 0, "n2d": 0}.get(variant)
     assert sites is None or check["merge_decisions"]["sites"] == sites
     proto = onnx.load(out / "model.onnx")
