@@ -12,6 +12,7 @@ between opsets; ArgMax + GatherElements serves every opset >= 13).
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 from onnx import AttributeProto, FunctionProto, TensorProto, helper
 from onnx.defs import OpSchema
@@ -183,15 +184,19 @@ def _match_window() -> tuple[list[onnx.NodeProto], list[str]]:
 
 
 def _merge() -> tuple[list[onnx.NodeProto], list[str]]:
+    """Sums in fp32 whatever the dtype of x (docs/ops.md): in fp16, size * x alone overflows
+    once a ToMe token has absorbed a few dozen others (65504 / 50 is 1310)."""
     b = _Body("tm")
     num_out = b.attr("num_out", AttributeProto.INT)
     rng = b("Range", b.const(0), num_out, b.const(1))
     onehot = b("Equal", b("Unsqueeze", b("Cast", "slot", to=TensorProto.INT64), b.const([2])), rng)  # [B, N, M]
-    onehot_t = b("Transpose", b("CastLike", onehot, "x"), perm=[0, 2, 1])
-    sums = b("MatMul", onehot_t, b("Mul", "x", "size"))
-    b.nodes.append(helper.make_node("MatMul", [onehot_t, "size"], ["merged_size"]))
-    eps = b("CastLike", b.const(1e-6, TensorProto.FLOAT), "x")
-    b.nodes.append(helper.make_node("Div", [sums, b("Max", "merged_size", eps)], ["merged"]))
+    onehot_t = b("Transpose", b("Cast", onehot, to=TensorProto.FLOAT), perm=[0, 2, 1])
+    size = b("Cast", "size", to=TensorProto.FLOAT)
+    sums = b("MatMul", onehot_t, b("Mul", b("Cast", "x", to=TensorProto.FLOAT), size))
+    merged_size = b("MatMul", onehot_t, size)
+    merged = b("Div", sums, b("Max", merged_size, b.const(1e-6, TensorProto.FLOAT)))
+    b.nodes.append(helper.make_node("CastLike", [merged, "x"], ["merged"]))
+    b.nodes.append(helper.make_node("CastLike", [merged_size, "size"], ["merged_size"]))
     return b.nodes, ["x", "size", "slot"]
 
 
@@ -221,6 +226,35 @@ def function_proto(op_type: str, opset: int) -> FunctionProto:
         opset_imports=[helper.make_opsetid("", opset)],
         attributes=list(attrs) + ["plugin_namespace"],
     )
+
+
+def one_op_model(op_type: str, feeds: dict[str, np.ndarray], opset: int = 18, **attrs) -> onnx.ModelProto:
+    """A model of one `edgemerge` node plus its function body, typed and shaped by `feeds`.
+
+    The unit the three implementations are compared on: ONNX Runtime runs it (or its inlined
+    body), TensorRT builds it with our plugin or without; the outputs must equal the reference.
+    """
+    inputs, outputs, _ = OPS[op_type]
+    first = feeds[inputs[0]]
+    B, N = first.shape[:2]
+    if op_type.startswith("TokenMatch"):
+        out_types = {"slot": (np.int32, (B, N))}
+    elif op_type == "TokenMerge":
+        M, C = attrs["num_out"], first.shape[2]
+        out_types = {"merged": (first.dtype, (B, M, C)), "merged_size": (feeds["size"].dtype, (B, M, 1))}
+    else:  # TokenUnmerge: merged [B, M, C], slot [B, N]
+        out_types = {"x": (first.dtype, (B, feeds["slot"].shape[1], first.shape[2]))}
+
+    def info(name: str, dtype, shape) -> onnx.ValueInfoProto:
+        return helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(np.dtype(dtype)), list(shape))
+
+    node = helper.make_node(op_type, inputs, outputs, domain=DOMAIN, name=f"{op_type}_0",
+                            plugin_namespace=PLUGIN_NAMESPACE, **attrs)
+    graph = helper.make_graph([node], op_type, [info(n, feeds[n].dtype, feeds[n].shape) for n in inputs],
+                              [info(n, *out_types[n]) for n in outputs])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset),
+                                                   helper.make_opsetid(DOMAIN, DOMAIN_VERSION)],
+                             functions=[function_proto(op_type, opset)], ir_version=10)
 
 
 register_schemas()
