@@ -1,4 +1,6 @@
-"""One-op engines through TensorRT (skipped without TensorRT and a CUDA GPU)."""
+"""One-op engines through TensorRT, for each op, against the PyTorch reference (skipped without
+TensorRT and a CUDA GPU). Each op is built three ways: with the Python plugins, with the C++
+plugin library (build/plugins), and without any plugin (TensorRT inlines the function body)."""
 
 from pathlib import Path
 
@@ -6,7 +8,7 @@ import numpy as np
 import pytest
 
 from edgemerge.trt import trt_version
-from trt_helpers import write_bundle
+from trt_helpers import op_case, op_model, write_bundle
 
 
 def _have_gpu():
@@ -21,54 +23,48 @@ pytestmark = [pytest.mark.tensorrt,
               pytest.mark.skipif(not _have_gpu(), reason="needs TensorRT and a CUDA GPU")]
 
 LIB = Path(__file__).resolve().parents[2] / "build" / "plugins" / "libedgemerge_plugins.so"
+OPS = ["TokenMatchBipartite", "TokenMatchWindow", "TokenMerge", "TokenUnmerge"]
+CASES = [(op, p) for op in OPS for p in (("fp32", "fp16") if op in ("TokenMerge", "TokenUnmerge") else ("fp32",))]
 
 
-def _inputs(dtype):
-    g = np.random.default_rng(0)
-    merged = g.standard_normal((2, 3, 4)).astype(dtype)
-    slot = g.integers(0, 3, (2, 5)).astype(np.int32)
-    return merged, slot, np.take_along_axis(merged, slot[..., None].astype(np.int64), 1)
-
-
-def _run(plan_path, plugins, feed):
+def _build_and_run(tmp_path, op, precision, merge_ops, plugins):
     from polygraphy.backend.trt import TrtRunner
 
-    from edgemerge.trt.builder import load_engine
+    from edgemerge.trt.builder import build_engine, load_engine
 
-    with TrtRunner(load_engine(plan_path, plugins=plugins)) as runner:
-        return runner.infer(feed)["x"]
+    dtype = np.float16 if precision == "fp16" else np.float32
+    feeds, _, expected = op_case(op, dtype)
+    onnx_path = write_bundle(tmp_path, precision=precision, merge_ops=merge_ops, model=op_model(op, dtype))
+    record = build_engine(onnx_path, plugins=plugins)
+    with TrtRunner(load_engine(tmp_path / "model.plan", plugins=plugins)) as runner:
+        out = runner.infer(feeds)
+    names = [o.name for o in op_model(op, dtype).graph.output]
+    for name, want in zip(names, expected):
+        got = np.asarray(out[name])
+        assert got.dtype == want.dtype, name
+        if want.dtype.kind == "i" or op == "TokenUnmerge":
+            np.testing.assert_array_equal(got, want, err_msg=name)
+        else:
+            tol = 1e-5 if precision == "fp32" else 1e-3
+            np.testing.assert_allclose(got, want, rtol=tol, atol=tol, err_msg=name)
+    return record
 
 
-@pytest.mark.parametrize("precision", ["fp32", "fp16"])
-def test_unmerge_python_plugins(tmp_path, precision):
+@pytest.mark.parametrize("op,precision", CASES)
+def test_python_plugins(tmp_path, op, precision):
     from edgemerge.trt._trt import has_python_plugins
-    from edgemerge.trt.builder import build_engine
 
     if not has_python_plugins(trt_version()):
         pytest.skip("TensorRT < 10.6 has no Python plugins")
-    dtype = np.float16 if precision == "fp16" else np.float32
-    onnx_path = write_bundle(tmp_path, precision=precision)
-    record = build_engine(onnx_path)
-    assert record.plugins == "python-plugins"
-    merged, slot, ref = _inputs(dtype)
-    np.testing.assert_array_equal(_run(tmp_path / "model.plan", None, {"merged": merged, "slot": slot}), ref)
+    assert _build_and_run(tmp_path, op, precision, "plugin", None).plugins == "python-plugins"
 
 
 @pytest.mark.skipif(not LIB.is_file(), reason=f"C++ plugin library not built ({LIB})")
-def test_unmerge_cpp_plugin(tmp_path):
-    from edgemerge.trt.builder import build_engine
-
-    onnx_path = write_bundle(tmp_path)
-    record = build_engine(onnx_path, plugins=[str(LIB)])
-    assert record.plugins_sha256
-    merged, slot, ref = _inputs(np.float32)
-    np.testing.assert_array_equal(_run(tmp_path / "model.plan", [str(LIB)], {"merged": merged, "slot": slot}), ref)
+@pytest.mark.parametrize("op,precision", CASES)
+def test_cpp_plugin(tmp_path, op, precision):
+    assert _build_and_run(tmp_path, op, precision, "plugin", [str(LIB)]).plugins_sha256
 
 
-def test_unmerge_native_function_body(tmp_path):
-    from edgemerge.trt.builder import build_engine
-
-    onnx_path = write_bundle(tmp_path, merge_ops="native")
-    assert build_engine(onnx_path).plugins == "none"
-    merged, slot, ref = _inputs(np.float32)
-    np.testing.assert_array_equal(_run(tmp_path / "model.plan", None, {"merged": merged, "slot": slot}), ref)
+@pytest.mark.parametrize("op,precision", CASES)
+def test_native_function_body(tmp_path, op, precision):
+    assert _build_and_run(tmp_path, op, precision, "native", None).plugins == "none"

@@ -1,10 +1,27 @@
-"""The JIT plugin's torch bodies against straightforward numpy readings of docs/ops.md."""
+"""The JIT plugin's body (`torch_impl.run`) against straightforward numpy readings of docs/ops.md."""
 
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 from edgemerge.trt import torch_impl  # noqa: E402
+
+
+def bipartite(metric, r, src, dst, protect):
+    return torch_impl.run("TokenMatchBipartite", [metric], {"r": r, "src": src, "dst": dst, "protect": protect})[0]
+
+
+def window(metric, height, width, k, protect):
+    return torch_impl.run("TokenMatchWindow", [metric], {"height": height, "width": width, "k": k,
+                                                         "protect": protect})[0]
+
+
+def merge(x, size, slot, num_out):
+    return torch_impl.run("TokenMerge", [x, size, slot], {"num_out": num_out})
+
+
+def unmerge(merged, slot):
+    return torch_impl.run("TokenUnmerge", [merged, slot], {})[0]
 
 
 def np_unit(m):
@@ -39,14 +56,14 @@ def test_bipartite_matches_numpy():
     g = np.random.default_rng(0)
     metric = g.standard_normal((2, 9, 5)).astype(np.float32)
     src, dst = [0, 2, 4, 6, 8], [1, 3, 5, 7]
-    got = torch_impl.token_match_bipartite(torch.from_numpy(metric), 3, src, dst, 1).numpy()
+    got = bipartite(torch.from_numpy(metric), 3, src, dst, 1).numpy()
     np.testing.assert_array_equal(got, np_bipartite(metric, 3, src, dst, 1))
     assert got.dtype == np.int32 and got.max() == 9 - 3 - 1
 
 
 def test_bipartite_ties_go_to_lower_index():
     metric = np.ones((1, 4, 2), np.float32)  # all cosines 1
-    got = torch_impl.token_match_bipartite(torch.from_numpy(metric), 1, [0, 2], [1, 3], 0).numpy()
+    got = bipartite(torch.from_numpy(metric), 1, [0, 2], [1, 3], 0).numpy()
     # source 0 (lower index) merges into dst 0 (lowest argmax); source 2 stays at slot 0
     np.testing.assert_array_equal(got, [[1, 1, 0, 2]])
 
@@ -57,7 +74,7 @@ def test_window_merges_the_most_similar_window():
     same = g.standard_normal(3).astype(np.float32)
     for pos in (1 + 2, 1 + 3, 1 + 6, 1 + 7):  # window 1 (top-right 2x2 cell)
         metric[0, pos] = same
-    slot = torch_impl.token_match_window(torch.from_numpy(metric), 4, 4, 1, 1).numpy()[0]
+    slot = window(torch.from_numpy(metric), 4, 4, 1, 1).numpy()[0]
     N, k = 17, 1
     assert all(slot[p] == N - 4 * k for p in (3, 4, 7, 8))
     kept = [p for p in range(N) if p not in (3, 4, 7, 8)]
@@ -69,7 +86,7 @@ def test_merge_is_size_weighted_mean_and_unmerge_gathers():
     x = g.standard_normal((2, 6, 3)).astype(np.float32)
     size = g.uniform(1, 3, (2, 6, 1)).astype(np.float32)
     slot = np.array([[0, 1, 1, 2, 0, 3], [3, 3, 3, 0, 1, 2]], np.int32)
-    merged, msize = torch_impl.token_merge(torch.from_numpy(x), torch.from_numpy(size), torch.from_numpy(slot), 5)
+    merged, msize = merge(torch.from_numpy(x), torch.from_numpy(size), torch.from_numpy(slot), 5)
     ref = np.zeros((2, 5, 3))
     ref_size = np.zeros((2, 5, 1))
     for b in range(2):
@@ -80,12 +97,17 @@ def test_merge_is_size_weighted_mean_and_unmerge_gathers():
     np.testing.assert_allclose(merged.numpy(), ref, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(msize.numpy(), ref_size, rtol=1e-6)
     assert merged[0, 4].abs().sum() == 0  # empty slot -> 0
-    back = torch_impl.token_unmerge(merged, torch.from_numpy(slot)).numpy()
+    back = unmerge(merged, torch.from_numpy(slot)).numpy()
     np.testing.assert_allclose(back, np.take_along_axis(merged.numpy(), slot[..., None].astype(np.int64), 1))
 
 
 def test_merge_fp16_keeps_dtype():
     x = torch.randn(1, 4, 2, dtype=torch.float16)
     size = torch.ones(1, 4, 1, dtype=torch.float16)
-    merged, msize = torch_impl.token_merge(x, size, torch.tensor([[0, 0, 1, 1]], dtype=torch.int32), 2)
+    merged, msize = merge(x, size, torch.tensor([[0, 0, 1, 1]], dtype=torch.int32), 2)
     assert merged.dtype == torch.float16 and msize.dtype == torch.float16
+
+
+def test_unknown_op_is_refused():
+    with pytest.raises(KeyError):
+        torch_impl.run("TokenShuffle", [], {})

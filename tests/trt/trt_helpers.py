@@ -1,4 +1,5 @@
-"""Small builders shared by the tests: a one-op TokenUnmerge ONNX model and a bundle around it."""
+"""Small builders shared by the TensorRT tests: one-op models (the exporter's own node and function
+body, from `one_op_model`), a bundle around one, and the reference outputs for it."""
 
 from __future__ import annotations
 
@@ -8,63 +9,78 @@ from pathlib import Path
 
 import numpy as np
 
+OPSET = 17
 
-def unmerge_model(B=2, M=3, N=5, C=4, dtype=np.float32, with_function=True):
-    """A model with one edgemerge::TokenUnmerge node and its function body (GatherElements)."""
-    import onnx
-    from onnx import TensorProto, helper
 
-    elem = TensorProto.FLOAT16 if dtype == np.float16 else TensorProto.FLOAT
-    opset = 17
-    node = helper.make_node("TokenUnmerge", ["merged", "slot"], ["x"], domain="edgemerge",
-                            name="unmerge0", plugin_namespace="edgemerge")
-    # function body: x = GatherElements(merged, Expand(Unsqueeze(Cast(slot, int64), -1), [B,N,C]), axis=1)
-    body = [
-        helper.make_node("Cast", ["slot"], ["slot64"], to=TensorProto.INT64),
-        helper.make_node("Constant", [], ["axes"], value=helper.make_tensor("axes", TensorProto.INT64, [1], [-1])),
-        helper.make_node("Unsqueeze", ["slot64", "axes"], ["idx1"]),
-        helper.make_node("Shape", ["idx1"], ["s_idx"]),
-        helper.make_node("Shape", ["merged"], ["s_m"]),
-        helper.make_node("Constant", [], ["zero"], value=helper.make_tensor("zero", TensorProto.INT64, [1], [0])),
-        helper.make_node("Constant", [], ["two"], value=helper.make_tensor("two", TensorProto.INT64, [1], [2])),
-        helper.make_node("Constant", [], ["three"], value=helper.make_tensor("three", TensorProto.INT64, [1], [3])),
-        helper.make_node("Slice", ["s_idx", "zero", "two"], ["bn"]),
-        helper.make_node("Slice", ["s_m", "two", "three"], ["c"]),
-        helper.make_node("Concat", ["bn", "c"], ["shape"], axis=0),
-        helper.make_node("Expand", ["idx1", "shape"], ["idx"]),
-        helper.make_node("GatherElements", ["merged", "idx"], ["x"], axis=1),
-    ]
-    functions = []
-    if with_function:
-        functions.append(helper.make_function("edgemerge", "TokenUnmerge", ["merged", "slot"], ["x"], body,
-                                              [helper.make_opsetid("", opset)], ["plugin_namespace"]))
-    graph = helper.make_graph(
-        [node], "unmerge",
-        [helper.make_tensor_value_info("merged", elem, [B, M, C]),
-         helper.make_tensor_value_info("slot", TensorProto.INT32, [B, N])],
-        [helper.make_tensor_value_info("x", elem, [B, N, C])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset),
-                                                    helper.make_opsetid("edgemerge", 1)],
-                              functions=functions)
-    model.ir_version = 9
-    onnx.checker.check_model(model)
+def op_case(op_type: str, dtype=np.float32, seed: int = 0) -> tuple[dict, dict, list[np.ndarray]]:
+    """(feeds, attributes, reference outputs) for one op; the reference is edgemerge.merge.ops."""
+    import torch
+
+    from edgemerge.merge import core, ops
+
+    g = np.random.default_rng(seed)
+    t = torch.from_numpy
+    if op_type == "TokenMatchBipartite":  # 8x8 grid, 4x4 cells: r > S - r, TopK over the kept side
+        src, dst = core.grid(8, 8, 4, 4)
+        feeds = {"metric": g.standard_normal((2, 64, 16)).astype(np.float32)}
+        attrs = {"r": 50, "src": list(src), "dst": list(dst), "protect": 0}
+        return feeds, attrs, [ops.match_bipartite_ref(t(feeds["metric"]), **attrs).numpy()]
+    if op_type == "TokenMatchWindow":
+        feeds = {"metric": g.standard_normal((2, 1 + 8 * 8, 16)).astype(np.float32)}
+        attrs = {"height": 8, "width": 8, "k": 6, "protect": 1}
+        return feeds, attrs, [ops.match_window_ref(t(feeds["metric"]), **attrs).numpy()]
+    if op_type == "TokenMerge":
+        feeds = {"x": g.standard_normal((2, 40, 24)).astype(dtype),
+                 "size": g.integers(1, 6, (2, 40, 1)).astype(dtype),
+                 "slot": g.integers(0, 11, (2, 40)).astype(np.int32)}  # slots 11, 12 stay empty
+        attrs = {"num_out": 13}
+        merged, size = ops.token_merge_ref(t(feeds["x"]), t(feeds["size"]), t(feeds["slot"]), 13)
+        return feeds, attrs, [merged.numpy(), size.numpy()]
+    if op_type == "TokenUnmerge":
+        feeds = {"merged": g.standard_normal((2, 3, 4)).astype(dtype),
+                 "slot": g.integers(0, 3, (2, 5)).astype(np.int32)}
+        return feeds, {}, [ops.token_unmerge_ref(t(feeds["merged"]), t(feeds["slot"])).numpy()]
+    raise KeyError(op_type)
+
+
+def op_model(op_type: str, dtype=np.float32, with_function: bool = True):
+    from edgemerge.export.functions import one_op_model
+
+    feeds, attrs, _ = op_case(op_type, dtype)
+    model = one_op_model(op_type, feeds, opset=OPSET, **attrs)
+    if not with_function:
+        del model.functions[:]
     return model
 
 
+def unmerge_model(dtype=np.float32, with_function: bool = True):
+    """A model with one edgemerge::TokenUnmerge node and its function body (GatherElements)."""
+    return op_model("TokenUnmerge", dtype, with_function)
+
+
 def write_bundle(directory: Path, precision="fp32", merge_ops="plugin", model=None, manifest=True) -> Path:
-    """model.onnx (+ manifest.json) in `directory`; returns the ONNX path."""
+    """model.onnx (+ manifest.json) in `directory`; returns the ONNX path.
+
+    merge_ops="native" writes the model with its function bodies inlined, as export does."""
     import onnx
+    import onnx.inliner
+    import onnxscript.optimizer
 
     directory.mkdir(parents=True, exist_ok=True)
     onnx_path = directory / "model.onnx"
-    dtype = np.float16 if precision == "fp16" else np.float32
-    onnx.save(model or unmerge_model(dtype=dtype), str(onnx_path))
+    model = model or unmerge_model(np.float16 if precision == "fp16" else np.float32)
+    if merge_ops == "native":
+        model = onnxscript.optimizer.optimize(onnx.inliner.inline_local_functions(model))
+    onnx.save(model, str(onnx_path))
+
+    def ports(values) -> list[dict]:
+        return [{"name": v.name, "shape": [d.dim_value for d in v.type.tensor_type.shape.dim],
+                 "dtype": onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name} for v in values]
+
     if manifest:
         (directory / "manifest.json").write_text(json.dumps({
-            "model": "test-unmerge", "variant": "none", "precision": precision, "merge_ops": merge_ops,
+            "model": "test-" + model.graph.name, "variant": "none", "precision": precision, "merge_ops": merge_ops,
             "onnx_sha256": hashlib.sha256(onnx_path.read_bytes()).hexdigest(),
-            "inputs": [{"name": "merged", "shape": [2, 3, 4], "dtype": "float32"},
-                       {"name": "slot", "shape": [2, 5], "dtype": "int32"}],
-            "outputs": [{"name": "x", "shape": [2, 5, 4], "dtype": "float32"}],
+            "inputs": ports(model.graph.input), "outputs": ports(model.graph.output),
         }))
     return onnx_path
