@@ -305,7 +305,8 @@ def export_bundle(opts: ExportOptions, progress: Callable[[str], None] = lambda 
     progress(f"exporting ONNX (opset {opts.opset}, {opts.precision}, merge ops {opts.merge_ops})")
     dtype = torch.float16 if opts.precision == "fp16" else torch.float32
     export_model = IOCast(model, dtype) if opts.precision == "fp16" else model
-    proto = torch_to_onnx(export_model, torch.from_numpy(batches[0]), opts.opset)
+    proto = torch_to_onnx(export_model, torch.from_numpy(batches[0]), opts.opset,
+                          optimize=opts.merge_ops == "plugin")  # native: optimized once, after inlining
     proto = finalize(proto, merge_ops=opts.merge_ops, precision=opts.precision)
     model_bytes = proto.SerializeToString()
     if len(model_bytes) >= 2 ** 31:

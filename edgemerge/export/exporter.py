@@ -67,15 +67,18 @@ class IOCast(nn.Module):
         return self.model(images.to(self.dtype)).float()
 
 
-def torch_to_onnx(model: nn.Module, example: Tensor, opset: int) -> onnx.ModelProto:
-    """Run torch's dynamo exporter quietly; static shapes (no dynamic axes)."""
+def torch_to_onnx(model: nn.Module, example: Tensor, opset: int, optimize: bool = True) -> onnx.ModelProto:
+    """Run torch's dynamo exporter quietly; static shapes (no dynamic axes).
+
+    `optimize=False` leaves out onnxscript's optimizer (a tenth of a minute on segformer-b5) for
+    callers that run it later anyway, as `finalize` does for native graphs."""
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     sink = io.StringIO()
     with warnings.catch_warnings(), redirect_stdout(sink), redirect_stderr(sink), torch.no_grad():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(model, (example,), dynamo=True, opset_version=opset,
                                     custom_translation_table=TRANSLATIONS, input_names=["images"],
-                                    output_names=["logits"], optimize=True, verbose=False)
+                                    output_names=["logits"], optimize=optimize, verbose=False)
     return program.model_proto
 
 
@@ -97,7 +100,8 @@ def finalize(model: onnx.ModelProto, *, merge_ops: str, precision: str) -> onnx.
         del model.opset_import[:]
         model.opset_import.extend(keep)
         # The bodies compute counts (TopK's K, reshape sizes) from attribute constants; fold them,
-        # so every tensor has a static shape and TensorRT sees plain constants.
+        # so every tensor has a static shape and TensorRT sees plain constants. This is the only
+        # optimizer pass a native export gets (torch_to_onnx(optimize=False)).
         model = onnxscript.optimizer.optimize(model)
     elif used and not any(o.domain == F.DOMAIN for o in model.opset_import):
         model.opset_import.append(onnx.helper.make_opsetid(F.DOMAIN, F.DOMAIN_VERSION))
