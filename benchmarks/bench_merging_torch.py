@@ -1,4 +1,4 @@
-"""Merged vs unmerged PyTorch latency on the CPU, measured side by side in one process.
+"""Merged vs unmerged PyTorch latency (CPU, or a CUDA GPU), measured side by side in one process.
 
 Every iteration runs each variant once, in an order rotated per iteration, on the same weights
 (the plan is applied by swapping module classes, which costs nothing and is done outside the
@@ -8,8 +8,13 @@ GFLOP ratio from `edgemerge.merge.flops.gflops` beside it. Random weights: only 
 Also reports the process CPU time per forward (all threads): on a shared machine, wall time also
 counts the time other processes held the cores, CPU time much less so.
 
-    python benchmarks/bench_merging_cpu.py --model segformer-b2 --resolution 512x512 \
+    python benchmarks/bench_merging_torch.py --model segformer-b2 --resolution 512x512 \
         --variants none,hq,fast,n2d --iters 10 --warmup 2 --json b2.json
+    python benchmarks/bench_merging_torch.py --model segformer-b5 --resolution 1024x1024 \
+        --variants none,hq,fast,n2d --device cuda --dtype fp16 --iters 50 --warmup 10
+
+On CUDA each forward is bracketed by synchronisations (wall time of the whole forward, the
+launches included, as a deployed batch-1 model sees it); SDPA picks its fused kernels there.
 """
 
 from __future__ import annotations
@@ -56,12 +61,14 @@ def cpu_name() -> str:
 
 
 def run(model_name: str, resolution: tuple[int, int], variants: list[str], iters: int, warmup: int,
-        threads: int, seed: int) -> dict:
+        threads: int, seed: int, device: str = "cpu", dtype: str = "fp32") -> dict:
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
-    model = build_model(model_name, resolution=resolution)
+    tdtype = {"fp32": torch.float32, "fp16": torch.float16}[dtype]
+    model = build_model(model_name, resolution=resolution).to(device, tdtype)
     plans = {v: get_plan(model_name, v) for v in variants}
-    x = torch.randn(1, 3, *resolution, generator=torch.Generator().manual_seed(seed))
+    x = torch.randn(1, 3, *resolution, generator=torch.Generator().manual_seed(seed)).to(device, tdtype)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     times: dict[str, list[float]] = {v: [] for v in variants}
     cpu: dict[str, list[float]] = {v: [] for v in variants}
     with torch.inference_mode():
@@ -69,8 +76,10 @@ def run(model_name: str, resolution: tuple[int, int], variants: list[str], iters
             shift = it % len(variants)
             for v in variants[shift:] + variants[:shift]:
                 apply_merging(model, plans[v])
+                sync()
                 c0, t0 = time.process_time(), time.perf_counter()
                 model(x)
+                sync()
                 dt, dc = time.perf_counter() - t0, time.process_time() - c0
                 if it >= warmup:
                     times[v].append(dt * 1000)
@@ -91,6 +100,7 @@ def run(model_name: str, resolution: tuple[int, int], variants: list[str], iters
                      "times_ms": [round(t, 2) for t in times[v]], "cpu_ms": [round(t, 2) for t in cpu[v]]})
     return {"model": model_name, "resolution": list(resolution), "iters": iters, "warmup": warmup,
             "threads": threads, "seed": seed, "batch": 1, "torch": torch.__version__, "cpu": cpu_name(),
+            "device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "dtype": dtype,
             "python": platform.python_version(), "results": rows}
 
 
@@ -113,8 +123,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--dtype", default="fp32", choices=["fp32", "fp16"], help="fp16 on cuda only")
     ap.add_argument("--json", default=None, help="write the results here (atomically)")
     args = ap.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda: torch sees no CUDA GPU")
+    if args.dtype == "fp16" and args.device != "cuda":
+        ap.error("--dtype fp16 needs --device cuda")
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     if "none" not in variants:
         variants.insert(0, "none")
@@ -122,11 +138,12 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--iters must be >= 1 and --warmup >= 0")
     load_before = os.getloadavg()
     result = run(args.model, parse_resolution(args.resolution), variants, args.iters, args.warmup, args.threads,
-                 args.seed)
-    result["command"] = "python benchmarks/bench_merging_cpu.py " + " ".join(sys.argv[1:] if argv is None else argv)
+                 args.seed, args.device, args.dtype)
+    result["command"] = "python benchmarks/bench_merging_torch.py " + " ".join(sys.argv[1:] if argv is None else argv)
     load = result["loadavg_before"], result["loadavg_after"] = load_before, os.getloadavg()
-    print(f"{result['model']} at {args.resolution}, batch 1, {args.threads} threads, {args.iters} iterations "
-          f"(+{args.warmup} warm-up), torch {result['torch']}, {result['cpu']}, "
+    where = f"{result['device']} {args.dtype}" if args.device == "cuda" else f"{args.threads} threads, {result['cpu']}"
+    print(f"{result['model']} at {args.resolution}, batch 1, {where}, {args.iters} iterations "
+          f"(+{args.warmup} warm-up), torch {result['torch']}, "
           f"1-min load average {load[0][0]:.1f} before / {load[1][0]:.1f} after")
     print(table(result))
     if args.json:
