@@ -168,14 +168,15 @@ def native_problems(model: onnx.ModelProto) -> list[str]:
     return out
 
 
-def _onnxruntime_run(model_bytes: bytes, images: np.ndarray, all_outputs: bool = False):
+def _onnxruntime_runs(model_bytes: bytes, batches: list[np.ndarray]) -> list[list[np.ndarray]]:
+    """Every output for every batch, from one session (creating one costs seconds on a large model)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.log_severity_level = 3
     sess = ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
-    outs = sess.run(None, {sess.get_inputs()[0].name: images})
-    return outs if all_outputs else outs[0]
+    name = sess.get_inputs()[0].name
+    return [sess.run(None, {name: b}) for b in batches]
 
 
 def self_check(model, proto: onnx.ModelProto, batches: list[np.ndarray], ref_out: list[np.ndarray],
@@ -198,8 +199,7 @@ def self_check(model, proto: onnx.ModelProto, batches: list[np.ndarray], ref_out
     names = slot_tensors(proto) or []
     run_bytes = with_outputs(proto, names).SerializeToString() if names else proto.SerializeToString()
     ort_out, forced_out, same_tokens, same_sites = [], [], [], []
-    for b, unforced in zip(batches, ref_slots):
-        outs = _onnxruntime_run(run_bytes, b, all_outputs=True)
+    for b, unforced, outs in zip(batches, ref_slots, _onnxruntime_runs(run_bytes, batches)):
         ort_out.append(outs[0])
         ort_slots = outs[1:]
         if len(ort_slots) != len(unforced):

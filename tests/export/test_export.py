@@ -205,11 +205,10 @@ def test_failed_self_check_leaves_nothing(tmp_path, monkeypatch):
     """A self-check failure (simulated by a broken ORT run) exits 1 and writes no bundle."""
     import edgemerge.export.bundle as bundle
 
-    def broken_run(model_bytes, x, all_outputs=False):
-        out = np.zeros((x.shape[0], 150, 16, 16), np.float32)
-        return [out] if all_outputs else out
+    def broken_runs(model_bytes, batches):
+        return [[np.zeros((x.shape[0], 150, 16, 16), np.float32)] for x in batches]
 
-    monkeypatch.setattr(bundle, "_onnxruntime_run", broken_run)
+    monkeypatch.setattr(bundle, "_onnxruntime_runs", broken_runs)
     res = CliRunner().invoke(main, ["export", "-m", "segformer-b0", "-r", "64x64", "-o", str(tmp_path / "b")])
     assert res.exit_code == 1 and "self-check failed" in res.output
     assert not (tmp_path / "b").exists()
