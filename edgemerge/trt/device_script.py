@@ -65,8 +65,8 @@ def build_script(manifest: dict, *, has_plugin_sources: bool, onnx_fp16: bool | 
         '  CUDA_ARCH=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -n1 | tr -d ". " || true)',
         "  CUDA_ARCH=${CUDA_ARCH:-87}",
         "fi",
-        "cmake -S plugins -B build/plugins -DTENSORRT_ROOT=${TENSORRT_ROOT:-/usr} "
-        "-DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=$CUDA_ARCH",
+        'cmake -S plugins -B build/plugins -DTENSORRT_ROOT="${TENSORRT_ROOT:-/usr}" '
+        '-DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES="$CUDA_ARCH"',
         'cmake --build build/plugins -j"$(nproc)"',
     ]
     lines = [
@@ -90,7 +90,7 @@ def build_script(manifest: dict, *, has_plugin_sources: bool, onnx_fp16: bool | 
         "}",
         "TRT_VERSION=$(trt_version)",
         'if [ -z "$TRT_VERSION" ]; then echo "TensorRT not found (trtexec, python3 tensorrt, dpkg)" >&2; exit 1; fi',
-        "TRT_MAJOR=${TRT_VERSION%%.*}",
+    ] + (["TRT_MAJOR=${TRT_VERSION%%.*}"] if precision == "fp16" else []) + [
         'echo "TensorRT $TRT_VERSION"',
         "",
     ]
@@ -110,8 +110,13 @@ def build_script(manifest: dict, *, has_plugin_sources: bool, onnx_fp16: bool | 
                 "fi",
             ]
         lines += [
-            "PLUGIN_ARGS=()",
-            f"if [ -f {PLUGIN_LIB} ]; then PLUGIN_ARGS=(--dynamicPlugins={PLUGIN_LIB}); fi",
+            "PLUGIN_ARGS=() RECORD_ARGS=()",
+            f"if [ -f {PLUGIN_LIB} ]; then",
+            f"  PLUGIN_ARGS=(--dynamicPlugins={PLUGIN_LIB}) RECORD_ARGS=(--plugins {PLUGIN_LIB})",
+            "else",
+            f'  echo "warning: {PLUGIN_LIB} was not built (no NvInfer.h under ${{TENSORRT_ROOT:-/usr}}/include'
+            '[/<triplet>]; set TENSORRT_ROOT): the merge ops run as their ONNX function bodies (correct, slower)" >&2',
+            "fi",
             "",
         ]
         plugin_args = ['${PLUGIN_ARGS[@]+"${PLUGIN_ARGS[@]}"}']
@@ -134,7 +139,7 @@ def build_script(manifest: dict, *, has_plugin_sources: bool, onnx_fp16: bool | 
     record = ["python3 -m edgemerge.trt.record_engine model.plan --onnx model.onnx",
               '--trt-version "$TRT_VERSION"']
     if uses_plugins:
-        record.append(f"$([ -f {PLUGIN_LIB} ] && echo --plugins {PLUGIN_LIB} || true)")
+        record.append('${RECORD_ARGS[@]+"${RECORD_ARGS[@]}"}')
     lines += [
         " ".join(trtexec),
         "# The build record (model.plan.json) that `edgemerge validate` / `bench` check first.",

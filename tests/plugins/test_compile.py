@@ -80,3 +80,20 @@ def test_cmake_kernel_library(nvcc: str, tmp_path: Path):
     proc = subprocess.run(["cmake", "--build", str(build), "-j2"], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert (build / "libedgemerge_kernels.a").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", ["include", "include/aarch64-linux-gnu"])
+def test_cmake_finds_tensorrt_headers(nvcc: str, tmp_path: Path, layout: str):
+    """-DTENSORRT_ROOT=/usr must find JetPack's /usr/include/aarch64-linux-gnu/NvInfer.h too;
+    missing it silently builds no plugin library (configure only: an empty NvInfer.h will do)."""
+    if shutil.which("cmake") is None:
+        pytest.skip("cmake not found")
+    root = tmp_path / "usr"
+    (root / layout).mkdir(parents=True)
+    (root / layout / "NvInfer.h").write_text("")
+    configure = ["cmake", "-S", str(PLUGINS), "-B", str(tmp_path / "build"), f"-DCMAKE_CUDA_COMPILER={nvcc}",
+                 "-DCMAKE_CUDA_ARCHITECTURES=87", f"-DTENSORRT_ROOT={root}"]
+    proc = subprocess.run(configure, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"TensorRT headers in {root / layout}" in proc.stdout
