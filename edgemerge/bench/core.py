@@ -407,7 +407,7 @@ def plot_report(report: dict[str, Any], path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     roles = list(report["models"])
     data = [report["models"][r]["raw_ms"] for r in roles]
-    labels = [f"{r}\n{report['models'][r]['label']}" for r in roles]
+    labels = [f"{r}\n" + report["models"][r]["label"].replace(" ", "\n", 1) for r in roles]  # no overlap
     colours = ["tab:blue", "tab:orange"]
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [1, 1.4]})
     if all(len(d) > 1 for d in data):
@@ -420,7 +420,7 @@ def plot_report(report: dict[str, Any], path: str | Path) -> Path:
     ax.set_ylabel("latency (ms)")
     for i, r in enumerate(roles, start=1):
         ax.annotate(f"p50 {report['models'][r]['latency_ms']['p50']:.1f}", (i, report['models'][r]['latency_ms']['p50']),
-                    xytext=(8, 0), textcoords="offset points", fontsize=8)
+                    xytext=(24, 0), textcoords="offset points", fontsize=8, va="center")  # clear of the box
     title = f"{report['backend']} / {report['device']}, {report['iters']} iters"
     if report.get("speedup_p50"):
         title += f": speed-up {report['speedup_p50']:.2f}x (p50), FLOPs {report['flop_ratio'] or float('nan'):.2f}x"
