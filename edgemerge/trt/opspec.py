@@ -114,7 +114,9 @@ OPS: dict[str, OpSpec] = {
                 scalars=("N", "M", "C"),
                 block=128,  # kMergeBlock
                 grid=lambda d, cdiv: (d["M"], d["B"]),
-                shared_mem=lambda d: 4 * d["C"] + 4 * 128,  # C floats + kMergeBlock ints
+                # C floats + kMergeBlock ints; expression first: tensorrt.plugin's shape
+                # expressions have no reflected operators (4 * C would raise)
+                shared_mem=lambda d: d["C"] * 4 + 4 * 128,
             ),
         ),
         OpSpec(

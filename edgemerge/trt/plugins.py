@@ -186,7 +186,9 @@ def _make_function(name: str, params: list[str], annotations: dict[str, str], re
     fwd = ", ".join(f"{p}={p}" for p in params)
     code = f"def {name}({sig}){ret}:\n    return __body({fwd})\n"
     ns = dict(namespace, __body=body)
-    exec(code, ns)  # noqa: S102 - source generated from the op table, no user input
+    # dont_inherit: this module's `from __future__ import annotations` would otherwise turn the
+    # annotations into strings, and tensorrt.plugin's issubclass checks need the classes.
+    exec(compile(code, f"<edgemerge plugin {name}>", "exec", dont_inherit=True), ns)  # noqa: S102 - from the op table
     return ns[name]
 
 
@@ -265,21 +267,27 @@ def register_python_plugins(mode: str = "auto") -> str:
         raise EdgemergeError("AOT Python plugins need TensorRT >= 10.9, nvcc or cuda-python, and plugins/kernels/")
     use_aot = aot_ok if mode == "auto" else mode == "aot"
 
-    import numpy as np
-    import numpy.typing as npt
     import tensorrt as trt
     import tensorrt.plugin as trtp
-    from typing import List, Tuple
 
-    ns = {"trtp": trtp, "np": np, "npt": npt, "Tuple": Tuple, "List": List}
     for op in opspec.OPS.values():
-        _register_op(op, use_aot and op.kernel is not None, trtp, trt, ns)
+        _register_op(op, use_aot and op.kernel is not None, trtp, trt)
     # The match ops have no single-launch kernel, so they are JIT (torch) even in "aot" mode.
     _registered = "aot+jit" if use_aot else "jit"
     return _registered
 
 
-def _register_op(op: opspec.OpSpec, use_aot: bool, trtp, trt, ns: dict) -> None:
+def _register_op(op: opspec.OpSpec, use_aot: bool, trtp, trt) -> None:
+    """register + autotune, then either aot_impl (kernel PTX) or impl (torch), for one op.
+
+    tensorrt.plugin reads the functions' signatures: parameter names in a fixed order, annotations
+    on register (mandatory) and on aot_impl's return (checked: (str|bytes, str|bytes,
+    KernelLaunchParams, SymExprs)); so they are generated with exactly those."""
+    import numpy as np
+    import numpy.typing as npt
+    from typing import List, Tuple, Union
+
+    ns = {"trtp": trtp, "np": np, "npt": npt, "Tuple": Tuple, "List": List, "Union": Union}
     sigs = plugin_signatures(op)
     ann = {p.name: "trtp.TensorDesc" for p in op.inputs}
     ann.update({a.name: _ATTR_ANNOTATION[a.kind] for a in op.plugin_attributes()})
@@ -310,6 +318,8 @@ def _register_op(op: opspec.OpSpec, use_aot: bool, trtp, trt, ns: dict) -> None:
             extra = trtp.SymIntExprs.from_tuple([trtp.SymInt32(dims[s]) for s in op.kernel.scalars])
             return name.encode(), ptx, params, extra
 
+        aot_ret = "Tuple[Union[str, bytes], Union[str, bytes], trtp.KernelLaunchParams, trtp.SymIntExprs]"
+        trtp.aot_impl(op.plugin_id)(_make_function(f"{base}_aot_impl", sigs["aot_impl"], {}, aot_ret, aot_body, ns))
     else:
         def jit_body(**a):
             import torch
