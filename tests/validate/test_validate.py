@@ -350,3 +350,33 @@ def test_engine_without_tensorrt(bundles, tmp_path):
                                    edgemerge_version="0", build_time="2025-01-01T00:00:00+00:00"))
     res = run(plan, "--out", tmp_path / "rep")
     assert res.exit_code == 2 and "TensorRT" in _one_line_error(res)
+
+
+@pytest.mark.parametrize("reference", ["stored", "pytorch"])
+def test_engine_path_with_onnxruntime_standing_in_for_tensorrt(bundles, weight_altered, tmp_path, monkeypatch,
+                                                               reference):
+    """`validate model.plan` as on a device: only TensorRT's engine loader and runner are replaced
+    (by ONNX Runtime on the bundle's model.onnx); inputs, feeds, Comparator, metrics and report run
+    as they do with a real engine. A correct engine passes, an engine of the altered model fails."""
+    import polygraphy.backend.trt as ptrt
+    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+
+    import edgemerge.trt.builder as builder
+    from edgemerge.trt.record import BuildRecord, sha256_file, write_record
+
+    monkeypatch.setattr(builder, "load_engine", lambda path, plugins=None: Path(path))
+    monkeypatch.setattr(ptrt, "TrtRunner", lambda engine, name: OnnxrtRunner(
+        SessionFromOnnx(str(engine.with_name("model.onnx")), providers=["cpu"]), name=name))
+    for source, code in ((bundles["fp32-plugin"], 0), (weight_altered, 1)):
+        bundle = _copy(source, tmp_path / f"{reference}-{code}")
+        plan = bundle / "model.plan"
+        plan.write_bytes(b"engine")
+        write_record(plan, BuildRecord(
+            tensorrt_version="10.3.0", gpu_name="Orin", compute_capability="8.7", plugins="none",
+            plugins_sha256=None, onnx_sha256=sha256_file(bundle / "model.onnx"), engine_sha256=sha256_file(plan),
+            engine_size=plan.stat().st_size, edgemerge_version="0", build_time="2025-01-01T00:00:00+00:00"))
+        res = run(plan, "--reference", reference, "--out", tmp_path / f"rep-{reference}-{code}")
+        assert res.exit_code == code, res.output
+        report = json.loads((tmp_path / f"rep-{reference}-{code}" / "report.json").read_text())
+        assert report["passed"] is (code == 0)
+        assert report["merge_decisions"]["available"] is False
