@@ -185,3 +185,39 @@ def test_latency_stats():
     assert s["p50"] == pytest.approx(10.0) and s["max"] == pytest.approx(20.0)
     assert s["p90"] <= s["p99"] <= 20.0
     assert s["throughput_ips"] == pytest.approx(2 / 0.011)
+
+
+@pytest.mark.slow
+def test_bench_trt_path_with_onnxruntime_standing_in(bundle, tmp_path, monkeypatch):
+    """`bench model.plan --baseline base/model.plan` as on a device: only TensorRT itself (its
+    presence, the engine loader, the runner) is replaced by ONNX Runtime on each bundle's
+    model.onnx; artifact resolution, interleaving, the report and the plot run as with engines."""
+    import types
+
+    import polygraphy.backend.trt as ptrt
+    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+
+    import edgemerge.trt._trt as trt_mod
+    import edgemerge.trt.builder as builder
+
+    monkeypatch.setattr(trt_mod, "require_tensorrt", lambda: types.SimpleNamespace(__version__="10.3.0"))
+    monkeypatch.setattr(builder, "load_engine", lambda path, plugins=None: os.fspath(path))
+    monkeypatch.setattr(ptrt, "TrtRunner", lambda engine, name: OnnxrtRunner(
+        SessionFromOnnx(os.path.join(os.path.dirname(engine()), "model.onnx"), providers=["cpu"]), name=name))
+    base = tmp_path / "base"
+    export_bundle(ExportOptions(model="segformer-b0", variant="none", resolution=(128, 128), out=str(base)))
+    merged = tmp_path / "merged"
+    shutil.copytree(bundle, merged)
+    for b in (merged, base):
+        (b / "model.plan").write_bytes(b"engine")
+    jpath = tmp_path / "bench.json"
+    result = CliRunner().invoke(main, ["bench", str(merged), "--backend", "trt", "--baseline", str(base),
+                                       "--iters", "3", "--warmup", "1", "--json", str(jpath),
+                                       "--plot", str(tmp_path / "lat.png")])
+    assert result.exit_code == 0, result.output
+    report = json.loads(jpath.read_text())
+    _check_report(report, ("merged", "baseline"), 3)
+    assert report["backend"] == "trt" and report["device"] == "cuda" and report["speedup_p50"] > 0
+    assert report["models"]["merged"]["path"].endswith("model.plan")
+    assert report["models"]["merged"]["memory"]["peak_mb"] is None  # not measured for engines, and says so
+    assert (tmp_path / "lat.png").stat().st_size > 0
