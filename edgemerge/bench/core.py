@@ -127,6 +127,23 @@ class PeakMemory:
 
 # ---- environment --------------------------------------------------------------------------------
 
+def engine_memory(runner, artifact: Artifact) -> dict[str, Any]:
+    """What a TensorRT engine holds on the device: its execution context's memory (activations and
+    scratch) as the engine reports it, plus the weights, which are most of the engine file. On a
+    Jetson both come out of the one shared DRAM, so this is the figure to budget with."""
+    engine = getattr(runner, "engine", None)
+    size = getattr(engine, "device_memory_size_v2", None)  # TensorRT >= 10.1
+    if size is None:
+        size = getattr(engine, "device_memory_size", None)
+    if size is None:
+        return {"peak_mb": None, "kind": "n/a: the engine does not report its device memory"}
+    plan = Path(artifact.path)
+    return {"peak_mb": (int(size) + plan.stat().st_size) / 2 ** 20,
+            "kind": "TensorRT engine: execution-context device memory (ICudaEngine.device_memory_size_v2) "
+                    "+ the engine file (weights)",
+            "context_mb": int(size) / 2 ** 20, "engine_file_mb": plan.stat().st_size / 2 ** 20}
+
+
 def versions() -> dict[str, str | None]:
     out: dict[str, str | None] = {"edgemerge": __version__, "python": platform.python_version()}
     for dist in ("numpy", "onnx", "onnxruntime", "onnxruntime-gpu", "polygraphy", "torch", "tensorrt"):
@@ -306,7 +323,7 @@ def _timed(merged: Artifact, baseline: Artifact | None, backend: str, device: st
                 runners[role] = runner
                 for _ in range(opts.warmup):
                     runner.infer(feed, check_inputs=False)
-            memory[role] = mem.result
+            memory[role] = engine_memory(runner, art) if backend == "trt" else mem.result
         times: dict[str, list[float]] = {role: [] for role in runners}
         progress(f"timing {opts.iters} iterations{' interleaved' if baseline is not None else ''}")
         start = time.perf_counter()

@@ -202,7 +202,12 @@ def test_bench_trt_path_with_onnxruntime_standing_in(bundle, tmp_path, monkeypat
 
     monkeypatch.setattr(trt_mod, "require_tensorrt", lambda: types.SimpleNamespace(__version__="10.3.0"))
     monkeypatch.setattr(builder, "load_engine", lambda path, plugins=None: os.fspath(path))
-    monkeypatch.setattr(ptrt, "TrtRunner", lambda engine, name: OnnxrtRunner(
+    class EngineRunner(OnnxrtRunner):  # polygraphy's TrtRunner exposes the engine once activated
+        def activate_impl(self):
+            super().activate_impl()
+            self.engine = types.SimpleNamespace(device_memory_size_v2=3 << 20)
+
+    monkeypatch.setattr(ptrt, "TrtRunner", lambda engine, name: EngineRunner(
         SessionFromOnnx(os.path.join(os.path.dirname(engine()), "model.onnx"), providers=["cpu"]), name=name))
     base = tmp_path / "base"
     export_bundle(ExportOptions(model="segformer-b0", variant="none", resolution=(128, 128), out=str(base)))
@@ -219,5 +224,7 @@ def test_bench_trt_path_with_onnxruntime_standing_in(bundle, tmp_path, monkeypat
     _check_report(report, ("merged", "baseline"), 3)
     assert report["backend"] == "trt" and report["device"] == "cuda" and report["speedup_p50"] > 0
     assert report["models"]["merged"]["path"].endswith("model.plan")
-    assert report["models"]["merged"]["memory"]["peak_mb"] is None  # not measured for engines, and says so
+    mem = report["models"]["merged"]["memory"]
+    assert mem["context_mb"] == 3 and mem["engine_file_mb"] == len(b"engine") / 2 ** 20
+    assert mem["peak_mb"] == mem["context_mb"] + mem["engine_file_mb"]
     assert (tmp_path / "lat.png").stat().st_size > 0
