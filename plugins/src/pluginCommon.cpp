@@ -127,5 +127,44 @@ PluginFieldCollection const* PluginBase::setSerialFields(std::vector<PluginField
     return &mSerialCollection;
 }
 
+int32_t MatchPluginBase::getOutputDataTypes(
+    DataType* outputTypes, int32_t nbOutputs, DataType const* /*inputTypes*/, int32_t nbInputs) const noexcept
+{
+    if (nbInputs != 1 || nbOutputs != 1)
+        return -1;
+    outputTypes[0] = DataType::kINT32;
+    return 0;
+}
+
+int32_t MatchPluginBase::getOutputShapes(DimsExprs const* inputs, int32_t nbInputs, DimsExprs const* /*shapeInputs*/,
+    int32_t /*nbShapeInputs*/, DimsExprs* outputs, int32_t nbOutputs, IExprBuilder& /*exprBuilder*/) noexcept
+{
+    try
+    {
+        check(nbInputs == 1 && nbOutputs == 1, "expects 1 input (metric) and 1 output (slot)");
+        check(inputs[0].nbDims == 3, "metric must be [B, N, C]");
+        outputs[0].nbDims = 2;
+        outputs[0].d[0] = inputs[0].d[0];
+        outputs[0].d[1] = inputs[0].d[1];
+        return 0;
+    }
+    catch (std::exception const& e)
+    {
+        logError(std::string(getPluginName()) + "::getOutputShapes: " + e.what());
+    }
+    return -1;
+}
+
+bool MatchPluginBase::supportsFormatCombination(
+    int32_t pos, DynamicPluginTensorDesc const* inOut, int32_t nbInputs, int32_t nbOutputs) noexcept
+{
+    if (nbInputs != 1 || nbOutputs != 1 || pos < 0 || pos > 1)
+        return false;
+    PluginTensorDesc const& d = inOut[pos].desc;
+    if (d.format != TensorFormat::kLINEAR)
+        return false;
+    return pos == 0 ? d.type == DataType::kFLOAT : d.type == DataType::kINT32;
+}
+
 } // namespace plugin
 } // namespace edgemerge

@@ -78,6 +78,24 @@ private:
     nvinfer1::PluginFieldCollection mSerialCollection{};
 };
 
+//! The match ops' common I/O: metric [B, N, C] float32 in, slot [B, N] int32 out.
+class MatchPluginBase : public PluginBase
+{
+public:
+    int32_t getNbOutputs() const noexcept override { return 1; }
+    int32_t getOutputDataTypes(nvinfer1::DataType* outputTypes, int32_t nbOutputs,
+        nvinfer1::DataType const* inputTypes, int32_t nbInputs) const noexcept override;
+    int32_t getOutputShapes(nvinfer1::DimsExprs const* inputs, int32_t nbInputs,
+        nvinfer1::DimsExprs const* shapeInputs, int32_t nbShapeInputs, nvinfer1::DimsExprs* outputs,
+        int32_t nbOutputs, nvinfer1::IExprBuilder& exprBuilder) noexcept override;
+    bool supportsFormatCombination(int32_t pos, nvinfer1::DynamicPluginTensorDesc const* inOut, int32_t nbInputs,
+        int32_t nbOutputs) noexcept override;
+
+protected:
+    MatchPluginBase() = default;
+    MatchPluginBase(MatchPluginBase const&) = default;
+};
+
 //! IPluginCreatorV3One for plugin class P, which provides
 //!   static char const* name();
 //!   static std::vector<nvinfer1::PluginField> const& fieldList();

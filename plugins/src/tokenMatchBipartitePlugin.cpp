@@ -80,7 +80,7 @@ TokenMatchBipartitePlugin::TokenMatchBipartitePlugin(Attributes attrs)
 }
 
 TokenMatchBipartitePlugin::TokenMatchBipartitePlugin(TokenMatchBipartitePlugin const& other)
-    : PluginBase(other)
+    : MatchPluginBase(other)
     , mAttrs(other.mAttrs)
     , mDevPos(nullptr) // every clone owns its own device copy
 {
@@ -103,46 +103,6 @@ IPluginV3* TokenMatchBipartitePlugin::clone() noexcept
         logError(std::string(name()) + "::clone: " + e.what());
     }
     return nullptr;
-}
-
-int32_t TokenMatchBipartitePlugin::getOutputDataTypes(
-    nvinfer1::DataType* outputTypes, int32_t nbOutputs, nvinfer1::DataType const* /*inputTypes*/, int32_t nbInputs) const noexcept
-{
-    if (nbInputs != 1 || nbOutputs != 1)
-        return -1;
-    outputTypes[0] = nvinfer1::DataType::kINT32;
-    return 0;
-}
-
-int32_t TokenMatchBipartitePlugin::getOutputShapes(DimsExprs const* inputs, int32_t nbInputs,
-    DimsExprs const* /*shapeInputs*/, int32_t /*nbShapeInputs*/, DimsExprs* outputs, int32_t nbOutputs,
-    IExprBuilder& /*exprBuilder*/) noexcept
-{
-    try
-    {
-        check(nbInputs == 1 && nbOutputs == 1, "expects 1 input (metric) and 1 output (slot)");
-        check(inputs[0].nbDims == 3, "metric must be [B, N, C]");
-        outputs[0].nbDims = 2;
-        outputs[0].d[0] = inputs[0].d[0];
-        outputs[0].d[1] = inputs[0].d[1];
-        return 0;
-    }
-    catch (std::exception const& e)
-    {
-        logError(std::string(name()) + "::getOutputShapes: " + e.what());
-    }
-    return -1;
-}
-
-bool TokenMatchBipartitePlugin::supportsFormatCombination(
-    int32_t pos, DynamicPluginTensorDesc const* inOut, int32_t nbInputs, int32_t nbOutputs) noexcept
-{
-    if (nbInputs != 1 || nbOutputs != 1 || pos < 0 || pos > 1)
-        return false;
-    PluginTensorDesc const& d = inOut[pos].desc;
-    if (d.format != TensorFormat::kLINEAR)
-        return false;
-    return pos == 0 ? d.type == nvinfer1::DataType::kFLOAT : d.type == nvinfer1::DataType::kINT32;
 }
 
 size_t TokenMatchBipartitePlugin::getWorkspaceSize(DynamicPluginTensorDesc const* inputs, int32_t /*nbInputs*/,

@@ -8,7 +8,7 @@ namespace edgemerge
 namespace plugin
 {
 
-class TokenMatchWindowPlugin : public PluginBase
+class TokenMatchWindowPlugin : public MatchPluginBase
 {
 public:
     struct Attributes
@@ -31,14 +31,6 @@ public:
     nvinfer1::IPluginV3* clone() noexcept override;
     char const* getPluginName() const noexcept override { return name(); }
 
-    int32_t getNbOutputs() const noexcept override { return 1; }
-    int32_t getOutputDataTypes(nvinfer1::DataType* outputTypes, int32_t nbOutputs,
-        nvinfer1::DataType const* inputTypes, int32_t nbInputs) const noexcept override;
-    int32_t getOutputShapes(nvinfer1::DimsExprs const* inputs, int32_t nbInputs,
-        nvinfer1::DimsExprs const* shapeInputs, int32_t nbShapeInputs, nvinfer1::DimsExprs* outputs,
-        int32_t nbOutputs, nvinfer1::IExprBuilder& exprBuilder) noexcept override;
-    bool supportsFormatCombination(int32_t pos, nvinfer1::DynamicPluginTensorDesc const* inOut, int32_t nbInputs,
-        int32_t nbOutputs) noexcept override;
     size_t getWorkspaceSize(nvinfer1::DynamicPluginTensorDesc const* inputs, int32_t nbInputs,
         nvinfer1::DynamicPluginTensorDesc const* outputs, int32_t nbOutputs) const noexcept override;
 
