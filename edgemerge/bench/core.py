@@ -125,8 +125,6 @@ class PeakMemory:
                            "kind": "getrusage ru_maxrss delta (a lower bound: the process high-water mark)"}
 
 
-# ---- environment --------------------------------------------------------------------------------
-
 def engine_memory(runner, artifact: Artifact) -> dict[str, Any]:
     """What a TensorRT engine holds on the device: its execution context's memory (activations and
     scratch) as the engine reports it, plus the weights, which are most of the engine file. On a
@@ -137,12 +135,14 @@ def engine_memory(runner, artifact: Artifact) -> dict[str, Any]:
         size = getattr(engine, "device_memory_size", None)
     if size is None:
         return {"peak_mb": None, "kind": "n/a: the engine does not report its device memory"}
-    plan = Path(artifact.path)
-    return {"peak_mb": (int(size) + plan.stat().st_size) / 2 ** 20,
+    context_mb, file_mb = int(size) / 2 ** 20, Path(artifact.path).stat().st_size / 2 ** 20
+    return {"peak_mb": context_mb + file_mb,
             "kind": "TensorRT engine: execution-context device memory (ICudaEngine.device_memory_size_v2) "
                     "+ the engine file (weights)",
-            "context_mb": int(size) / 2 ** 20, "engine_file_mb": plan.stat().st_size / 2 ** 20}
+            "context_mb": context_mb, "engine_file_mb": file_mb}
 
+
+# ---- environment --------------------------------------------------------------------------------
 
 def versions() -> dict[str, str | None]:
     out: dict[str, str | None] = {"edgemerge": __version__, "python": platform.python_version()}

@@ -1,6 +1,8 @@
 """The build-record checks, with the environment as a parameter: no TensorRT or GPU needed."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -170,9 +172,6 @@ def test_onnx_has_fp16(tmp_path):
 def test_record_engine_module_writes_a_record_the_loader_accepts(tmp_path, monkeypatch):
     """build_on_device.sh's `python3 -m edgemerge.trt.record_engine` after trtexec: the record it
     writes passes check_engine on the same device, and names the plugin library by hash."""
-    import subprocess
-    import sys
-
     onnx_path = write_bundle(tmp_path, precision="fp16")
     (tmp_path / "model.plan").write_bytes(b"\x02trtexec-engine" * 64)
     lib = tmp_path / "build" / "plugins" / "libedgemerge_plugins.so"
@@ -192,9 +191,6 @@ def test_record_engine_module_writes_a_record_the_loader_accepts(tmp_path, monke
 
 
 def test_record_engine_module_bad_input_is_one_line(tmp_path):
-    import subprocess
-    import sys
-
     write_bundle(tmp_path)
     cmd = [sys.executable, "-m", "edgemerge.trt.record_engine", "model.plan", "--onnx", "model.onnx",
            "--trt-version", "10.3.0"]
