@@ -86,6 +86,17 @@ def model_opset(model: onnx.ModelProto) -> int:
     return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
+def _drop_stack_traces(model: onnx.ModelProto) -> None:
+    """torch's exporter stores each node's Python stack trace, with absolute paths of this install,
+    in its metadata: the same export would differ byte for byte between machines (and ship the
+    user's directory layout). Class hierarchy and name scopes carry no paths and stay."""
+    for node in model.graph.node:
+        keep = [p for p in node.metadata_props if p.key != "pkg.torch.onnx.stack_trace"]
+        if len(keep) != len(node.metadata_props):
+            del node.metadata_props[:]
+            node.metadata_props.extend(keep)
+
+
 def finalize(model: onnx.ModelProto, *, merge_ops: str, precision: str) -> onnx.ModelProto:
     """Attach function bodies (plugin) or inline them (native); fp32 islands for fp16 graphs."""
     if precision == "fp16":
@@ -105,6 +116,7 @@ def finalize(model: onnx.ModelProto, *, merge_ops: str, precision: str) -> onnx.
         model = onnxscript.optimizer.optimize(model)
     elif used and not any(o.domain == F.DOMAIN for o in model.opset_import):
         model.opset_import.append(onnx.helper.make_opsetid(F.DOMAIN, F.DOMAIN_VERSION))
+    _drop_stack_traces(model)
     model.producer_name = "edgemerge"
     from edgemerge import __version__
 
