@@ -1,35 +1,9 @@
-"""File helpers every side shares: content hashes, and writes that never leave half a file."""
+"""File helpers every side shares: content hashes, and writes that never leave half a file.
 
-from __future__ import annotations
+They live in `edgemerge.device_tool`, the standard-library-only file that bundles carry to the
+device, so the device script and the package hash and write files the same way.
+"""
 
-import hashlib
-import os
-import tempfile
-from pathlib import Path
+from edgemerge.device_tool import atomic_write_bytes, sha256_file
 
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes, mode: int | None = None) -> Path:
-    """Write to a temp file in the same directory, fsync, rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        if mode is not None:
-            os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+__all__ = ["atomic_write_bytes", "sha256_file"]

@@ -20,6 +20,7 @@ import onnx
 from edgemerge import __version__
 from edgemerge.errors import CheckFailed, EdgemergeError
 from edgemerge.files import sha256_file
+from edgemerge.graphs import merge_sites
 from edgemerge.images import normalize, synthetic_images
 from edgemerge.merge.core import record_decisions
 
@@ -343,6 +344,8 @@ def export_bundle(opts: ExportOptions, progress: Callable[[str], None] = lambda 
             "seed": opts.seed, "calibration": calibration,
             "onnx_sha256": sha256_file(onnx_path),
             "custom_ops": sorted({n.op_type for n in proto.graph.node if n.domain == "edgemerge"}),
+            # op -> node names: the plugin layers a plugin engine must hold (checked at build)
+            "merge_sites": merge_sites(proto),
             "reference": {"file": "reference.npz", "inputs": N_REFERENCE,
                           "images": f"synthetic_images(n={opts.batch * N_REFERENCE}, seed={opts.seed})"},
             "versions": _versions(), "self_check": figures,

@@ -15,15 +15,15 @@ import warnings
 from contextlib import redirect_stderr, redirect_stdout
 
 import onnx
-import onnx.inliner
 import onnxscript
-import onnxscript.optimizer
 import torch
 from torch import Tensor, nn
 
 from edgemerge.export import functions as F
 from edgemerge.merge import ops as _ops  # noqa: F401  (registers torch.ops.edgemerge.*)
+from edgemerge.errors import EdgemergeError
 from edgemerge.export.fp16 import keep_fp32
+from edgemerge.graphs import inline_merge_ops, name_merge_sites, reserved_names
 
 _E = onnxscript.values.Opset(F.DOMAIN, F.DOMAIN_VERSION)
 _NS = F.PLUGIN_NAMESPACE
@@ -105,15 +105,14 @@ def finalize(model: onnx.ModelProto, *, merge_ops: str, precision: str) -> onnx.
     used = sorted({n.op_type for n in model.graph.node if n.domain == F.DOMAIN})
     del model.functions[:]
     model.functions.extend(F.function_proto(op, opset) for op in used)
+    clash = reserved_names(model)
+    if clash:
+        raise EdgemergeError(f"the exported graph uses tensor names reserved for the merge-op bodies: {clash[:3]}")
+    name_merge_sites(model)
     if merge_ops == "native":
-        model = onnx.inliner.inline_local_functions(model)
-        keep = [o for o in model.opset_import if o.domain != F.DOMAIN]
-        del model.opset_import[:]
-        model.opset_import.extend(keep)
-        # The bodies compute counts (TopK's K, reshape sizes) from attribute constants; fold them,
-        # so every tensor has a static shape and TensorRT sees plain constants. This is the only
-        # optimizer pass a native export gets (torch_to_onnx(optimize=False)).
-        model = onnxscript.optimizer.optimize(model)
+        # The bodies compute counts (TopK's K, reshape sizes) from attribute constants; folding
+        # them is the only optimizer pass a native export gets (torch_to_onnx(optimize=False)).
+        model = inline_merge_ops(model)
     elif used and not any(o.domain == F.DOMAIN for o in model.opset_import):
         model.opset_import.append(onnx.helper.make_opsetid(F.DOMAIN, F.DOMAIN_VERSION))
     _drop_stack_traces(model)

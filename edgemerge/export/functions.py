@@ -17,6 +17,8 @@ import onnx
 from onnx import AttributeProto, FunctionProto, TensorProto, helper
 from onnx.defs import OpSchema
 
+from edgemerge.graphs import BODY_PREFIX
+
 DOMAIN = "edgemerge"
 DOMAIN_VERSION = 1
 PLUGIN_NAMESPACE = "edgemerge"
@@ -66,9 +68,11 @@ def register_schemas() -> None:
 class _Body:
     """A tiny graph writer: `b("Add", x, y)` appends a node and returns its output name."""
 
-    def __init__(self, prefix: str):
+    def __init__(self, op_type: str):
         self.nodes: list[onnx.NodeProto] = []
-        self.prefix = prefix
+        # Reserved prefix + op: unable to collide with an outer graph name (export refuses those),
+        # nor with another op's body, in a parser that binds function tensors by name.
+        self.prefix = f"{BODY_PREFIX}{op_type}_"
 
     def __call__(self, op: str, *inputs: str, n_out: int = 1, **attrs):
         outs = [f"{self.prefix}{len(self.nodes)}_{i}" for i in range(n_out)]
@@ -118,7 +122,7 @@ def _top_mask(b: _Body, score: str, r: str, n: str) -> str:
 
 
 def _match_bipartite() -> tuple[list[onnx.NodeProto], list[str]]:
-    b = _Body("mb")
+    b = _Body("TokenMatchBipartite")
     src, dst = b.attr("src", AttributeProto.INTS), b.attr("dst", AttributeProto.INTS)
     r, protect = b.attr("r", AttributeProto.INT), b.attr("protect", AttributeProto.INT)
     m = _normalize(b, "metric")
@@ -145,7 +149,7 @@ def _match_bipartite() -> tuple[list[onnx.NodeProto], list[str]]:
 
 
 def _match_window() -> tuple[list[onnx.NodeProto], list[str]]:
-    b = _Body("mw")
+    b = _Body("TokenMatchWindow")
     h, w = b.attr("height", AttributeProto.INT), b.attr("width", AttributeProto.INT)
     k, protect = b.attr("k", AttributeProto.INT), b.attr("protect", AttributeProto.INT)
     one_d = lambda t: b("Unsqueeze", t, b.const([0]))  # noqa: E731  scalar -> [1]
@@ -186,7 +190,7 @@ def _match_window() -> tuple[list[onnx.NodeProto], list[str]]:
 def _merge() -> tuple[list[onnx.NodeProto], list[str]]:
     """Sums in fp32 whatever the dtype of x (docs/ops.md): in fp16, size * x alone overflows
     once a ToMe token has absorbed a few dozen others (65504 / 50 is 1310)."""
-    b = _Body("tm")
+    b = _Body("TokenMerge")
     num_out = b.attr("num_out", AttributeProto.INT)
     rng = b("Range", b.const(0), num_out, b.const(1))
     onehot = b("Equal", b("Unsqueeze", b("Cast", "slot", to=TensorProto.INT64), b.const([2])), rng)  # [B, N, M]
@@ -201,7 +205,7 @@ def _merge() -> tuple[list[onnx.NodeProto], list[str]]:
 
 
 def _unmerge() -> tuple[list[onnx.NodeProto], list[str]]:
-    b = _Body("tu")
+    b = _Body("TokenUnmerge")
     chans = b("Slice", b("Shape", "merged"), b.const([2]), b.const([3]))
     idx = b("Expand", b("Unsqueeze", b("Cast", "slot", to=TensorProto.INT64), b.const([2])),
             b("Concat", b("Shape", "slot"), chans, axis=0))

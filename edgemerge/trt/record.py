@@ -7,54 +7,16 @@ tested without TensorRT; `current_environment()` is the only part that asks the 
 
 from __future__ import annotations
 
-from edgemerge.files import atomic_write_bytes, sha256_file  # noqa: F401  (re-exported)
-
-import ctypes
 import json
 import os
-import shutil
-import subprocess
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
+from edgemerge.device_tool import (  # noqa: F401  (the record format's owner; re-exported)
+    NO_PLUGINS, PYTHON_PLUGINS, RECORD_SCHEMA, BuildRecord, DeviceError, atomic_write_bytes,
+    layers_path, query_gpu, record_path, sha256_file, write_record,
+)
 from edgemerge.errors import EdgemergeError
-
-RECORD_SCHEMA = 1
-PYTHON_PLUGINS = "python-plugins"
-NO_PLUGINS = "none"
-
-
-@dataclass
-class BuildRecord:
-    """What an engine was built from and for; stored as `<engine>.json` (model.plan.json)."""
-
-    tensorrt_version: str
-    gpu_name: str
-    compute_capability: str  # "8.7"
-    plugins: str  # a library path, PYTHON_PLUGINS or NO_PLUGINS
-    plugins_sha256: str | None
-    onnx_sha256: str
-    engine_sha256: str
-    engine_size: int
-    edgemerge_version: str
-    build_time: str  # ISO 8601, UTC
-    precision: str = "fp32"  # the bundle's manifest precision
-    strongly_typed: bool = False
-    fp16_flag: bool = False
-    build_seconds: float | None = None
-    schema: int = RECORD_SCHEMA
-    extra: dict = field(default_factory=dict)
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "BuildRecord":
-        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        try:
-            return cls(**known)
-        except TypeError as e:
-            raise EdgemergeError(f"build record is incomplete ({e})") from None
 
 
 @dataclass(frozen=True)
@@ -64,16 +26,6 @@ class Environment:
     tensorrt_version: str
     gpu_name: str | None
     compute_capability: str | None
-
-
-def record_path(plan_path: str | os.PathLike) -> Path:
-    """model.plan -> model.plan.json"""
-    p = Path(plan_path)
-    return p.with_name(p.name + ".json")
-
-
-def write_record(plan_path: str | os.PathLike, record: BuildRecord) -> Path:
-    return atomic_write_bytes(record_path(plan_path), record.to_json().encode())
 
 
 def read_record(plan_path: str | os.PathLike) -> BuildRecord:
@@ -86,6 +38,8 @@ def read_record(plan_path: str | os.PathLike) -> BuildRecord:
         return BuildRecord.from_dict(json.loads(rp.read_text()))
     except json.JSONDecodeError as e:
         raise EdgemergeError(f"{rp}: build record is not valid JSON ({e.msg}, line {e.lineno})") from None
+    except DeviceError as e:
+        raise EdgemergeError(f"{rp}: {e}") from None
 
 
 def _major_minor(version: str) -> tuple[str, ...]:
@@ -148,69 +102,6 @@ def resolve_plugins(record: BuildRecord, plan: Path, plugins: list[str] | None) 
 
 
 # ---- the current machine ----------------------------------------------------------------------
-
-def _gpu_from_torch() -> tuple[str, str] | None:
-    try:
-        import torch
-    except ImportError:
-        return None
-    if not torch.cuda.is_available():
-        return None
-    major, minor = torch.cuda.get_device_capability(0)
-    return torch.cuda.get_device_name(0), f"{major}.{minor}"
-
-
-def _gpu_from_driver() -> tuple[str, str] | None:
-    """libcuda's driver API through ctypes: present wherever a GPU driver is (Jetson included)."""
-    for name in ("libcuda.so.1", "libcuda.so", "nvcuda.dll"):
-        try:
-            cuda = ctypes.CDLL(name)
-            break
-        except OSError:
-            continue
-    else:
-        return None
-    dev = ctypes.c_int()
-    if cuda.cuInit(0) != 0 or cuda.cuDeviceGet(ctypes.byref(dev), 0) != 0:
-        return None
-    buf = ctypes.create_string_buffer(256)
-    major, minor = ctypes.c_int(), ctypes.c_int()
-    if cuda.cuDeviceGetName(buf, 256, dev) != 0:
-        return None
-    # CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR = 75, _MINOR = 76
-    if (cuda.cuDeviceGetAttribute(ctypes.byref(major), 75, dev) != 0
-            or cuda.cuDeviceGetAttribute(ctypes.byref(minor), 76, dev) != 0):
-        return None
-    return buf.value.decode(errors="replace"), f"{major.value}.{minor.value}"
-
-
-def _gpu_from_nvidia_smi() -> tuple[str, str] | None:
-    exe = shutil.which("nvidia-smi")
-    if exe is None:
-        return None
-    try:
-        out = subprocess.run([exe, "--query-gpu=name,compute_cap", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=20, check=True).stdout
-    except (subprocess.SubprocessError, OSError):
-        return None
-    line = out.strip().splitlines()[0] if out.strip() else ""
-    if "," not in line:
-        return None
-    name, cc = (s.strip() for s in line.rsplit(",", 1))
-    return name, cc
-
-
-def query_gpu() -> tuple[str | None, str | None]:
-    """(name, compute capability) of GPU 0 from torch, the CUDA driver or nvidia-smi; else Nones."""
-    for probe in (_gpu_from_torch, _gpu_from_driver, _gpu_from_nvidia_smi):
-        try:
-            found = probe()
-        except Exception:  # a probe must never break a build; the next one may work
-            found = None
-        if found:
-            return found
-    return None, None
-
 
 def current_environment() -> Environment:
     from edgemerge.trt._trt import require_tensorrt

@@ -1,0 +1,63 @@
+"""ONNX graph transforms that the exporter and the TensorRT side share (torch-free).
+
+`inline_merge_ops` is how a graph with `edgemerge` nodes becomes the standard-op graph that
+`--merge-ops native` exports and that a TensorRT build without our plugins is given: the model-local
+functions inlined, then folded, so every count (TopK's K, reshape sizes) is a plain constant.
+Needs onnx and onnxscript, not torch, so `edgemerge build` and the device script can derive it.
+"""
+
+from __future__ import annotations
+
+import onnx
+import onnx.inliner
+
+DOMAIN = "edgemerge"
+# Tensor names inside the function bodies start with this; export refuses an outer graph that uses
+# it, so the parser's local-function importer (which binds by name) can never confuse the two.
+BODY_PREFIX = "__edgemerge_"
+
+
+def inline_merge_ops(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with its `edgemerge` functions inlined and constants folded (no custom domain)."""
+    import onnxscript.optimizer
+
+    model = onnx.inliner.inline_local_functions(model)
+    keep = [o for o in model.opset_import if o.domain != DOMAIN]
+    del model.opset_import[:]
+    model.opset_import.extend(keep)
+    return onnxscript.optimizer.optimize(model)
+
+
+def merge_sites(model: onnx.ModelProto) -> dict[str, list[str]]:
+    """op_type -> the names of its `edgemerge` nodes, in graph order: the plugin layers an engine
+    built with our plugins must hold (the parser names each layer after its node)."""
+    sites: dict[str, list[str]] = {}
+    for node in model.graph.node:
+        if node.domain == DOMAIN:
+            sites.setdefault(node.op_type, []).append(node.name)
+    return sites
+
+
+def name_merge_sites(model: onnx.ModelProto) -> None:
+    """Give every `edgemerge` node a unique, stable name (`TokenMerge_3`) where it has none or
+    shares one: the build record matches plugin layers to sites by these names."""
+    taken = {n.name for n in model.graph.node if n.domain != DOMAIN}
+    counts: dict[str, int] = {}
+    for node in model.graph.node:
+        if node.domain != DOMAIN:
+            continue
+        if not node.name or node.name in taken:
+            i = counts.get(node.op_type, 0)
+            while f"{node.op_type}_{i}" in taken:
+                i += 1
+            node.name = f"{node.op_type}_{i}"
+            counts[node.op_type] = i + 1
+        taken.add(node.name)
+
+
+def reserved_names(model: onnx.ModelProto) -> list[str]:
+    """Outer-graph tensor names that use the function bodies' reserved prefix."""
+    g = model.graph
+    names = [v.name for v in list(g.input) + list(g.output) + list(g.value_info)]
+    names += [t.name for t in g.initializer] + [o for n in g.node for o in n.output]
+    return sorted({n for n in names if n.startswith(BODY_PREFIX)})
