@@ -68,20 +68,22 @@ def parser_implementation(version: tuple[int, int, int], *, plugin_registered: b
     importer exists for our op types): PLUGIN, FUNCTION (the model-local function, inlined) or
     UNSUPPORTED (the parse fails).
 
-    Sources (read at these versions; the parser is onnx/onnx-tensorrt, vendored into
-    NVIDIA/TensorRT as parsers/onnx):
-    - <= 10.6: onnx-tensorrt `ModelImporter.cpp` (tag release/10.1-GA, `parseNode`): the built-in
-      importer table first, then `ctx->localFunctions()` (a model-local function of the same
-      op_type), and only then the plugin registry through `FallbackPluginImporter`. A node whose
-      function the file carries is always inlined, plugin or not.
-    - 10.7 .. 10.14: onnx-tensorrt docs/Changelog.md, 10.7 GA: "Now prioritizes using plugins over
-      local functions when a corresponding plugin is available in the registry".
-    - >= 10.15 (11.x included): NVIDIA/TensorRT include/NvOnnxParser.h (v10.15, v11.1),
-      `OnnxParserFlag::kENABLE_PLUGIN_OVERRIDE` and the changelog: a registered plugin is taken for
-      a node that carries the attribute `plugin_namespace` (every node with the flag set);
-      otherwise the local function is inlined.
-    The plugin fallback looks the creator up by (op_type, `plugin_version` or "1",
-    `plugin_namespace` or ""), so our nodes always carry `plugin_namespace="edgemerge"`.
+    Sources (the parser is onnx/onnx-tensorrt, vendored into NVIDIA/TensorRT as parsers/onnx):
+    - <= 10.6: `ModelImporter.cpp` `parseNode` at release/10.1-GA (commit 96e78110, lines 153-168):
+      the built-in importer table (keyed by op_type alone, the domain is ignored), then
+      `ctx->localFunctions()`, and only then `FallbackPluginImporter`. TensorRT v10.3.0 pins parser
+      commit 62bdde2a, older than the 10.7 change below (docs/Changelog.md), so JetPack 6 keeps this
+      order: a node whose function the file carries is always inlined, plugin or not.
+    - 10.7 .. 10.14: Changelog 10.7 GA "Now prioritizes using plugins over local functions when a
+      corresponding plugin is available in the registry"; `parseNode` then asks
+      `isNodeInPluginRegistry` (creator by op_type, `plugin_version` or "1", `plugin_namespace` or
+      "") before the local function.
+    - >= 10.15 (11.x too): `parseNode` takes the plugin first when the node has a
+      `plugin_namespace` attribute or `OnnxParserFlag::kENABLE_PLUGIN_OVERRIDE` is set (Changelog
+      10.15 GA; include/NvOnnxParser.h at NVIDIA/TensorRT v10.15 and v11.1) and the plugin is
+      registered; otherwise built-in, local function, and the plugin fallback only for a node
+      with neither.
+    Our nodes always carry `plugin_namespace="edgemerge"` (plugin_version defaults to "1").
     """
     if version < (10, 7, 0):
         if local_function:
@@ -454,26 +456,39 @@ def _cmd_arch(args) -> str:
     return cuda_arch(args.default)
 
 
-def _cmd_graph(args) -> str:
-    """Print the ONNX file to build; write model.trt.onnx when the functions must go."""
-    bundle = Path(args.bundle)
+def graph_for(bundle: Path, version: tuple[int, int, int], plugins: bool) -> tuple[str, str]:
+    """(file in the bundle to build, graph kind) for this TensorRT and plugin availability; writes
+    model.trt.onnx (functions stripped) or model.native.onnx (bodies inlined) when needed."""
     manifest = read_manifest(bundle)
     if manifest.get("merge_ops") == "native":
-        return "model.onnx"
-    choice = choose_graph(parse_version(args.trt_version), args.plugins == "yes")
+        return "model.onnx", NATIVE
+    choice = choose_graph(version, plugins)
     if choice == AS_IS:
-        return "model.onnx"
-    if choice == NATIVE:
-        if not (bundle / "model.native.onnx").is_file():
+        return "model.onnx", AS_IS
+    if choice == STRIP:
+        stripped, dropped = strip_functions((bundle / "model.onnx").read_bytes())
+        if dropped == 0:
+            raise DeviceError("model.onnx carries no edgemerge functions to strip: re-export the bundle")
+        atomic_write_bytes(bundle / "model.trt.onnx", stripped)
+        return "model.trt.onnx", STRIP
+    native = bundle / "model.native.onnx"
+    if not native.is_file():
+        try:  # the inliner needs onnx + onnxscript: an edgemerge install without torch is enough
+            import onnx
+
+            from edgemerge.graphs import inline_merge_ops
+        except ImportError:
             raise DeviceError(
-                "no edgemerge plugin library, and this bundle has no model.native.onnx: fix the plugin "
-                "build, or export with --merge-ops native for an engine without plugins")
-        return "model.native.onnx"
-    stripped, dropped = strip_functions((bundle / "model.onnx").read_bytes())
-    if dropped == 0:
-        raise DeviceError("model.onnx carries no edgemerge functions to strip")
-    atomic_write_bytes(bundle / "model.trt.onnx", stripped)
-    return "model.trt.onnx"
+                "without the plugin library the merge ops are built from their bodies, inlined; making "
+                "that graph here needs `pip install --no-deps edgemerge && pip install onnx onnxscript`, "
+                "or export with --merge-ops native") from None
+        atomic_write_bytes(native, inline_merge_ops(onnx.load(str(bundle / "model.onnx"))).SerializeToString())
+    return native.name, NATIVE
+
+
+def _cmd_graph(args) -> str:
+    path, kind = graph_for(Path(args.bundle), parse_version(args.trt_version), args.plugins == "yes")
+    return f"{path} {kind}"
 
 
 def _cmd_record(args) -> str:

@@ -346,6 +346,12 @@ def _timed(merged: Artifact, baseline: Artifact | None, backend: str, device: st
                         "latency_ms": latency_stats(times[role], batch), "memory": memory[role],
                         "gflops": (art.gflops or {}).get("merged"), "raw_ms": [t * 1e3 for t in times[role]]}
         models[role]["throughput_ips"] = models[role]["latency_ms"]["throughput_ips"]
+        if art.kind == "plan":  # what the engine holds: the merge ops as plugins, or their bodies
+            from edgemerge.trt.record import read_record
+
+            rec = read_record(art.path)
+            models[role]["engine_build"] = {"graph": rec.graph, "plugins": rec.plugins,
+                                            "plugin_layers": rec.plugin_layers, "summary": rec.plugin_summary()}
         if energy:
             models[role]["power"] = energy[role]
     report: dict[str, Any] = {
@@ -463,6 +469,8 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         if "power" in m and m["power"].get("energy_per_frame_mj") is not None:
             line += f"  {m['power']['mean_mw']:.0f} mW, {m['power']['energy_per_frame_mj']:.1f} mJ/frame"
         lines.append(line)
+        if "engine_build" in m:
+            lines.append(f"{'':8s} plugin layers: {m['engine_build']['summary']}")
     if report.get("speedup_p50"):
         fr = report.get("flop_ratio")
         lines.append(f"speed-up {report['speedup_p50']:.2f}x (p50, baseline/merged)   "

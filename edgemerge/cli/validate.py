@@ -59,6 +59,8 @@ def validate(artifact, images, labels, num, atol, rtol, min_agreement, localize,
         table.add_row("merge tokens same slot", _fmt(merge["token_agreement"]), "", "")
     else:
         table.add_row("merge decisions", "n/a", merge.get("reason", ""), "")
+    if report.get("engine_build"):
+        table.add_row("plugin layers / merge sites", report["engine_build"]["summary"], "", "")
     if report.get("labels"):
         lab = report["labels"]
         table.add_row("mIoU PyTorch / artifact", f"{_fmt(lab['miou_reference'])} / {_fmt(lab['miou_artifact'])}",

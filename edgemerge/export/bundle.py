@@ -380,7 +380,7 @@ def _finish_engine_or_script(tmp: Path, manifest: dict, opts: ExportOptions, pro
     if device_script.copy_plugin_sources(tmp) is not None:
         manifest["files"].append("plugins/")
     device_script.write_build_script(tmp, manifest)
-    manifest["files"].append("build_on_device.sh")
+    manifest["files"] += [device_script.SCRIPT, device_script.TOOL]
 
 
 def _check_writable(out: Path) -> None:

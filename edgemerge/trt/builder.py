@@ -13,15 +13,16 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
-from edgemerge import __version__
-from edgemerge.errors import EdgemergeError
+from contextlib import contextmanager
+
+from edgemerge import __version__, device_tool
+from edgemerge.errors import CheckFailed, EdgemergeError
 from edgemerge.trt._trt import has_python_plugins, parse_version, require_tensorrt
 from edgemerge.trt.record import (
     NO_PLUGINS, PYTHON_PLUGINS, BuildRecord, Environment, atomic_write_bytes, check_record,
-    current_environment, query_gpu, read_record, sha256_file, write_record,
+    current_environment, layers_path, read_record, sha256_file, write_record,
 )
 
 log = logging.getLogger(__name__)
@@ -132,75 +133,100 @@ def _plugin_label(lib: Path, plan_dir: Path) -> str:
         return str(lib)
 
 
+@contextmanager
+def device_errors():
+    """device_tool's one-line failures as the package's: exit 1 for a failed check, else 2."""
+    try:
+        yield
+    except device_tool.DeviceError as e:
+        raise (CheckFailed if e.exit_code == 1 else EdgemergeError)(str(e)) from None
+
+
 def prepare_plugins(manifest: dict, plugins: list[str] | None, plan_dir: Path,
                     version: tuple[int, int, int]) -> tuple[str, str | None, str | None]:
-    """Load what the build needs: (record label, sha256, python plugin mode)."""
+    """Load what the build needs: (record label, sha256, python plugin mode); NO_PLUGINS when the
+    bundle is native or no plugin can be had here."""
     from edgemerge.trt.plugins import load_plugin_library, register_python_plugins
 
+    if manifest.get("merge_ops") == "native":
+        return NO_PLUGINS, None, None
     if plugins:
         libs = [load_plugin_library(p) for p in plugins]
         return _plugin_label(libs[0], plan_dir), sha256_file(libs[0]), None
-    if manifest.get("merge_ops") == "native":
-        return NO_PLUGINS, None, None
     if has_python_plugins(version):
         mode = register_python_plugins()
         return PYTHON_PLUGINS, None, mode
-    log.warning("TensorRT %s has no Python plugins and no --plugins library was given: the merge ops "
-                "are built from their ONNX function bodies (slower); build libedgemerge_plugins.so "
-                "for the plugin path", ".".join(map(str, version)))
     return NO_PLUGINS, None, None
+
+
+def engine_layer_info(trt, engine_bytes: bytes) -> dict:
+    """The engine inspector's JSON ({"Layers": [...], "Bindings": [...]}), as trtexec's
+    --exportLayerInfo writes it (IEngineInspector::getEngineInformation(kJSON),
+    NvInferRuntime.h v10.3.0; trtexec's printLayerInfo calls the same)."""
+    from polygraphy.backend.trt import EngineFromBytes
+
+    engine = EngineFromBytes(engine_bytes)()
+    inspector = engine.create_engine_inspector()
+    return json.loads(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
 
 
 def build_engine(onnx_path: str | os.PathLike, out_path: str | os.PathLike | None = None, *,
                  plugins: list[str] | None = None, workspace_mib: int | None = None,
-                 timing_cache: str | os.PathLike | None = None) -> BuildRecord:
-    """Build `model.onnx` of a bundle into `model.plan` + `model.plan.json`; returns the record."""
+                 timing_cache: str | os.PathLike | None = None, allow_body_only: bool = False) -> BuildRecord:
+    """Build a bundle's `model.onnx` into `model.plan` + `model.plan.json`; returns the record.
+
+    The same route as build_on_device.sh: the graph from `device_tool.graph_for` (TensorRT's
+    parser rule), TF32 off (as trtexec --noTF32), detailed layer information written beside the
+    engine and counted against the manifest's merge sites. A plugin bundle built without a plugin
+    is refused unless `allow_body_only`; so is an engine whose plugin layers fall short.
+    """
     onnx_path = Path(onnx_path)
     manifest = read_manifest(onnx_path)
-    onnx_sha = check_onnx_matches_manifest(onnx_path, manifest)
+    check_onnx_matches_manifest(onnx_path, manifest)
     out = Path(out_path) if out_path is not None else onnx_path.with_suffix(".plan")
 
     trt = require_tensorrt()
     version = parse_version(trt.__version__)
     label, lib_sha, py_mode = prepare_plugins(manifest, plugins, out.parent, version)
-    typing = choose_typing(version, manifest["precision"], onnx_has_fp16(onnx_path),
+    uses_plugins = label != NO_PLUGINS
+    if manifest.get("merge_ops") == "plugin" and not uses_plugins and not allow_body_only:
+        raise EdgemergeError(
+            f"TensorRT {trt.__version__} has no Python plugins (< 10.6) and no --plugins library was given: "
+            "build libedgemerge_plugins.so and pass --plugins, or --allow-body-only for an engine "
+            "built from the merge ops' standard-op bodies")
+    with device_errors():
+        graph_file, graph_kind = device_tool.graph_for(onnx_path.parent, version, uses_plugins)
+    graph_path = onnx_path.parent / graph_file
+    typing = choose_typing(version, manifest["precision"], onnx_has_fp16(graph_path),
                            hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"))
-    log.info("%s", typing.reason)
+    log.info("%s; graph %s (%s)", typing.reason, graph_file, graph_kind)
 
     from polygraphy.backend.trt import CreateConfig, EngineBytesFromNetwork, NetworkFromOnnxPath
 
-    network = NetworkFromOnnxPath(str(onnx_path), strongly_typed=typing.strongly_typed or None)
+    network = NetworkFromOnnxPath(str(graph_path), strongly_typed=typing.strongly_typed or None)
     pools = {trt.MemoryPoolType.WORKSPACE: int(workspace_mib) << 20} if workspace_mib else None
-    config = CreateConfig(fp16=typing.fp16_flag or None, memory_pool_limits=pools,
+    config = CreateConfig(fp16=typing.fp16_flag or None, tf32=False, memory_pool_limits=pools,
+                          profiling_verbosity=trt.ProfilingVerbosity.DETAILED,
                           load_timing_cache=str(timing_cache) if timing_cache and Path(timing_cache).is_file() else None)
     start = time.perf_counter()
     engine_bytes = EngineBytesFromNetwork(network, config,
                                           save_timing_cache=str(timing_cache) if timing_cache else None)()
     if engine_bytes is None:
-        raise EdgemergeError(f"TensorRT could not build {onnx_path} (see the TensorRT log above)")
+        raise EdgemergeError(f"TensorRT could not build {graph_path} (see the TensorRT log above)")
     data = bytes(engine_bytes)
     seconds = time.perf_counter() - start
-
+    info = engine_layer_info(trt, data)
+    atomic_write_bytes(layers_path(out), json.dumps(info, indent=1).encode())
+    with device_errors():  # refuses a plugin build whose engine holds too few plugin layers
+        layers = device_tool.inspect_layers(info, manifest, uses_plugins=uses_plugins,
+                                            allow_body_only=allow_body_only)
     atomic_write_bytes(out, data)
-    gpu_name, cc = query_gpu()
-    record = BuildRecord(
-        tensorrt_version=trt.__version__,
-        gpu_name=gpu_name or "unknown",
-        compute_capability=cc or "unknown",
-        plugins=label,
-        plugins_sha256=lib_sha,
-        onnx_sha256=onnx_sha,
-        engine_sha256=sha256_file(out),
-        engine_size=len(data),
-        edgemerge_version=__version__,
-        build_time=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        precision=manifest["precision"],
-        strongly_typed=typing.strongly_typed,
-        fp16_flag=typing.fp16_flag,
-        build_seconds=round(seconds, 1),
-        extra={k: manifest[k] for k in ("model", "variant", "merge_ops") if k in manifest}
-        | ({"python_plugins": py_mode} if py_mode else {}),
-    )
+    with device_errors():
+        record = device_tool.make_record(
+            out, onnx_path, manifest, tensorrt_version=trt.__version__, plugins=label, plugins_sha256=lib_sha,
+            strongly_typed=typing.strongly_typed, fp16_flag=typing.fp16_flag, graph=graph_kind,
+            plugin_layers=layers, edgemerge_version=__version__, build_seconds=round(seconds, 1),
+            extra={"python_plugins": py_mode} if py_mode else None)
     write_record(out, record)
     return record
 
@@ -238,36 +264,3 @@ def load_engine(plan_path: str | os.PathLike, *, plugins: list[str] | None = Non
     if engine is None:
         raise EdgemergeError(f"{plan_path}: TensorRT could not deserialize the engine")
     return engine
-
-
-def record_engine(plan_path: str | os.PathLike, onnx_path: str | os.PathLike, *,
-                  tensorrt_version: str | None = None, plugins: str | None = None) -> BuildRecord:
-    """Write the build record for an engine built outside edgemerge (trtexec in
-    build_on_device.sh). Needs no TensorRT Python when `tensorrt_version` is given."""
-    plan, onnx_path = Path(plan_path), Path(onnx_path)
-    manifest = read_manifest(onnx_path)
-    onnx_sha = check_onnx_matches_manifest(onnx_path, manifest)
-    if not plan.is_file():
-        raise EdgemergeError(f"{plan}: engine file not found")
-    if tensorrt_version is None:
-        tensorrt_version = require_tensorrt().__version__
-    if plugins:
-        lib = Path(plugins)
-        if not lib.is_file():
-            raise EdgemergeError(f"plugin library {lib} not found")
-        label, lib_sha = _plugin_label(lib, plan.parent), sha256_file(lib)
-    else:
-        label, lib_sha = NO_PLUGINS, None
-    typing = choose_typing(parse_version(tensorrt_version), manifest["precision"], onnx_has_fp16(onnx_path))
-    gpu_name, cc = query_gpu()
-    record = BuildRecord(
-        tensorrt_version=tensorrt_version, gpu_name=gpu_name or "unknown",
-        compute_capability=cc or "unknown", plugins=label, plugins_sha256=lib_sha,
-        onnx_sha256=onnx_sha, engine_sha256=sha256_file(plan), engine_size=plan.stat().st_size,
-        edgemerge_version=__version__,
-        build_time=datetime.fromtimestamp(plan.stat().st_mtime, timezone.utc).isoformat(timespec="seconds"),
-        precision=manifest["precision"], strongly_typed=typing.strongly_typed, fp16_flag=typing.fp16_flag,
-        extra={k: manifest[k] for k in ("model", "variant", "merge_ops") if k in manifest} | {"built_by": "trtexec"},
-    )
-    write_record(plan, record)
-    return record

