@@ -3,8 +3,8 @@
 - `load_plugin_library(path)`: the C++ IPluginV3 library (`libedgemerge_plugins.so`, the only
   option on TensorRT 10.3 / JetPack 6).
 - `register_python_plugins()`: `tensorrt.plugin` registrations for TensorRT >= 10.6, generated
-  from the one table in `edgemerge.trt.opspec`. On >= 10.9 with a CUDA compiler (nvcc, or NVRTC
-  through cuda-python) the AOT implementation compiles the shared kernels `plugins/kernels/*.cu`
+  from the one table in `edgemerge.trt.opspec`. On >= 10.9 with nvcc (no newer than the driver)
+  the AOT implementation compiles the shared kernels `plugins/kernels/*.cu`
   to PTX, which TensorRT embeds in the engine (no Python needed when the engine runs). Otherwise
   the JIT implementation runs the op with torch on TensorRT's stream (Python needed at run time).
 """
@@ -12,7 +12,9 @@
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -23,6 +25,8 @@ from typing import Any
 from edgemerge.errors import EdgemergeError
 from edgemerge.trt import opspec
 from edgemerge.trt._trt import has_aot_plugins, has_python_plugins, require_tensorrt, trt_version
+
+log = logging.getLogger(__name__)
 
 # ---- the C++ library ---------------------------------------------------------------------------
 
@@ -117,51 +121,67 @@ def aot_source(op: opspec.OpSpec, dtype: str, kernel_dir: Path | None = None) ->
     return entry, source
 
 
-def cuda_compiler() -> str | None:
-    """'nvcc' or 'nvrtc' when PTX can be made here, else None."""
-    if shutil.which("nvcc"):
-        return "nvcc"
+def _nvcc_path() -> str | None:
+    """nvcc on PATH, else $CUDACXX, else /usr/local/cuda/bin/nvcc (JetPack keeps it off PATH)."""
+    for cand in (shutil.which("nvcc"), os.environ.get("CUDACXX"), "/usr/local/cuda/bin/nvcc"):
+        if cand and Path(cand).is_file():
+            return cand
+    return None
+
+
+def nvcc_version(nvcc: str) -> tuple[int, int] | None:
+    """(12, 6) from `nvcc --version` ("Cuda compilation tools, release 12.6, V12.6.68")."""
     try:
-        from cuda.bindings import nvrtc  # noqa: F401  (cuda-python >= 12.6)
-        return "nvrtc"
-    except ImportError:
-        pass
-    try:
-        from cuda import nvrtc  # noqa: F401  (older cuda-python)
-        return "nvrtc"
-    except ImportError:
+        out = subprocess.run([nvcc, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
         return None
+    m = re.search(r"release (\d+)\.(\d+)", out)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def driver_cuda_version() -> tuple[int, int] | None:
+    """The CUDA version the driver supports (cuDriverGetVersion: 12060 -> (12, 6)); None without one."""
+    try:
+        cuda = ctypes.CDLL("libcuda.so.1")
+        v = ctypes.c_int()
+        if cuda.cuDriverGetVersion(ctypes.byref(v)) != 0 or v.value <= 0:
+            return None
+    except (OSError, AttributeError):
+        return None
+    return v.value // 1000, v.value % 1000 // 10
+
+
+def cuda_compiler() -> str | None:
+    """The nvcc that makes the AOT plugins' PTX, or None when there is none, or when it is newer
+    than the driver: PTX of a newer ISA than the driver knows cannot be loaded (the driver JITs
+    PTX up to its own CUDA version). NVRTC is not used: the kernel files hold host launchers and
+    include cuda_runtime.h, which NVRTC cannot compile."""
+    nvcc = _nvcc_path()
+    if nvcc is None:
+        return None
+    compiler, driver = nvcc_version(nvcc), driver_cuda_version()
+    if compiler and driver and compiler > driver:
+        log.warning("nvcc is CUDA %d.%d but the driver supports %d.%d: its PTX would not load; "
+                    "the Python plugins run JIT", *compiler, *driver)
+        return None
+    return nvcc
 
 
 @lru_cache(maxsize=64)
 def compile_ptx(source: str, arch: str | None = None) -> bytes:
-    """PTX for `source` with nvcc (preferred: same compiler as the C++ plugin) or NVRTC."""
+    """PTX for `source` with nvcc, the compiler of the C++ plugin too."""
     arch = arch or _current_arch()
-    if shutil.which("nvcc"):
-        with tempfile.TemporaryDirectory(prefix="edgemerge-ptx-") as tmp:
-            cu, ptx = Path(tmp) / "k.cu", Path(tmp) / "k.ptx"
-            cu.write_text(source)
-            cmd = ["nvcc", "-ptx", "-O3", "-std=c++17", f"-arch=compute_{arch}", str(cu), "-o", str(ptx)]
-            run = subprocess.run(cmd, capture_output=True, text=True)
-            if run.returncode != 0:
-                raise EdgemergeError(f"nvcc -ptx failed: {run.stderr.strip().splitlines()[-1:]}")
-            return ptx.read_bytes()
-    try:
-        from cuda.bindings import nvrtc
-    except ImportError:
-        from cuda import nvrtc  # type: ignore[no-redef]
-    err, prog = nvrtc.nvrtcCreateProgram(source.encode(), b"edgemerge.cu", 0, [], [])
-    opts = [f"--gpu-architecture=compute_{arch}".encode(), b"-std=c++17", b"-default-device"]
-    (err,) = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
-    if int(err) != 0:
-        _, size = nvrtc.nvrtcGetProgramLogSize(prog)
-        log = b" " * size
-        nvrtc.nvrtcGetProgramLog(prog, log)
-        raise EdgemergeError(f"NVRTC failed: {log.decode(errors='replace').strip().splitlines()[-1:]}")
-    _, size = nvrtc.nvrtcGetPTXSize(prog)
-    ptx = b" " * size
-    nvrtc.nvrtcGetPTX(prog, ptx)
-    return ptx.rstrip(b"\x00 ")
+    nvcc = cuda_compiler()
+    if nvcc is None:
+        raise EdgemergeError("no usable nvcc for the AOT plugins (set CUDACXX; it must not be newer than the driver)")
+    with tempfile.TemporaryDirectory(prefix="edgemerge-ptx-") as tmp:
+        cu, ptx = Path(tmp) / "k.cu", Path(tmp) / "k.ptx"
+        cu.write_text(source)
+        cmd = [nvcc, "-ptx", "-O3", "-std=c++17", f"-arch=compute_{arch}", str(cu), "-o", str(ptx)]
+        run = subprocess.run(cmd, capture_output=True, text=True)
+        if run.returncode != 0:
+            raise EdgemergeError(f"nvcc -ptx failed: {run.stderr.strip().splitlines()[-1:]}")
+        return ptx.read_bytes()
 
 
 def _current_arch() -> str:
@@ -264,7 +284,7 @@ def register_python_plugins(mode: str = "auto") -> str:
             f"build the C++ plugin library and pass --plugins libedgemerge_plugins.so")
     aot_ok = has_aot_plugins(version) and cuda_compiler() is not None and plugin_source_dir() is not None
     if mode == "aot" and not aot_ok:
-        raise EdgemergeError("AOT Python plugins need TensorRT >= 10.9, nvcc or cuda-python, and plugins/kernels/")
+        raise EdgemergeError("AOT Python plugins need TensorRT >= 10.9, nvcc no newer than the driver, and plugins/kernels/")
     use_aot = aot_ok if mode == "auto" else mode == "aot"
 
     import tensorrt as trt
