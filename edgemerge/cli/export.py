@@ -20,7 +20,7 @@ from edgemerge.cli import main
 @click.option("--opset", default=18, show_default=True, type=int)
 @click.option("--num-classes", type=int, default=None, help="Class count (must match the checkpoint's).")
 @click.option("--calibration", type=click.Path(), default=None, help="ALGM counts from `edgemerge calibrate`.")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of random weights and check inputs.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Seed of random weights and check inputs.")
 @click.option("--engine", is_flag=True, help="Also build the TensorRT engine (needs TensorRT and a GPU).")
 @click.option("--plugins", type=click.Path(), default=None, help="Plugin library for --engine.")
 @click.option("--out", "-o", type=click.Path(), default=None, help="Bundle directory, default: MODEL-VARIANT.")

@@ -277,6 +277,8 @@ def export_bundle(opts: ExportOptions, progress: Callable[[str], None] = lambda 
         raise EdgemergeError(f"opset {opts.opset} is too old: LayerNormalization needs opset >= 17")
     if opts.batch < 1:
         raise EdgemergeError(f"batch must be >= 1, got {opts.batch}")
+    if opts.seed < 0:
+        raise EdgemergeError(f"seed must be >= 0, got {opts.seed}")
     out = Path(opts.out) if opts.out else default_out(opts)
     _check_writable(out)
 

@@ -22,7 +22,8 @@ from edgemerge.validate import metrics as M
 from edgemerge.validate import reference as R
 from edgemerge.validate import runners
 from edgemerge.validate.artifact import find_artifact
-from edgemerge.validate.report import write_json, write_png
+from edgemerge.files import check_output_dir, write_files
+from edgemerge.validate.report import json_bytes, png_bytes
 
 REFERENCES = ("auto", "pytorch", "stored")
 REPORT_DIR = "validate_report"
@@ -97,9 +98,10 @@ def validate_artifact(path: str | Path, *, images: str | Path | None = None, lab
         raise EdgemergeError("--labels needs --images (labels are matched to the images by file stem)")
     if num is not None and num < 1:
         raise EdgemergeError(f"--num must be >= 1, got {num}")
+    M.check_limits(atol=atol, rtol=rtol, min_agreement=min_agreement)  # before any work
     art = find_artifact(path)
     manifest = art.manifest
-    out_dir = Path(out) if out is not None else art.bundle / REPORT_DIR
+    out_dir = check_output_dir(Path(out) if out is not None else art.bundle / REPORT_DIR, "report folder")
     use_torch = reference == "pytorch" or (reference == "auto" and R.torch_available())
     if use_torch and not R.torch_available():
         raise EdgemergeError("--reference pytorch needs PyTorch; without it validate against reference.npz")
@@ -195,11 +197,12 @@ def validate_artifact(path: str | Path, *, images: str | Path | None = None, lab
 
     out_dir = out_dir.resolve()
     report["report_files"] = {"json": str(out_dir / "report.json"), "png": None}
+    files = []
     if ref_pred is not None:
-        write_png(out_dir / "report.png", inp.images, ref_pred, got_pred, num_classes,
-                  f"{art.kind} ({art.precision})")
+        files.append((out_dir / "report.png", png_bytes(inp.images, ref_pred, got_pred, num_classes,
+                                                        f"{art.kind} ({art.precision})")))
         report["report_files"]["png"] = str(out_dir / "report.png")
     report["seconds"] = round(time.time() - t0, 2)
     report["failure"] = failure_message(report)
-    write_json(out_dir / "report.json", report)
+    write_files([(out_dir / "report.json", json_bytes(report)), *files])  # both or neither
     return report
