@@ -9,7 +9,6 @@ Ctrl-C with 130 (128 + SIGINT, as shells report it).
 from __future__ import annotations
 
 import sys
-import time
 from contextlib import contextmanager
 from importlib import import_module
 from typing import Callable, Iterator
@@ -18,6 +17,7 @@ import click
 
 from edgemerge import __version__
 from edgemerge.errors import EdgemergeError
+from edgemerge.progress import counter  # noqa: F401  (re-exported for the commands)
 
 COMMAND_MODULES = ("models", "plan", "calibrate", "export", "build", "validate", "bench", "show")
 
@@ -84,19 +84,6 @@ def progress_reporter(label: str) -> Iterator[Callable[[str], None]]:
             yield lambda msg: (status.update(msg), console.log(msg))
     else:
         yield lambda msg: click.echo(f"edgemerge: {msg}", err=True)
-
-
-def counter(report: Callable[[str], None], what: str, every_s: float = 2.0) -> Callable[[int, int], None]:
-    """progress(i, n) -> `what i/n` lines: the first, the last, and one per `every_s` seconds between."""
-    last = [0.0]
-
-    def step(i: int, n: int) -> None:
-        now = time.monotonic()
-        if i in (1, n) or now - last[0] >= every_s:
-            last[0] = now
-            report(f"{what} {i}/{n}")
-
-    return step
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

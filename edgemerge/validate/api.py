@@ -23,6 +23,7 @@ from edgemerge.validate import reference as R
 from edgemerge.validate import runners
 from edgemerge.validate.artifact import find_artifact
 from edgemerge.files import check_output_dir, write_files
+from edgemerge.progress import counter
 from edgemerge.validate.report import json_bytes, png_bytes
 
 REFERENCES = ("auto", "pytorch", "stored")
@@ -113,12 +114,14 @@ def validate_artifact(path: str | Path, *, images: str | Path | None = None, lab
     ref_sites: list[dict] | None = None
     stored = R.load_stored(art.bundle, manifest) if not use_torch or images is None else None
     if use_torch:
+        if images is not None:
+            progress(f"reading the images in {images}")
         inp = (inputs_mod.folder_inputs(manifest, images, labels, num) if images is not None
                else inputs_mod.synthetic_inputs(manifest, num))  # bad folders are refused before any work
         progress("rebuilding the PyTorch reference from the manifest")
         model = R.build_from_manifest(manifest)  # refuses a changed or missing checkpoint
         progress(f"running PyTorch on {inp.source['count']} input(s)")
-        ref_out, ref_sites = R.run_pytorch(model, inp.batches)
+        ref_out, ref_sites = R.run_pytorch(model, inp.batches, progress=counter(progress, "PyTorch: batch"))
         ref_kind = "pytorch"
     else:
         inp = inputs_mod.stored_inputs(stored, manifest, num)
