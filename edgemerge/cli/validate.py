@@ -69,6 +69,8 @@ def validate(artifact, images, labels, num, atol, rtol, min_agreement, localize,
         click.echo(f"first diverging node: {f['op_type']} {f['name']} (output {f['output']}, error {_fmt(f['error'])})")
     elif loc and loc.get("ran") is not False and loc.get("reason"):
         click.echo(f"localize: {loc['reason']}")
+    for w in report.get("warnings", []):
+        click.echo(f"edgemerge: warning: {w}", err=True)
     click.echo(f"report: {report['report_files']['json']}")
     if not report["passed"]:
         raise CheckFailed(report["failure"])

@@ -20,6 +20,7 @@ import onnx
 from edgemerge import __version__
 from edgemerge.errors import CheckFailed, EdgemergeError
 from edgemerge.files import sha256_file
+from edgemerge.identity import stamp
 from edgemerge.images import normalize, synthetic_images
 from edgemerge.merge.core import record_decisions
 
@@ -349,6 +350,10 @@ def export_bundle(opts: ExportOptions, progress: Callable[[str], None] = lambda 
     proto = torch_to_onnx(export_model, torch.from_numpy(batches[0]), opts.opset,
                           optimize=opts.merge_ops == "plugin")  # native: optimized once, after inlining
     proto = finalize(proto, merge_ops=opts.merge_ops, precision=opts.precision)
+    stamp(proto, {"model": opts.model, "variant": opts.variant, "resolution": [H, W], "batch": opts.batch,
+                  "precision": opts.precision, "merge_ops": opts.merge_ops, "num_classes": num_classes,
+                  "seed": opts.seed, "checkpoint": None if info is None else {"sha256": info.sha256},
+                  "calibration": calibration})  # what validate cross-checks the manifest against
     model_bytes = proto.SerializeToString()
     if len(model_bytes) >= 2 ** 31:
         raise EdgemergeError("the model is over 2 GB; external-data bundles are not supported yet")

@@ -105,6 +105,8 @@ def get_plan(model: str, variant: str, *, calibration: dict[str, Any] | None = N
     """The variant's spec for `model`; `calibration` (from `edgemerge calibrate`) overrides ALGM's fractions."""
     family = family_of(model)
     variants = load_variants(model)
+    if calibration is not None:
+        check_calibration(model, family, calibration)
     if variant not in variants:
         raise EdgemergeError(f"unknown variant '{variant}' for {model}; known: {', '.join(variants)}")
     v = variants[variant]
@@ -125,6 +127,23 @@ def get_plan(model: str, variant: str, *, calibration: dict[str, Any] | None = N
                         global_fraction=float(cal.get("global_fraction", v["global_fraction"])),
                         mode=mode or "static")
     raise EdgemergeError(f"no merging method for family {family}")
+
+
+def check_calibration(model: str, family: str, calibration: dict[str, Any]) -> None:
+    """A calibration is for one model's ALGM sites: refuse it for another model or family, and one
+    without both fractions (which would silently mean the defaults)."""
+    if family != "segmenter":
+        raise EdgemergeError(f"a calibration sets ALGM's counts, which only segmenter-* models use; {model} is a "
+                             f"{family} model: drop --calibration")
+    made_for = calibration.get("model") if isinstance(calibration, dict) else None
+    if made_for is not None and made_for != model:
+        raise EdgemergeError(f"the calibration was made for {made_for}, not {model}: run `edgemerge calibrate "
+                             f"--model {model}`")
+    for key in ("local_fraction", "global_fraction"):
+        v = calibration.get(key) if isinstance(calibration, dict) else None
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
+            raise EdgemergeError(f"the calibration has no {key} in [0, 1] (got {v!r}): use a file written by "
+                                 "`edgemerge calibrate`")
 
 
 def load_calibration(path: str | Path | None) -> dict[str, Any] | None:

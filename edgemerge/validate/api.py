@@ -114,9 +114,7 @@ def validate_artifact(path: str | Path, *, images: str | Path | None = None, lab
     ref_sites: list[dict] | None = None
     stored = R.load_stored(art.bundle, manifest) if not use_torch or images is None else None
     if use_torch:
-        if images is not None:
-            progress(f"reading the images in {images}")
-        inp = (inputs_mod.folder_inputs(manifest, images, labels, num) if images is not None
+        inp = (inputs_mod.folder_inputs(manifest, images, labels, num, progress) if images is not None
                else inputs_mod.synthetic_inputs(manifest, num))  # bad folders are refused before any work
         progress("rebuilding the PyTorch reference from the manifest")
         model = R.build_from_manifest(manifest)  # refuses a changed or missing checkpoint
@@ -152,6 +150,11 @@ def validate_artifact(path: str | Path, *, images: str | Path | None = None, lab
     got_pred = got[main_out].argmax(1) if got[main_out].ndim == 4 else None
     num_classes = int(manifest.get("num_classes") or ref[main_out].shape[1])
 
+    warnings = []
+    if inp.labels is not None:
+        w = inputs_mod.ignored_labels(inp.labels, inp.source["files"], num_classes)
+        if w:
+            warnings.append(w)
     label_figs = None
     if inp.labels is not None and ref_pred is not None:
         lab = M.resize_labels(inp.labels, *ref_pred.shape[1:])
@@ -187,7 +190,7 @@ def validate_artifact(path: str | Path, *, images: str | Path | None = None, lab
         "thresholds": {k: {"op": op, "value": v} for k, (op, v) in limits.items()},
         "metrics": per_output, "checks": checks,
         "merge_decisions": merge, "labels": label_figs, "localize": None,
-        "versions": _versions(),
+        "versions": _versions(), "warnings": warnings,
     }
 
     if localize and not report["passed"]:
