@@ -183,7 +183,51 @@ def _check_divisible(name: str, hw: tuple[int, int], sy: int, sx: int) -> None:
 
 
 def resolve(model: str, plan: MergePlan, resolution: tuple[int, int]) -> dict[str, Any]:
-    """Per-stage (Segformer) or per-site (ViT) token counts for one input resolution."""
+    """Per-stage (Segformer) or per-site (ViT) token counts for one input resolution; a resolution
+    the plan cannot divide is refused with the nearest ones that work (CamVid 360x480 -> 384x512)."""
+    try:
+        return _resolve(model, plan, resolution)
+    except EdgemergeError as e:
+        near = nearest_resolutions(model, plan, resolution)
+        if not near:
+            raise
+        raise EdgemergeError(f"{e}; nearest resolutions that work: " + ", ".join(f"{h}x{w}" for h, w in near)
+                             ) from None
+
+
+def nearest_resolutions(model: str, plan: MergePlan, resolution: tuple[int, int],
+                        search: int = 1024) -> list[tuple[int, int]]:
+    """The nearest working HxW at or above the request, then at or below it, in multiples of the
+    model's total stride (Segformer: 32) or patch size (each side searched alone: the plans'
+    conditions are per dimension)."""
+    import math
+
+    from edgemerge.models import get_config
+
+    cfg = get_config(model)
+    unit = math.prod(cfg.strides) if cfg.family == "segformer" else cfg.patch_size
+
+    def works(h: int, w: int) -> bool:
+        try:
+            _resolve(model, plan, (h, w))
+            return True
+        except EdgemergeError:
+            return False
+
+    def side(v: int, step: int) -> int | None:
+        start = (-(-v // unit) if step > 0 else v // unit) * unit
+        return next((c for c in range(start, start + step * search, step * unit) if c > 0 and works(c, c)), None)
+
+    H, W = resolution
+    out = []
+    for step in (1, -1):
+        h, w = side(H, step), side(W, step)
+        if h is not None and w is not None and works(h, w) and (h, w) not in out:
+            out.append((h, w))
+    return out
+
+
+def _resolve(model: str, plan: MergePlan, resolution: tuple[int, int]) -> dict[str, Any]:
     from edgemerge.models import get_config
 
     cfg = get_config(model)
