@@ -1,9 +1,101 @@
-"""File helpers every side shares: content hashes, and writes that never leave half a file.
+"""File helpers every side shares: content hashes, output paths checked before any work, and
+writes that never leave half a file (or, for several files, only some of them)."""
 
-They live in `edgemerge.device_tool`, the standard-library-only file that bundles carry to the
-device, so the device script and the package hash and write files the same way.
-"""
+from __future__ import annotations
 
-from edgemerge.device_tool import atomic_write_bytes, sha256_file
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Sequence
 
-__all__ = ["atomic_write_bytes", "sha256_file"]
+from edgemerge.device_tool import sha256_file  # noqa: F401  (one hash for the package and the device script)
+from edgemerge.errors import EdgemergeError
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, mode: int | None = None) -> Path:
+    """Write to a temp file in the same directory, fsync, rename: readers never see half a file,
+    and a failure leaves neither a temp file nor a folder this call created."""
+    return write_files([(path, data)], mode=mode)[0]
+
+
+def _nearest_existing(path: Path) -> Path:
+    p = path
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def _probe_writable(folder: Path, what: str, shown: Path) -> None:
+    """Create and remove a temp file in `folder`: the only test that also holds for root and read-only mounts."""
+    if not folder.is_dir():
+        raise EdgemergeError(f"cannot write {what} {shown}: {folder} is not a directory")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise EdgemergeError(f"cannot write {what} {shown}: {folder} is not writable ({e.strerror})") from None
+
+
+def check_output_file(path: str | os.PathLike, what: str = "output file") -> Path:
+    """Refuse, before any work, a file that could not be written: a folder in its place, a parent
+    that is a file, a folder without write access. Creates nothing."""
+    path = Path(path)
+    if path.is_dir():
+        raise EdgemergeError(f"cannot write {what} {path}: it is a directory")
+    _probe_writable(_nearest_existing(path.parent), what, path)
+    return path
+
+
+def check_output_dir(path: str | os.PathLike, what: str = "output directory") -> Path:
+    """Refuse, before any work, a folder that could not be written into: an existing file in its
+    place, a parent that is a file, no write access. Creates nothing."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise EdgemergeError(f"cannot write {what} {path}: it exists and is not a directory")
+    _probe_writable(_nearest_existing(path), what, path)
+    return path
+
+
+def write_files(files: Sequence[tuple[str | os.PathLike, bytes]], mode: int | None = 0o644) -> list[Path]:
+    """Write several files all or nothing: each to a temp file beside it (fsynced), then all renamed.
+
+    A failure while writing (a full disk, a lost permission) removes the temp files and every
+    folder this call created, so nothing is left behind and no old file is touched.
+    """
+    paths = [Path(p) for p, _ in files]
+    created = [top for top in {_first_missing(p.parent) for p in paths} if top is not None]
+    temps: list[tuple[str, Path]] = []
+    path = paths[0] if paths else Path()
+    try:
+        for path, (_, data) in zip(paths, files):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            temps.append((tmp, path))
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            if mode is not None:
+                os.chmod(tmp, mode)
+        for tmp, path in temps:
+            os.replace(tmp, path)
+    except BaseException as e:
+        for tmp, _ in temps:
+            Path(tmp).unlink(missing_ok=True)
+        for top in created:
+            shutil.rmtree(top, ignore_errors=True)
+        if isinstance(e, OSError) and e.filename is None:  # a failed write names no file: name ours
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from None
+        raise
+    return paths
+
+
+def _first_missing(folder: Path) -> Path | None:
+    """The outermost folder on the way to `folder` that does not exist yet (None when it exists)."""
+    top = None
+    p = folder
+    while not p.exists() and p != p.parent:
+        top = p
+        p = p.parent
+    return top

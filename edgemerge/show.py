@@ -14,6 +14,7 @@ more tokens gets one colour and an outline, unmerged tokens are left clear.
 from __future__ import annotations
 
 import contextlib
+import io
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import Iterator
 import numpy as np
 
 from edgemerge.errors import EdgemergeError
+from edgemerge.files import check_output_file, write_files
 
 
 @dataclass
@@ -220,6 +222,7 @@ def show_merges(model_name: str, variant: str, image: str | Path, out: str | Pat
     out = Path(out)
     if out.suffix.lower() != ".png":
         raise EdgemergeError(f"--out must be a .png file, got {out}")
+    check_output_file(out, "picture")  # before the model runs; the site files go beside it
     try:
         pil = Image.open(image)
         pil.load()
@@ -247,10 +250,12 @@ def show_merges(model_name: str, variant: str, image: str | Path, out: str | Pat
         if not 0 <= site < len(sites):
             raise EdgemergeError(f"--site {site} is out of range: this model has {len(sites)} sites (0..{len(sites) - 1})")
         sites = [sites[site]]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    written = []
+    written, files = [], []
     for i, s in enumerate(sites):
         path = out if site is not None else site_path(out, i)
-        draw_site(pil, s).save(path)
+        buf = io.BytesIO()
+        draw_site(pil, s).save(buf, format="png")
+        files.append((path, buf.getvalue()))
         written.append((path, s))
+    write_files(files)  # all or none
     return written

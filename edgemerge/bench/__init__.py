@@ -7,9 +7,10 @@ Importable without torch or TensorRT (only the torch backend and `--unmerged` ex
 """
 
 from edgemerge.bench.artifact import Artifact, default_backend, read_artifact
-from edgemerge.bench.core import (BenchOptions, latency_stats, plot_report, run_bench, summary_lines,
-                                  unmerged_artifact, write_json)
+from edgemerge.bench.core import (BenchOptions, json_bytes, latency_stats, plot_bytes, plot_report, run_bench,
+                                  summary_lines, unmerged_artifact, write_json)
 from edgemerge.bench.power import PowerSampler, parse_tegrastats
 
-__all__ = ["Artifact", "BenchOptions", "PowerSampler", "default_backend", "latency_stats", "parse_tegrastats",
-           "plot_report", "read_artifact", "run_bench", "summary_lines", "unmerged_artifact", "write_json"]
+__all__ = ["Artifact", "BenchOptions", "PowerSampler", "default_backend", "json_bytes", "latency_stats",
+           "parse_tegrastats", "plot_bytes", "plot_report", "read_artifact", "run_bench", "summary_lines",
+           "unmerged_artifact", "write_json"]

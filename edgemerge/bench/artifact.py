@@ -73,6 +73,10 @@ def read_artifact(path: str | Path) -> Artifact:
     for key in ("model", "variant", "resolution"):
         if key not in manifest:
             raise EdgemergeError(f"{mpath}: manifest has no {key!r}")
+    if (p.parent / "model.onnx").is_file():
+        from edgemerge.identity import check_manifest
+
+        check_manifest(manifest, p.parent / "model.onnx", mpath)  # the label and --unmerged trust it
     return Artifact(p, "onnx" if suffix == ".onnx" else "plan", manifest)
 
 

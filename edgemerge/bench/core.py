@@ -412,22 +412,31 @@ def _measure_power(runners: dict, feed: dict, exe: str, times: dict[str, list[fl
 
 # ---- output -------------------------------------------------------------------------------------------
 
+def json_bytes(report: dict[str, Any]) -> bytes:
+    return (json.dumps(report, indent=2) + "\n").encode()
+
+
 def write_json(report: dict[str, Any], path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2) + "\n")
-    return path
+    from edgemerge.files import atomic_write_bytes
+
+    return atomic_write_bytes(path, json_bytes(report), mode=0o644)
 
 
 def plot_report(report: dict[str, Any], path: str | Path) -> Path:
+    from edgemerge.files import atomic_write_bytes
+
+    return atomic_write_bytes(path, plot_bytes(report), mode=0o644)
+
+
+def plot_bytes(report: dict[str, Any]) -> bytes:
     """Latency distributions side by side (violin + box), and latency per iteration (drift check)."""
+    import io
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     roles = list(report["models"])
     data = [report["models"][r]["raw_ms"] for r in roles]
     labels = [f"{r}\n" + report["models"][r]["label"].replace(" ", "\n", 1) for r in roles]  # no overlap
@@ -454,9 +463,10 @@ def plot_report(report: dict[str, Any], path: str | Path) -> Path:
     ax2.set_ylabel("latency (ms)")
     ax2.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
-    return path
+    return buf.getvalue()
 
 
 def summary_lines(report: dict[str, Any]) -> list[str]:

@@ -54,6 +54,9 @@ class SessionFromPath:
 def OnnxrtRunnerFromArtifact(artifact: Artifact, device: str = "cpu", threads: int | None = None):
     from polygraphy.backend.onnxrt import OnnxrtRunner
 
+    from edgemerge.validate.runners import quiet_polygraphy
+
+    quiet_polygraphy()
     if artifact.kind != "onnx":
         raise EdgemergeError(f"{artifact.path}: the onnxruntime backend needs model.onnx, not an engine")
     return OnnxrtRunner(SessionFromPath(artifact.path, device, threads), name=artifact.label)
@@ -70,6 +73,9 @@ def TrtRunnerFromArtifact(artifact: Artifact, plugins: list[str] | None = None):
     from polygraphy.backend.trt import TrtRunner
 
     from edgemerge.trt.builder import load_engine
+    from edgemerge.validate.runners import quiet_polygraphy
+
+    quiet_polygraphy()
 
     return TrtRunner(lambda: load_engine(artifact.path, plugins=plugins), name=artifact.label)
 

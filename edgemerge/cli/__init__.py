@@ -1,20 +1,46 @@
 """The `edgemerge` command: a thin layer that parses arguments and calls the library.
 
-Each command lives in its own module and registers itself on `main`; errors from the library
-(`EdgemergeError`) become one line on stderr and the error's exit code.
+Each command lives in its own module and registers itself on `main`. Everything that goes wrong
+ends as one line on stderr: errors from the library (`EdgemergeError`) with their exit code (2 bad
+input, 1 a failed check), a usage error and an OSError (a full disk, a lost permission) with 2,
+Ctrl-C with 130 (128 + SIGINT, as shells report it).
 """
 
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 from importlib import import_module
+from typing import Callable, Iterator
 
 import click
 
 from edgemerge import __version__
 from edgemerge.errors import EdgemergeError
+from edgemerge.progress import counter  # noqa: F401  (re-exported for the commands)
 
 COMMAND_MODULES = ("models", "plan", "calibrate", "export", "build", "validate", "bench", "show")
+
+
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+
+def fail(msg: str, code: int = EXIT_BAD_INPUT) -> None:
+    click.echo(f"edgemerge: error: {' '.join(str(msg).split())}", err=True)  # one line, always
+    sys.exit(code)
+
+
+def os_error_message(e: OSError) -> str:
+    """'cannot write /x/report.json: No space left on device' from an OSError, without its errno noise."""
+    what = e.strerror or str(e)
+    if e.filename is None:
+        return what
+    name = e.filename
+    return f"cannot write {name}: {what}" if e.errno in _WRITE_ERRNOS else f"{name}: {what}"
+
+
+_WRITE_ERRNOS = {28, 13, 30, 122, 27, 1}  # ENOSPC, EACCES, EROFS, EDQUOT, EFBIG, EPERM
 
 
 class _Group(click.Group):
@@ -22,9 +48,42 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except EdgemergeError as e:
-            msg = " ".join(str(e).split())  # one line, always
-            click.echo(f"edgemerge: error: {msg}", err=True)
-            sys.exit(e.exit_code)
+            fail(str(e), e.exit_code)
+        except click.ClickException as e:  # usage errors: one line too, naming the command's help
+            where = getattr(e, "ctx", None)
+            fail(e.format_message() + (f" (see `{where.command_path} --help`)" if where else ""), e.exit_code)
+        except OSError as e:
+            fail(os_error_message(e))
+        except KeyboardInterrupt:
+            click.echo("edgemerge: interrupted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+
+
+def check_output_file(path, what: str = "output file"):
+    """The output-path check every command runs before its work (see edgemerge.files)."""
+    from edgemerge.files import check_output_file as check
+
+    return check(path, what)
+
+
+def check_output_dir(path, what: str = "output directory"):
+    from edgemerge.files import check_output_dir as check
+
+    return check(path, what)
+
+
+@contextmanager
+def progress_reporter(label: str) -> Iterator[Callable[[str], None]]:
+    """`report(msg)` for long steps, on stderr: rich's live status (and a log line per step) on a
+    terminal, plain lines otherwise (a CI log, `2> file`), never with file:line suffixes."""
+    from rich.console import Console
+
+    console = Console(stderr=True, log_path=False)
+    if console.is_terminal:
+        with console.status(label) as status:
+            yield lambda msg: (status.update(msg), console.log(msg))
+    else:
+        yield lambda msg: click.echo(f"edgemerge: {msg}", err=True)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -1,3 +1,3 @@
 from edgemerge.cli import main
 
-main()
+main(prog_name="edgemerge")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from edgemerge.cli import main
+from edgemerge.cli import check_output_file, main, progress_reporter
 
 
 @main.command()
@@ -15,12 +15,14 @@ from edgemerge.cli import main
               help="Default: trt for .plan, onnxruntime for .onnx / bundle dir.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None,
               help="Default: cuda for trt, cpu otherwise.")
-@click.option("--iters", default=50, show_default=True, type=int, help="Timed iterations per model.")
-@click.option("--warmup", default=5, show_default=True, type=int, help="Untimed iterations per model first.")
+@click.option("--iters", "--iterations", "iters", default=50, show_default=True, type=int,
+              help="Timed iterations per model (--iterations as in trtexec/polygraphy).")
+@click.option("--warmup", default=5, show_default=True, type=int,
+              help="Untimed iterations per model first (a count of iterations, not trtexec's milliseconds).")
 @click.option("--baseline-dir", type=click.Path(file_okay=False), default=None,
               help="Keep the --unmerged baseline bundle here (reused when its settings match); default: a temp dir.")
 @click.option("--threads", default=None, type=int, help="CPU threads (default: all cores).")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the synthetic input.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Seed of the synthetic input.")
 @click.option("--plugins", type=click.Path(), default=None, help="Plugin library for the engines (trt).")
 @click.option("--json", "json_out", type=click.Path(), default="bench.json", show_default=True)
 @click.option("--plot", type=click.Path(), default=None, help="Latency plot PNG (default: the JSON path with .png).")
@@ -30,17 +32,17 @@ def bench(artifact, baseline, unmerged, baseline_dir, backend, device, iters, wa
     """Time ARTIFACT (and its baseline, interleaved): latency percentiles, throughput, memory, speed-up."""
     from pathlib import Path
 
-    from rich.console import Console
+    from edgemerge.bench import BenchOptions, json_bytes, plot_bytes, run_bench, summary_lines
+    from edgemerge.files import write_files
 
-    from edgemerge.bench import BenchOptions, plot_report, run_bench, summary_lines, write_json
-
-    console = Console(stderr=True)
+    jpath = check_output_file(json_out, "bench report")  # before the timing, not after it
+    ppath = check_output_file(plot or Path(json_out).with_suffix(".png"), "latency plot")
     opts = BenchOptions(artifact=artifact, baseline=baseline, unmerged=unmerged, backend=backend, device=device,
                         iters=iters, warmup=warmup, power=power, seed=seed, threads=threads,
                         plugins=[plugins] if plugins else None, workdir=baseline_dir)
-    report = run_bench(opts, progress=lambda msg: console.log(msg))
-    jpath = write_json(report, json_out)
-    ppath = plot_report(report, plot or Path(json_out).with_suffix(".png"))
+    with progress_reporter("benchmarking") as report_progress:
+        report = run_bench(opts, progress=report_progress)
+    write_files([(jpath, json_bytes(report)), (ppath, plot_bytes(report))])  # both or neither
     for line in summary_lines(report):
         click.echo(line)
     click.echo(f"wrote {jpath} and {ppath}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from edgemerge.cli import main
+from edgemerge.cli import check_output_file, counter, main, progress_reporter
 
 
 @main.command()
@@ -25,8 +25,11 @@ def calibrate(model: str, images: str, checkpoint: str | None, resolution: str |
     from edgemerge.merge.calibrate import calibrate as run, summary, write_calibration
 
     console = Console(stderr=True)
-    result = run(model, images, checkpoint=checkpoint, resolution=parse_resolution(resolution), quantile=quantile)
-    path = write_calibration(result, out or f"{model}-calibration.json")
+    path = check_output_file(out or f"{model}-calibration.json", "calibration file")  # before the run
+    with progress_reporter("calibrating") as report:
+        result = run(model, images, checkpoint=checkpoint, resolution=parse_resolution(resolution),
+                     quantile=quantile, progress=counter(report, "calibrating: image"))
+    path = write_calibration(result, path)
     if checkpoint is None:  # after the run, so that bad input stays a one-line error
         console.print(f"[yellow]note:[/] no --checkpoint given: calibrated {model} with RANDOM weights; "
                       "the fractions say nothing about a trained model.")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from edgemerge.cli import main
+from edgemerge.cli import main, progress_reporter
 
 
 @main.command()
@@ -17,10 +17,10 @@ from edgemerge.cli import main
 @click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
 @click.option("--merge-ops", type=click.Choice(["plugin", "native"]), default="plugin", show_default=True,
               help="plugin: edgemerge nodes (+ standard-op function bodies); native: standard ops only.")
-@click.option("--opset", default=18, show_default=True, type=int)
+@click.option("--opset", default=18, show_default=True, type=int, help="ONNX opset, 17..25.")
 @click.option("--num-classes", type=int, default=None, help="Class count (must match the checkpoint's).")
 @click.option("--calibration", type=click.Path(), default=None, help="ALGM counts from `edgemerge calibrate`.")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of random weights and check inputs.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Seed of random weights and check inputs.")
 @click.option("--engine", is_flag=True, help="Also build the TensorRT engine (needs TensorRT and a GPU).")
 @click.option("--plugins", type=click.Path(), default=None, help="Plugin library for --engine.")
 @click.option("--out", "-o", type=click.Path(), default=None, help="Bundle directory, default: MODEL-VARIANT.")
@@ -35,11 +35,11 @@ def export(model, variant, checkpoint, resolution, batch, precision, merge_ops, 
     opts = ExportOptions(model=model, variant=variant, checkpoint=checkpoint, resolution=parse_resolution(resolution),
                          batch=batch, precision=precision, merge_ops=merge_ops, opset=opset, out=out, seed=seed,
                          num_classes=num_classes, calibration=calibration, engine=engine, plugins=plugins)
-    if checkpoint is None:
-        console.print(f"[yellow]note:[/] no --checkpoint given: exporting {model} with RANDOM weights (seed {seed}); "
+    with progress_reporter("exporting") as report:
+        manifest = export_bundle(opts, progress=report)
+    if checkpoint is None:  # after the export, so that bad input stays a one-line error
+        console.print(f"[yellow]note:[/] no --checkpoint given: exported {model} with RANDOM weights (seed {seed}); "
                       "its outputs mean nothing, the pipeline is what is exercised.")
-    with console.status("exporting") as status:
-        manifest = export_bundle(opts, progress=lambda msg: (status.update(msg), console.log(msg)))
     check = manifest["self_check"]
     plan = manifest["plan"]
     g = plan["gflops"]

@@ -15,7 +15,7 @@ from edgemerge.cli import main
 @click.option("--resolution", "-r", default=None, help="Model input HxW, default: the model's.")
 @click.option("--site", type=int, default=None, help="Draw only this merge site (index) to --out.")
 @click.option("--all-sites", is_flag=True, help="Every merging block, not only the first of each stage.")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of random weights.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Seed of random weights.")
 @click.option("--out", "-o", default="merges.png", show_default=True, type=click.Path(),
               help="PNG for site 0; site k goes to <stem>_site<k>.png. Each is the image's size.")
 def show(model, variant, image, checkpoint, resolution, site, all_sites, seed, out) -> None:
@@ -23,10 +23,10 @@ def show(model, variant, image, checkpoint, resolution, site, all_sites, seed, o
     from edgemerge.export.bundle import parse_resolution
     from edgemerge.show import show_merges
 
-    if checkpoint is None:
-        click.echo(f"note: no --checkpoint: {model} has RANDOM weights (seed {seed}); the merges show the "
-                   "mechanism, not what a trained model does", err=True)
     written = show_merges(model, variant, image, out, checkpoint=checkpoint, resolution=parse_resolution(resolution),
                           site=site, seed=seed, all_sites=all_sites)
+    if checkpoint is None:  # after the run, so that bad input stays a one-line error
+        click.echo(f"note: no --checkpoint: {model} has RANDOM weights (seed {seed}); the merges show the "
+                   "mechanism, not what a trained model does", err=True)
     for path, s in written:
         click.echo(f"{path}: {s.name}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from edgemerge.cli import main
+from edgemerge.cli import main, progress_reporter
 from edgemerge.validate.api import _fmt
 
 
@@ -35,12 +35,11 @@ def validate(artifact, images, labels, num, atol, rtol, min_agreement, localize,
     from edgemerge.errors import CheckFailed
     from edgemerge.validate import validate_artifact
 
-    console = Console(stderr=True)
-    with console.status("validating") as status:
+    with progress_reporter("validating") as report_progress:
         report = validate_artifact(artifact, images=images, labels=labels, num=num, atol=atol, rtol=rtol,
                                    min_agreement=min_agreement, localize=localize, out=out,
                                    plugins=[plugins] if plugins else None, reference=reference,
-                                   progress=lambda msg: status.update(msg))
+                                   progress=report_progress)
     a = report["artifact"]
     table = Table(title=f"{a['kind']} ({a['precision']}) vs {report['reference']['kind']}, "
                         f"{report['inputs']['count']} input(s)")
@@ -72,6 +71,8 @@ def validate(artifact, images, labels, num, atol, rtol, min_agreement, localize,
         click.echo(f"first diverging node: {f['op_type']} {f['name']} (output {f['output']}, error {_fmt(f['error'])})")
     elif loc and loc.get("ran") is not False and loc.get("reason"):
         click.echo(f"localize: {loc['reason']}")
+    for w in report.get("warnings", []):
+        click.echo(f"edgemerge: warning: {w}", err=True)
     click.echo(f"report: {report['report_files']['json']}")
     if not report["passed"]:
         raise CheckFailed(report["failure"])

@@ -21,6 +21,7 @@ from edgemerge import __version__
 from edgemerge.errors import CheckFailed, EdgemergeError
 from edgemerge.files import sha256_file
 from edgemerge.graphs import merge_sites
+from edgemerge.identity import stamp
 from edgemerge.images import normalize, synthetic_images
 from edgemerge.merge.core import record_decisions
 
@@ -37,6 +38,10 @@ FP16_MIN_AGREEMENT = 0.995
 MIN_DECISION_AGREEMENT = 0.98  # mean over sites
 MIN_DECISION_AGREEMENT_SITE = 0.95  # worst site
 N_REFERENCE = 2
+MIN_OPSET = 17  # LayerNormalization
+# The newest opset exported and self-checked for every family: from 26 torch's exporter emits an
+# Attention node (ViT/Segmenter) that onnx.checker rejects.
+MAX_OPSET = 25
 
 
 @dataclass
@@ -68,6 +73,40 @@ def parse_resolution(text: str | None) -> tuple[int, int] | None:
     except ValueError:
         raise EdgemergeError(f"resolution must look like 512x512 (HxW), got {text!r}") from None
     return h, w
+
+
+def check_opset(opset: int) -> None:
+    """Refuse, before any work, an opset the export or ONNX Runtime (the self-check) cannot handle."""
+    if opset < MIN_OPSET:
+        raise EdgemergeError(f"opset {opset} is too old: LayerNormalization needs opset >= {MIN_OPSET}")
+    if opset > MAX_OPSET:
+        raise EdgemergeError(f"opset {opset} is not supported: edgemerge exports and self-checks opsets "
+                             f"{MIN_OPSET}..{MAX_OPSET} (default 18)")
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    probe = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "probe", [x], [y]),
+                              opset_imports=[helper.make_opsetid("", opset)], ir_version=10)
+    try:
+        ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    except Exception:
+        raise EdgemergeError(f"opset {opset} is newer than this ONNX Runtime ({ort.__version__}) runs, and the "
+                             "export is self-checked with it: choose a lower --opset or upgrade onnxruntime"
+                             ) from None
+
+
+def check_engine_possible(plugins: str | None) -> None:
+    """--engine needs TensorRT and a GPU here (and the plugin library, when named): say so before exporting."""
+    from edgemerge.trt.record import current_environment
+
+    env = current_environment()  # one line when TensorRT is missing
+    if env.gpu_name is None:
+        raise EdgemergeError("--engine builds the TensorRT engine here, but no GPU is visible: export without "
+                             "--engine and run the bundle's build_on_device.sh on the target")
+    if plugins is not None and not Path(plugins).is_file():
+        raise EdgemergeError(f"plugin library {plugins} not found")
 
 
 def build_reference(model_name: str, variant: str, *, checkpoint: str | None = None,
@@ -274,12 +313,15 @@ def export_bundle(opts: ExportOptions, progress: Callable[[str], None] = lambda 
         raise EdgemergeError(f"unknown precision {opts.precision!r}; known: {', '.join(PRECISIONS)}")
     if opts.merge_ops not in MERGE_OPS:
         raise EdgemergeError(f"unknown merge ops {opts.merge_ops!r}; known: {', '.join(MERGE_OPS)}")
-    if opts.opset < 17:
-        raise EdgemergeError(f"opset {opts.opset} is too old: LayerNormalization needs opset >= 17")
+    check_opset(opts.opset)
     if opts.batch < 1:
         raise EdgemergeError(f"batch must be >= 1, got {opts.batch}")
+    if opts.seed < 0:
+        raise EdgemergeError(f"seed must be >= 0, got {opts.seed}")
     out = Path(opts.out) if opts.out else default_out(opts)
     _check_writable(out)
+    if opts.engine:
+        check_engine_possible(opts.plugins)  # before the export, not after it
 
     # 1. the PyTorch reference (checks model, variant, resolution and checkpoint first)
     calibration = load_calibration(opts.calibration)
@@ -309,6 +351,10 @@ def export_bundle(opts: ExportOptions, progress: Callable[[str], None] = lambda 
     proto = torch_to_onnx(export_model, torch.from_numpy(batches[0]), opts.opset,
                           optimize=opts.merge_ops == "plugin")  # native: optimized once, after inlining
     proto = finalize(proto, merge_ops=opts.merge_ops, precision=opts.precision)
+    stamp(proto, {"model": opts.model, "variant": opts.variant, "resolution": [H, W], "batch": opts.batch,
+                  "precision": opts.precision, "merge_ops": opts.merge_ops, "num_classes": num_classes,
+                  "seed": opts.seed, "checkpoint": None if info is None else {"sha256": info.sha256},
+                  "calibration": calibration})  # what validate cross-checks the manifest against
     model_bytes = proto.SerializeToString()
     if len(model_bytes) >= 2 ** 31:
         raise EdgemergeError("the model is over 2 GB; external-data bundles are not supported yet")

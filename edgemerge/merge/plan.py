@@ -105,6 +105,8 @@ def get_plan(model: str, variant: str, *, calibration: dict[str, Any] | None = N
     """The variant's spec for `model`; `calibration` (from `edgemerge calibrate`) overrides ALGM's fractions."""
     family = family_of(model)
     variants = load_variants(model)
+    if calibration is not None:
+        check_calibration(model, family, calibration)
     if variant not in variants:
         raise EdgemergeError(f"unknown variant '{variant}' for {model}; known: {', '.join(variants)}")
     v = variants[variant]
@@ -125,6 +127,23 @@ def get_plan(model: str, variant: str, *, calibration: dict[str, Any] | None = N
                         global_fraction=float(cal.get("global_fraction", v["global_fraction"])),
                         mode=mode or "static")
     raise EdgemergeError(f"no merging method for family {family}")
+
+
+def check_calibration(model: str, family: str, calibration: dict[str, Any]) -> None:
+    """A calibration is for one model's ALGM sites: refuse it for another model or family, and one
+    without both fractions (which would silently mean the defaults)."""
+    if family != "segmenter":
+        raise EdgemergeError(f"a calibration sets ALGM's counts, which only segmenter-* models use; {model} is a "
+                             f"{family} model: drop --calibration")
+    made_for = calibration.get("model") if isinstance(calibration, dict) else None
+    if made_for is not None and made_for != model:
+        raise EdgemergeError(f"the calibration was made for {made_for}, not {model}: run `edgemerge calibrate "
+                             f"--model {model}`")
+    for key in ("local_fraction", "global_fraction"):
+        v = calibration.get(key) if isinstance(calibration, dict) else None
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
+            raise EdgemergeError(f"the calibration has no {key} in [0, 1] (got {v!r}): use a file written by "
+                                 "`edgemerge calibrate`")
 
 
 def load_calibration(path: str | Path | None) -> dict[str, Any] | None:
@@ -164,7 +183,51 @@ def _check_divisible(name: str, hw: tuple[int, int], sy: int, sx: int) -> None:
 
 
 def resolve(model: str, plan: MergePlan, resolution: tuple[int, int]) -> dict[str, Any]:
-    """Per-stage (Segformer) or per-site (ViT) token counts for one input resolution."""
+    """Per-stage (Segformer) or per-site (ViT) token counts for one input resolution; a resolution
+    the plan cannot divide is refused with the nearest ones that work (CamVid 360x480 -> 384x512)."""
+    try:
+        return _resolve(model, plan, resolution)
+    except EdgemergeError as e:
+        near = nearest_resolutions(model, plan, resolution)
+        if not near:
+            raise
+        raise EdgemergeError(f"{e}; nearest resolutions that work: " + ", ".join(f"{h}x{w}" for h, w in near)
+                             ) from None
+
+
+def nearest_resolutions(model: str, plan: MergePlan, resolution: tuple[int, int],
+                        search: int = 1024) -> list[tuple[int, int]]:
+    """The nearest working HxW at or above the request, then at or below it, in multiples of the
+    model's total stride (Segformer: 32) or patch size (each side searched alone: the plans'
+    conditions are per dimension)."""
+    import math
+
+    from edgemerge.models import get_config
+
+    cfg = get_config(model)
+    unit = math.prod(cfg.strides) if cfg.family == "segformer" else cfg.patch_size
+
+    def works(h: int, w: int) -> bool:
+        try:
+            _resolve(model, plan, (h, w))
+            return True
+        except EdgemergeError:
+            return False
+
+    def side(v: int, step: int) -> int | None:
+        start = (-(-v // unit) if step > 0 else v // unit) * unit
+        return next((c for c in range(start, start + step * search, step * unit) if c > 0 and works(c, c)), None)
+
+    H, W = resolution
+    out = []
+    for step in (1, -1):
+        h, w = side(H, step), side(W, step)
+        if h is not None and w is not None and works(h, w) and (h, w) not in out:
+            out.append((h, w))
+    return out
+
+
+def _resolve(model: str, plan: MergePlan, resolution: tuple[int, int]) -> dict[str, Any]:
     from edgemerge.models import get_config
 
     cfg = get_config(model)

@@ -22,7 +22,9 @@ from edgemerge.validate import metrics as M
 from edgemerge.validate import reference as R
 from edgemerge.validate import runners
 from edgemerge.validate.artifact import find_artifact
-from edgemerge.validate.report import write_json, write_png
+from edgemerge.files import check_output_dir, write_files
+from edgemerge.progress import counter
+from edgemerge.validate.report import json_bytes, png_bytes
 
 REFERENCES = ("auto", "pytorch", "stored")
 REPORT_DIR = "validate_report"
@@ -97,9 +99,10 @@ def validate_artifact(path: str | Path, *, images: str | Path | None = None, lab
         raise EdgemergeError("--labels needs --images (labels are matched to the images by file stem)")
     if num is not None and num < 1:
         raise EdgemergeError(f"--num must be >= 1, got {num}")
+    M.check_limits(atol=atol, rtol=rtol, min_agreement=min_agreement)  # before any work
     art = find_artifact(path)
     manifest = art.manifest
-    out_dir = Path(out) if out is not None else art.bundle / REPORT_DIR
+    out_dir = check_output_dir(Path(out) if out is not None else art.bundle / REPORT_DIR, "report folder")
     use_torch = reference == "pytorch" or (reference == "auto" and R.torch_available())
     if use_torch and not R.torch_available():
         raise EdgemergeError("--reference pytorch needs PyTorch; without it validate against reference.npz")
@@ -111,12 +114,12 @@ def validate_artifact(path: str | Path, *, images: str | Path | None = None, lab
     ref_sites: list[dict] | None = None
     stored = R.load_stored(art.bundle, manifest) if not use_torch or images is None else None
     if use_torch:
-        inp = (inputs_mod.folder_inputs(manifest, images, labels, num) if images is not None
+        inp = (inputs_mod.folder_inputs(manifest, images, labels, num, progress) if images is not None
                else inputs_mod.synthetic_inputs(manifest, num))  # bad folders are refused before any work
         progress("rebuilding the PyTorch reference from the manifest")
         model = R.build_from_manifest(manifest)  # refuses a changed or missing checkpoint
         progress(f"running PyTorch on {inp.source['count']} input(s)")
-        ref_out, ref_sites = R.run_pytorch(model, inp.batches)
+        ref_out, ref_sites = R.run_pytorch(model, inp.batches, progress=counter(progress, "PyTorch: batch"))
         ref_kind = "pytorch"
     else:
         inp = inputs_mod.stored_inputs(stored, manifest, num)
@@ -147,6 +150,11 @@ def validate_artifact(path: str | Path, *, images: str | Path | None = None, lab
     got_pred = got[main_out].argmax(1) if got[main_out].ndim == 4 else None
     num_classes = int(manifest.get("num_classes") or ref[main_out].shape[1])
 
+    warnings = []
+    if inp.labels is not None:
+        w = inputs_mod.ignored_labels(inp.labels, inp.source["files"], num_classes)
+        if w:
+            warnings.append(w)
     label_figs = None
     if inp.labels is not None and ref_pred is not None:
         lab = M.resize_labels(inp.labels, *ref_pred.shape[1:])
@@ -189,7 +197,7 @@ def validate_artifact(path: str | Path, *, images: str | Path | None = None, lab
         "thresholds": {k: {"op": op, "value": v} for k, (op, v) in limits.items()},
         "metrics": per_output, "checks": checks,
         "merge_decisions": merge, "labels": label_figs, "localize": None,
-        "versions": _versions(),
+        "versions": _versions(), "warnings": warnings,
     }
 
     if localize and not report["passed"]:
@@ -202,11 +210,12 @@ def validate_artifact(path: str | Path, *, images: str | Path | None = None, lab
 
     out_dir = out_dir.resolve()
     report["report_files"] = {"json": str(out_dir / "report.json"), "png": None}
+    files = []
     if ref_pred is not None:
-        write_png(out_dir / "report.png", inp.images, ref_pred, got_pred, num_classes,
-                  f"{art.kind} ({art.precision})")
+        files.append((out_dir / "report.png", png_bytes(inp.images, ref_pred, got_pred, num_classes,
+                                                        f"{art.kind} ({art.precision})")))
         report["report_files"]["png"] = str(out_dir / "report.png")
     report["seconds"] = round(time.time() - t0, 2)
     report["failure"] = failure_message(report)
-    write_json(out_dir / "report.json", report)
+    write_files([(out_dir / "report.json", json_bytes(report)), *files])  # both or neither
     return report

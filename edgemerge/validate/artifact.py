@@ -14,6 +14,7 @@ from pathlib import Path
 
 from edgemerge.errors import EdgemergeError
 from edgemerge.files import sha256_file
+from edgemerge.identity import check_manifest
 
 MANIFEST = "manifest.json"
 ENGINE_SUFFIXES = (".plan", ".engine", ".trt")
@@ -87,6 +88,7 @@ def find_artifact(path: str | Path) -> Artifact:
         if got != want:
             raise EdgemergeError(f"{onnx_path}: sha256 {got[:16]} differs from {MANIFEST}'s onnx_sha256 "
                                  f"{want[:16]} (edited, or from another export): re-export the bundle")
+        check_manifest(manifest, onnx_path, bundle / MANIFEST)  # a manifest edited after export
     elif kind == "onnx":
         raise EdgemergeError(f"ONNX file not found: {onnx_path}")
     else:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -62,20 +63,58 @@ def match_labels(image_files: list[Path], labels_dir: str | Path) -> list[Path]:
     return [by_stem[p.stem] for p in image_files]
 
 
+def _size_hw(path: Path) -> tuple[int, int]:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:  # the header only
+            return im.height, im.width
+    except Exception as e:
+        raise EdgemergeError(f"cannot read image {path}: {e}") from None
+
+
+def check_label_sizes(image_files: list[Path], label_files: list[Path]) -> None:
+    """A label map must have its image's size: resizing a 100x100 map onto 360x480 frames
+    stretches it, and the mIoU measured against it means nothing."""
+    for img, lab in zip(image_files, label_files):
+        hw, lhw = _size_hw(img), _size_hw(lab)
+        if hw != lhw:
+            raise EdgemergeError(f"label {lab} is {lhw[0]}x{lhw[1]} (HxW) but its image {img.name} is "
+                                 f"{hw[0]}x{hw[1]}: labels must have their image's size")
+
+
+def ignored_labels(labels: np.ndarray, files: list[str], num_classes: int) -> str | None:
+    """A warning when some label maps have no pixel of a class 0..K-1 (all ignored), else None."""
+    counted = ((labels >= 0) & (labels < num_classes)).reshape(len(labels), -1).any(1)
+    if counted.all():
+        return None
+    empty = [f for f, c in zip(files, counted) if not c]
+    shown = ", ".join(empty[:3]) + (f" and {len(empty) - 3} more" if len(empty) > 3 else "")
+    effect = ("so mIoU cannot be measured (n/a)" if not counted.any()
+              else "they count for nothing in mIoU")
+    return (f"{len(empty)} of {len(labels)} label maps have no pixel of a class 0..{num_classes - 1} "
+            f"(every pixel ignored: {shown}); {effect}: are these the right labels for this model?")
+
+
 def folder_inputs(manifest: dict, images_dir: str | Path, labels_dir: str | Path | None = None,
-                  num: int | None = None) -> Inputs:
+                  num: int | None = None, progress: Callable[[str], None] = lambda s: None) -> Inputs:
+    """The images (and labels) of a folder; every check on names and sizes runs before any is read."""
     H, W = manifest["resolution"]
     batch = int(manifest.get("batch", 1))
     files = list_images(images_dir)
     if num is not None:
         files = files[:num]
     files = files[:_round_to_batch(len(files), batch, str(images_dir))]
+    label_files = None
+    if labels_dir is not None:
+        label_files = match_labels(files, labels_dir)
+        check_label_sizes(files, label_files)
+    progress(f"reading {len(files)} image(s) from {images_dir}")
     images = np.stack([load_image(p, H, W) for p in files])
     labels = None
     source: dict = {"kind": "folder", "images": str(Path(images_dir).resolve()),
                     "files": [p.name for p in files], "count": len(files)}
-    if labels_dir is not None:
-        label_files = match_labels(files, labels_dir)
+    if label_files is not None:
         labels = np.stack([load_image(p, H, W, labels=True) for p in label_files])
         if labels.ndim == 4:  # an RGB label image: CamVid-style index maps are single-channel
             raise EdgemergeError(f"label {label_files[0]} has colour channels; labels must be class-index "

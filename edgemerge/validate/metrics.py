@@ -6,7 +6,11 @@ figures treat an output [B, K, H, W] as per-pixel class scores.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+
+from edgemerge.errors import EdgemergeError
 
 # Limits per exported precision: (metric, comparison, value).
 THRESHOLDS: dict[str, dict[str, tuple[str, float]]] = {
@@ -14,6 +18,17 @@ THRESHOLDS: dict[str, dict[str, tuple[str, float]]] = {
     "fp16": {"argmax_agreement": (">=", 0.99), "cosine": (">=", 0.999)},
 }
 REL_FLOOR = 1e-3  # relative errors divide by max(|ref|, REL_FLOOR * range of ref)
+
+
+def check_limits(*, atol: float | None = None, rtol: float | None = None,
+                 min_agreement: float | None = None) -> None:
+    """Refuse limits no comparison can meet or that mean nothing, before any work is done."""
+    for name, v in (("--atol", atol), ("--rtol", rtol)):
+        if v is not None and not (math.isfinite(v) and v >= 0):
+            raise EdgemergeError(f"{name} must be a finite number >= 0, got {v:g}")
+    if min_agreement is not None and not 0.0 <= min_agreement <= 1.0:
+        raise EdgemergeError(f"--min-agreement is a fraction of pixels within [0, 1] (0.99 = 99%), "
+                             f"got {min_agreement:g}")
 
 
 def thresholds_for(precision: str, *, atol: float | None = None, rtol: float | None = None,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -109,16 +110,20 @@ def record_merge_decisions():
         core.bipartite_match, core.window_match = orig_bip, orig_win
 
 
-def run_pytorch(model, batches: list[np.ndarray]) -> tuple[list[np.ndarray], list[dict]]:
-    """Outputs per batch and the merge decisions per site (slots/margins stacked over batches)."""
+def run_pytorch(model, batches: list[np.ndarray], progress: Callable[[int, int], None] | None = None
+                ) -> tuple[list[np.ndarray], list[dict]]:
+    """Outputs per batch and the merge decisions per site (slots/margins stacked over batches);
+    `progress(i, n)` after each batch."""
     import torch
 
     outputs, per_batch = [], []
     with torch.no_grad():
-        for b in batches:
+        for i, b in enumerate(batches, start=1):
             with record_merge_decisions() as calls:
                 outputs.append(model(torch.from_numpy(np.ascontiguousarray(b, np.float32))).numpy())
             per_batch.append(calls)
+            if progress is not None:
+                progress(i, len(batches))
     sites = []
     for i in range(len(per_batch[0]) if per_batch else 0):
         kind = per_batch[0][i]["kind"]

@@ -1,5 +1,5 @@
 """report.json (every figure, limit, version and hash) and report.png (what the disagreement looks
-like), written atomically: each file goes to a temporary name in the folder, then is renamed."""
+like), written together and atomically (`edgemerge.files.write_files`): both or neither."""
 
 from __future__ import annotations
 
@@ -34,8 +34,12 @@ def _jsonable(obj):
     return obj
 
 
+def json_bytes(report: dict) -> bytes:
+    return (json.dumps(_jsonable(report), indent=2) + "\n").encode()
+
+
 def write_json(path: Path, report: dict) -> Path:
-    return _atomic_write(path, (json.dumps(_jsonable(report), indent=2) + "\n").encode())
+    return _atomic_write(path, json_bytes(report))
 
 
 def _palette(k: int) -> np.ndarray:
@@ -45,6 +49,11 @@ def _palette(k: int) -> np.ndarray:
 
 def write_png(path: Path, images: np.ndarray, ref_pred: np.ndarray, got_pred: np.ndarray, num_classes: int,
               artifact_label: str) -> Path:
+    return _atomic_write(path, png_bytes(images, ref_pred, got_pred, num_classes, artifact_label))
+
+
+def png_bytes(images: np.ndarray, ref_pred: np.ndarray, got_pred: np.ndarray, num_classes: int,
+              artifact_label: str) -> bytes:
     """For up to 3 inputs: the image, PyTorch's prediction, the artifact's, the disagreement map."""
     import io
 
@@ -70,4 +79,4 @@ def write_png(path: Path, images: np.ndarray, ref_pred: np.ndarray, got_pred: np
             ax.axis("off")
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
-    return _atomic_write(path, buf.getvalue())
+    return buf.getvalue()

@@ -20,10 +20,13 @@ MATCH_OPS = ("TokenMatchBipartite", "TokenMatchWindow")
 _NATIVE_SLOT = re.compile(r"^match_(bipartite|window)(_\d+)?$")
 
 
-def _quiet_polygraphy() -> None:
+def quiet_polygraphy() -> None:
+    """edgemerge reports, polygraphy does not: no [I]/[W]/[E] lines, no [!] lines before its
+    exceptions (which edgemerge turns into its own one line), no print about the 'colored' module."""
     from polygraphy.logger import G_LOGGER
 
-    G_LOGGER.module_severity = G_LOGGER.ERROR
+    G_LOGGER.module_severity = G_LOGGER.CRITICAL + 1
+    G_LOGGER.colors = False
 
 
 def slot_tensors(model) -> list[str] | None:
@@ -64,7 +67,7 @@ def run_onnx(onnx_path: Path, manifest: dict, batches: list[np.ndarray], *, expo
     from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
     from polygraphy.comparator import Comparator
 
-    _quiet_polygraphy()
+    quiet_polygraphy()
     model = onnx.load(str(onnx_path))
     slots = slot_tensors(model) if expose_slots else None
     if slots:
@@ -84,11 +87,11 @@ def run_engine(plan_path: Path, manifest: dict, batches: list[np.ndarray], plugi
     build record does not fit this machine (edgemerge.trt.builder.load_engine)."""
     from edgemerge.trt.builder import load_engine
 
+    quiet_polygraphy()
     engine = load_engine(plan_path, plugins=plugins)
     from polygraphy.backend.trt import TrtRunner
     from polygraphy.comparator import Comparator
 
-    _quiet_polygraphy()
     inp = manifest["inputs"][0]
     results = Comparator.run([TrtRunner(engine, name="tensorrt")],
                              data_loader=_feeds(batches, inp["name"], inp["dtype"]))

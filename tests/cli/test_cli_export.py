@@ -1,0 +1,58 @@
+"""`edgemerge export` decides before exporting: opsets it cannot export or self-check, `--engine`
+where no engine can be built; one line, exit 2, no bundle and no temp directory left."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+from cli_helpers import one_line_error, run_cli, tree
+from edgemerge.errors import EdgemergeError
+from edgemerge.export import bundle
+
+
+@pytest.fixture
+def no_export(monkeypatch):
+    def started(*a, **k):
+        raise AssertionError("the export started before the input was refused")
+
+    monkeypatch.setattr(bundle, "build_reference", started)
+
+
+@pytest.mark.parametrize("opset, words", [("99", "opsets 17..25"), ("26", "opsets 17..25"), ("16", "too old")])
+def test_opset_refused_before_export(tmp_path, no_export, opset, words):
+    msg = one_line_error(run_cli("export", "-m", "segformer-b0", "-v", "fast", "-r", "128x128", "--opset", opset,
+                                 "-o", tmp_path / "b"))
+    assert words in msg and opset in msg
+    assert tree(tmp_path) == []
+
+
+def test_opset_onnxruntime_cannot_run(monkeypatch):
+    import onnxruntime
+
+    def too_new(*a, **k):
+        raise RuntimeError("ValidateOpsetForDomain: opset 25 is under development")
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", too_new)
+    with pytest.raises(EdgemergeError, match="newer than this ONNX Runtime"):
+        bundle.check_opset(25)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")
+def test_engine_without_tensorrt_refused_before_export(tmp_path, no_export):
+    msg = one_line_error(run_cli("export", "-m", "segformer-b0", "-v", "fast", "-r", "128x128", "--engine",
+                                 "-o", tmp_path / "b"))
+    assert "TensorRT is not installed" in msg
+    assert tree(tmp_path) == []
+
+
+def test_engine_without_gpu_refused_before_export(tmp_path, no_export, monkeypatch):
+    from edgemerge.trt import record
+
+    monkeypatch.setattr(record, "current_environment",
+                        lambda: record.Environment(tensorrt_version="10.3.0", gpu_name=None, compute_capability=None))
+    msg = one_line_error(run_cli("export", "-m", "segformer-b0", "-v", "fast", "-r", "128x128", "--engine",
+                                 "-o", tmp_path / "b"))
+    assert "no GPU is visible" in msg and "build_on_device.sh" in msg
+    assert tree(tmp_path) == []
