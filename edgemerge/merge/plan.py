@@ -20,7 +20,7 @@ else:  # pragma: no cover
 from edgemerge.errors import EdgemergeError
 
 VARIANTS = {
-    "segformer": ("none", "hq", "fast", "n2d"),
+    "segformer": ("none", "hq", "fast", "hq-pa", "fast-pa", "n2d"),
     "segmenter": ("none", "algm"),
     "vit": ("none", "tome", "dtem"),
     "deit": ("none", "tome", "dtem"),
