@@ -128,6 +128,29 @@ class MergingBlock(Block):
         return x, TokenState(size, core.compose_source(state.source, fns.slot), proportional)
 
 
+@torch.no_grad()
+def keys_projection(attn: nn.Module, dim: int) -> nn.Linear:
+    """Linear(C -> dim) on the block's normed input that gives ToMe's metric (head-averaged keys).
+
+    Rows past the head size are zero, which changes no cosine, so a DTEM metric initialised here
+    merges exactly what ToMe merges: training the metric can only start from the published
+    behaviour. A DTEM plan without a learned metric uses it too, so its graph has the metric's MatMul.
+    """
+    qkv: nn.Linear = attn.qkv
+    C, h = qkv.in_features, attn.num_heads
+    d = C // h
+    if dim < d:
+        raise EdgemergeError(f"metric_dim {dim} is below the head size {d}: the keys' metric does not fit")
+    w_k = qkv.weight[C: 2 * C].reshape(h, d, C).mean(0)  # [d, C]
+    b_k = qkv.bias[C: 2 * C].reshape(h, d).mean(0) if qkv.bias is not None else qkv.weight.new_zeros(d)
+    proj = nn.Linear(C, dim).to(qkv.weight.device, qkv.weight.dtype)
+    proj.weight.zero_()
+    proj.bias.zero_()
+    proj.weight[:d] = w_k
+    proj.bias[:d] = b_k
+    return proj
+
+
 def _swap(module: nn.Module, cls: type, **attrs) -> None:
     if not hasattr(module, _ORIGINAL):
         setattr(module, _ORIGINAL, module.__class__)
@@ -165,11 +188,15 @@ def apply_merging(model: nn.Module, plan: MergePlan, *, dtem_state: dict[str, Te
         for i, blk in enumerate(vit.blocks):
             _swap(blk, MergingBlock, em_site=ToMeSite(plan.r, protect, plan.proportional))
             key = f"blocks.{i}.dtem_metric."
-            if plan.metric == "dtem" and dtem_state and key + "weight" in dtem_state:
+            if plan.metric != "dtem":
+                continue
+            if dtem_state and key + "weight" in dtem_state:
                 w = dtem_state[key + "weight"]
                 proj = nn.Linear(w.shape[1], w.shape[0]).to(w.device, w.dtype)
                 proj.load_state_dict({"weight": w, "bias": dtem_state[key + "bias"]})
-                blk.dtem_metric = proj
+            else:
+                proj = keys_projection(blk.attn, plan.metric_dim)
+            blk.dtem_metric = proj
         return model
     if isinstance(plan, ALGMPlan):
         adaptive = plan.mode == "adaptive"

@@ -20,7 +20,7 @@ else:  # pragma: no cover
 from edgemerge.errors import EdgemergeError
 
 VARIANTS = {
-    "segformer": ("none", "hq", "fast", "n2d"),
+    "segformer": ("none", "hq", "fast", "hq-pa", "fast-pa", "n2d"),
     "segmenter": ("none", "algm"),
     "vit": ("none", "tome", "dtem"),
     "deit": ("none", "tome", "dtem"),
@@ -50,7 +50,7 @@ class SegformerPlan:
 @dataclass(frozen=True)
 class ToMePlan:
     r: int  # tokens merged per block (ToMe's constant schedule)
-    metric: str = "keys"  # "keys" (ToMe) or "dtem" (learned projection, falls back to keys)
+    metric: str = "keys"  # "keys" (ToMe) or "dtem" (a projection on norm1(x): the checkpoint's, else the keys')
     metric_dim: int = 64
     proportional: bool = True
 

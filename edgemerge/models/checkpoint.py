@@ -5,6 +5,8 @@ Accepted (local files only):
     SegformerForSemanticSegmentation, ViTForImageClassification, DeiTForImageClassification(+WithTeacher)
   * mmsegmentation MiT/Segformer `.pth`, NVlabs SegFormer `.pth`
   * timm ViT/DeiT state dicts (`.pth`/`.safetensors`, possibly under `model`)
+  * DTEM (movinghoon/DTEM) `.pth.tar`: a DDP timm ViT under `state_dict` whose `attn.qkv` holds
+    `qkv_layer` [3C, C], `metric_layer` [F, C] and their fused copy [3C+F, C]
   * rstrudel/segmenter `.pth` (under `model`, keys `encoder.*`, `decoder.*`)
   * our own state dicts (`model.state_dict()` saved with torch.save)
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +43,7 @@ SEGFORMER_EPS = {"hf": (1e-5, 1e-5), "nvlabs": (1e-5, 1e-6), "mmseg": (1e-6, 1e-
 @dataclass(frozen=True)
 class CheckpointInfo:
     path: Path
-    format: str  # 'hf' | 'mmseg' | 'nvlabs' | 'timm' | 'segmenter' | 'edgemerge'
+    format: str  # 'hf' | 'mmseg' | 'nvlabs' | 'timm' | 'dtem' | 'segmenter' | 'edgemerge'
     sha256: str
     num_classes: int
     # tensors a merge method reads but the architecture does not have (DTEM's metric projections)
@@ -101,6 +104,10 @@ def _detect(state: StateDict) -> tuple[str, str]:
         return "hf", "segformer"
     if has("encoder.") and has("decoder."):
         return "segmenter", "segmenter"
+    if any(DTEM_QKV.match(k) for k in keys) or any(
+            re.match(r"blocks\.\d+\.attn\.qkv\.weight$", k) and state[k].ndim == 2
+            and state[k].shape[0] > 3 * state[k].shape[1] for k in keys):
+        return "dtem", "vit"
     if "cls_token" in keys or has("patch_embed.proj.") or has("blocks."):
         return "timm", "vit"
     for prefix in ("vit", "deit"):
@@ -175,12 +182,53 @@ def _vit(state: StateDict, fmt: str, hf_cfg: dict | None, cfg: ModelConfig) -> t
         extra["eps"] = float(hf_cfg.get("layer_norm_eps", 1e-12))
         extra["qkv_bias"] = bool(hf_cfg.get("qkv_bias", True))
     else:
-        ours = dict(state)
+        ours = _from_dtem(state, cfg) if fmt == "dtem" else dict(state)
     _vit_dims(ours, "", cfg)
     extra["distilled"] = "dist_token" in ours
     extra["dist_head"] = "head_dist.weight" in ours
     classes = ours["head.weight"].shape[0] if "head.weight" in ours else None
     return ours, _classes(classes, hf_cfg), extra
+
+
+# DTEM's attn.qkv: qkv_layer.* (the original [3C, C]), metric_layer.* ([F, C]) and their fused
+# copy attn.qkv.* ([3C+F, C], refreshed from the two by DTEM whenever the model enters eval mode)
+DTEM_QKV = re.compile(r"blocks\.(\d+)\.attn\.qkv\.(qkv_layer|metric_layer)\.(weight|bias)$")
+
+
+def _from_dtem(state: StateDict, cfg: ModelConfig) -> StateDict:
+    """DTEM's keys -> ours: qkv_layer -> attn.qkv, metric_layer -> dtem_metric (MERGE_KEY).
+
+    The two parts are what DTEM trains and what its eval() copies into the fused weight, so they
+    win when the copy is stale; a file with only the fused weight is split after the 3C rows.
+    """
+    C = cfg.widths[0]
+    ours: StateDict = {}
+    stale: list[str] = []
+    for key, value in state.items():
+        if m := DTEM_QKV.match(key):
+            i, part, kind = m.groups()
+            name = f"blocks.{i}.attn.qkv.{kind}" if part == "qkv_layer" else f"blocks.{i}{MERGE_KEY}{kind}"
+            ours[name] = value
+        elif not re.match(r"blocks\.\d+\.attn\.qkv\.(weight|bias)$", key):
+            ours[key] = value
+    for key, fused in state.items():
+        m = re.match(r"blocks\.(\d+)\.attn\.qkv\.(weight|bias)$", key)
+        if not m:
+            continue
+        i, kind = m.groups()
+        qkv_key, metric_key = f"blocks.{i}.attn.qkv.{kind}", f"blocks.{i}{MERGE_KEY}{kind}"
+        if qkv_key not in ours:  # only the fused copy: split it after the 3C rows of q, k, v
+            ours[qkv_key] = fused[: 3 * C]
+            if fused.shape[0] > 3 * C:
+                ours[metric_key] = fused[3 * C:]
+            continue
+        split = torch.cat([ours[qkv_key], ours[metric_key]]) if metric_key in ours else ours[qkv_key]
+        if split.shape != fused.shape or not torch.allclose(split.float(), fused.float(), rtol=1e-5, atol=1e-6):
+            stale.append(f"blocks.{i}.attn.qkv.{kind}")
+    if stale:  # saved in training mode: DTEM's own eval() would overwrite the copy from the parts
+        warnings.warn(f"DTEM checkpoint: fused {', '.join(stale[:2])}{' ...' if len(stale) > 2 else ''} differ(s) "
+                      f"from qkv_layer + metric_layer (saved in training mode?); using the parts, as DTEM's eval does")
+    return ours
 
 
 def _vit_dims(ours: StateDict, prefix: str, cfg: ModelConfig) -> None:

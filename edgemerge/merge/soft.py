@@ -1,0 +1,95 @@
+"""Soft (differentiable) merging: DTEM's relaxation of the hard matching in `core`/`ops`.
+
+Training a merge metric needs gradients through "which token merges into which", which the hard
+ops (a sort and a scatter) do not have. Here the sequence keeps its full length: a source that
+merges keeps its features but its size drops towards 0, and destinations take the size-weighted
+soft mean of what they receive; with proportional attention (+ log size) a size-0 token is gone
+from every other token's view, as it is after a hard merge. As the pick temperature goes to 0 the
+assignment becomes the hard op's one-hot (tests/merge/test_soft.py). PyTorch only, never exported.
+
+Shapes: `metric [B, N, F]`, `x [B, N, C]`, `size [B, N]`, `assign [B, S, D]` (mass each source sends
+to each destination; a row sums to at most 1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from edgemerge.merge.ops import _normalize
+
+EPS = torch.finfo(torch.float32).eps  # DTEM's floor for 1 - picked mass
+
+
+def soft_bipartite(metric: Tensor, r: int, src: Sequence[int], dst: Sequence[int], protect: int = 0, *,
+                   top_k: int = 3, tau_score: float = 0.1, tau_pick: float = 0.1) -> Tensor:
+    """DTEM's relaxed top-r bipartite matching -> assign [B, S, D].
+
+    Each source keeps its `top_k` destinations by cosine, logits = score / tau_score; r times a
+    softmax over all kept entries of all sources (/ tau_pick) picks ~one (source, destination)
+    pair, and log(1 - picked mass) is added to that source's logits so that it is not picked again.
+    A row's mass is capped at 1 (the cap is a constant for the gradient). The first `protect`
+    sources never merge (their scores are -inf), as in `ops.match_bipartite_ref`.
+    """
+    B, S, D = metric.shape[0], len(src), len(dst)
+    if r <= 0 or S == 0 or D == 0:
+        return metric.new_zeros(B, S, D, dtype=torch.float32)
+    m = _normalize(metric)
+    src_t = torch.as_tensor(list(src), device=metric.device)
+    dst_t = torch.as_tensor(list(dst), device=metric.device)
+    scores = m[:, src_t] @ m[:, dst_t].transpose(1, 2)  # [B, S, D]
+    if protect:
+        keep = torch.arange(S, device=metric.device) >= protect
+        scores = scores.masked_fill(~keep[None, :, None], -torch.inf)
+    k = min(top_k, D)
+    top, idx = scores.topk(k, dim=-1)  # [B, S, k]
+    logits = top / tau_score
+    picked = torch.zeros_like(logits)
+    for _ in range(r):
+        p = torch.softmax(logits.reshape(B, -1) / tau_pick, dim=-1).reshape(B, S, k)
+        picked = picked + p
+        logits = logits + torch.log((1 - p.sum(-1, keepdim=True)).clamp_min(EPS))
+    cap = (picked.sum(-1, keepdim=True).detach() - 1).clamp_min(0) + 1
+    return torch.zeros_like(scores).scatter_add(-1, idx, picked / cap)
+
+
+def soft_merge(x: Tensor, size: Tensor, assign: Tensor, src: Sequence[int], dst: Sequence[int]) -> tuple[Tensor, Tensor]:
+    """Apply assign [B, S, D]: destinations take the size-weighted soft mean, sources keep their
+    features with size w * (1 - mass), clamped to [0, 1] in the forward pass (the mass cap can
+    overshoot by rounding) and straight-through in the backward pass. -> (x [B, N, C], size [B, N]).
+
+    The total size is conserved: what a source loses, its destinations gain.
+    """
+    src_t = torch.as_tensor(list(src), device=x.device)
+    dst_t = torch.as_tensor(list(dst), device=x.device)
+    a = assign.to(x.dtype)
+    xa, xb = x[:, src_t], x[:, dst_t]
+    wa, wb = size[:, src_t], size[:, dst_t]
+    gained = (a.transpose(1, 2) @ wa[..., None])[..., 0]  # [B, D]
+    wb_new = wb + gained
+    xb_new = (wb[..., None] * xb + a.transpose(1, 2) @ (wa[..., None] * xa)) / wb_new.clamp_min(EPS)[..., None]
+    keep = 1 - a.sum(-1)
+    keep = keep + (keep.clamp(0, 1) - keep).detach()
+    out_x, out_size = x.clone(), size.clone()
+    out_x[:, dst_t] = xb_new
+    out_size[:, src_t] = wa * keep
+    out_size[:, dst_t] = wb_new
+    return out_x, out_size
+
+
+def hard_slots(assign: Tensor, src: Sequence[int], dst: Sequence[int], n: int) -> Tensor:
+    """The hard op's slot [B, N] that a (near one-hot) assignment stands for, for comparisons:
+    a source merges when it sends more than half its mass, into its heaviest destination."""
+    B, S, D = assign.shape
+    merged = assign.sum(-1) > 0.5
+    r = int(merged.sum(-1).max())
+    if not bool((merged.sum(-1) == r).all()):
+        raise ValueError("the assignment merges a different number of sources per image")
+    unm_rank = torch.cumsum((~merged).long(), dim=1) - 1
+    slot_src = torch.where(merged, S - r + assign.argmax(-1), unm_rank)
+    slot = torch.empty(B, n, dtype=torch.long, device=assign.device)
+    slot[:, list(src)] = slot_src
+    slot[:, list(dst)] = (S - r + torch.arange(D, device=assign.device)).expand(B, D)
+    return slot.int()
