@@ -8,6 +8,33 @@ What the bodies avoid, because TensorRT builds them wrongly or not at all: Scatt
 ScatterND with a reduction (merge sums are a one-hot MatMul instead), TopK with K > 3840
 (selection runs TopK over the smaller side, `K = min(r, S - r)`), ReduceMax (axes moved
 between opsets; ArgMax + GatherElements serves every opset >= 13).
+
+What TensorRT's ONNX parser at 10.1 needs besides (sources: onnx-tensorrt docs/operators.md at
+release/10.1-GA and at fa5aa9f6, the TensorRT v10.15 submodule; onnx-tensorrt onnxOpImporters.cpp
+at release/10.1-GA; TensorRT include/NvInfer.h at v10.3.0):
+- CumSum is documented for FP32/FP16/BF16 only, in both operators.md versions (10.1 builds it
+  as an ILoop without a type check, onnxOpImporters.cpp lines 1127-1198; int64 comes with 10.8's
+  ICumulativeLayer). Every CumSum here runs on float32 and is cast back to int64: exact, as the
+  counts stay below 2^24.
+- TopK, and ArgMax, which 10.1 builds on TopK, promise no order among ties (NvInfer.h addTopK:
+  "Output values are sorted", nothing on ties); the reference breaks ties towards the lower
+  index. The bodies use TopK's values only, never its indices, and an ArgMax index only to read
+  the maximum or over distinct values (`_top_mask`, `_match_bipartite`).
+- LocalFunctionImporter (onnxOpImporters.cpp lines 6458-6578) binds a function's formal inputs
+  by name into the outer tensor map, and skips the binding, with a warning, when that name is
+  already an outer tensor (fixed in 10.8). Every formal input and output is therefore named with
+  the reserved prefix `BODY_PREFIX` (`_formal`), like the body's own tensors.
+- Every other op is used only on types that operators.md at release/10.1-GA lists for it (ops
+  and element types as shape inference gives them for the inlined bodies): FP32 for MatMul,
+  Sqrt, ReduceSum, TopK, ArgMax, Gather, Neg, LessOrEqual, CumSum; FP32/FP16 for GatherElements
+  and CastLike (the tokens' dtype); FP32/INT64 for Add, Sub, Mul, Div, Max, Equal, Greater,
+  Where (condition BOOL; never a BOOL Where, which ONNX Runtime lacks); INT64 for Min, Less,
+  Range, Size, Expand, Concat, ScatterElements (no reduction), ConstantOfShape (the table spells
+  it "INF64"); BOOL for Not, And, Or, Xor; Shape, Slice, Reshape, (Un)Squeeze, Transpose, Cast
+  among FP32/FP16/INT32/INT64/BOOL. Axes and CumSum's axis are Constant nodes, which the parser
+  imports as weights (10.1 asks for "an initializer").
+  Documented, not changed: operators.md says TopK's K "must be less than 3840", NvInfer.h "up to
+  3840"; `bundle.TOPK_LIMIT` lets K = 3840 through.
 """
 
 from __future__ import annotations
@@ -101,64 +128,88 @@ def _normalize(b: _Body, metric: str) -> str:
     return b("Div", metric, b("Max", b("Sqrt", ss), b.const(1e-6, TensorProto.FLOAT)))
 
 
-def _top_mask(b: _Body, score: str, r: str, n: str) -> str:
-    """Bool [B, S]: the r largest of `score` per row, ties to the lower index (docs/ops.md).
+def _formal(op_type: str, name: str, out: bool = False) -> str:
+    """A formal input/output name of `op_type`'s body: reserved prefix, so never an outer tensor."""
+    return f"{BODY_PREFIX}{op_type}_{'out' if out else 'in'}_{name}"
 
-    TopK runs over the smaller side: when r > S - r it selects the S - r *kept* entries by the
-    negated score on the reversed sequence, so ties still resolve towards the lower index.
+
+def _cumsum(b: _Body, x: str) -> str:
+    """Int64 running count along axis 1 of a float32 0/1 tensor: CumSum in float32 (exact)."""
+    return b("Cast", b("CumSum", x, b.const(1)), to=TensorProto.INT64)
+
+
+def _top_mask(b: _Body, score: str, r: str, n: str) -> str:
+    """Bool [B, S]: the r largest of float32 `score` per row, ties to the lower index (docs/ops.md).
+
+    TopK runs over the smaller side, K = min(r, S - r) entries: when r > S - r it picks the S - r
+    *kept* entries (largest negated score). Only TopK's values are used (TensorRT orders ties
+    arbitrarily): t, the K-th largest; everything above t is chosen, and of the entries equal to t
+    the first `need` in tie order: lowest index first for the merged side, highest index first for
+    the kept side (so the merged side's ties still go to the lower index). K = 0 chooses nothing;
+    TopK itself runs with K >= 1 so no tensor is empty.
     """
-    pos = b("Range", b.const(0), n, b.const(1))
-    rev = b("Sub", b("Sub", n, b.const(1)), pos)
     n_keep = b("Sub", n, r)
     flip = b("Greater", r, n_keep)
-    k = b("Unsqueeze", b("Min", r, n_keep), b.const([0]))
-    v = b("Where", flip, b("Neg", b("Gather", score, rev, axis=1)), score)
-    _, idx = b("TopK", v, k, axis=1, largest=1, sorted=1, n_out=2)
-    zeros = b("ConstantOfShape", b("Shape", v), value=helper.make_tensor("z", TensorProto.FLOAT, [1], [0.0]))
-    ones = b("ConstantOfShape", b("Shape", idx), value=helper.make_tensor("o", TensorProto.FLOAT, [1], [1.0]))
-    sel = b("Cast", b("ScatterElements", zeros, idx, ones, axis=1), to=TensorProto.BOOL)
-    order = b("Where", flip, rev, pos)  # (Where on int64: ONNX Runtime has no bool Where)
-    return b("Xor", b("Gather", sel, order, axis=1), flip)
+    k = b("Min", r, n_keep)
+    k1 = b("Unsqueeze", b("Max", k, b.const(1)), b.const([0]))
+    v = b("Where", flip, b("Neg", score), score)
+    values, _ = b("TopK", v, k1, axis=1, largest=1, sorted=1, n_out=2)  # indices: unused
+    t = b("Gather", values, b("Sub", k1, b.const(1)), axis=1)  # [B, 1], the K-th largest value
+    gt, eq = b("Greater", v, t), b("Equal", v, t)
+    eq_f = b("Cast", eq, to=TensorProto.FLOAT)
+    need = b("Sub", b("Cast", k, to=TensorProto.FLOAT),
+             b("ReduceSum", b("Cast", gt, to=TensorProto.FLOAT), b.const([1]), keepdims=1))
+    rank = b("Where", flip, b("CumSum", eq_f, b.const(1), reverse=1), b("CumSum", eq_f, b.const(1)))
+    chosen = b("Or", gt, b("And", eq, b("LessOrEqual", rank, need)))
+    chosen = b("And", chosen, b("Greater", k, b.const(0)))
+    return b("Xor", chosen, flip)
 
 
 def _match_bipartite() -> tuple[list[onnx.NodeProto], list[str]]:
-    b = _Body("TokenMatchBipartite")
+    op = "TokenMatchBipartite"
+    b, metric = _Body(op), _formal(op, "metric")
     src, dst = b.attr("src", AttributeProto.INTS), b.attr("dst", AttributeProto.INTS)
     r, protect = b.attr("r", AttributeProto.INT), b.attr("protect", AttributeProto.INT)
-    m = _normalize(b, "metric")
+    m = _normalize(b, metric)
     scores = b("MatMul", b("Gather", m, src, axis=1), b("Transpose", b("Gather", m, dst, axis=1), perm=[0, 2, 1]))
-    node_idx = b("ArgMax", scores, axis=2, keepdims=1)  # first maximum on ties
-    node_max = b("Squeeze", b("GatherElements", scores, node_idx, axis=2), b.const([2]))
-    node_idx = b("Squeeze", node_idx, b.const([2]))
     n_src, n_dst = b("Size", src), b("Size", dst)
+    # Best destination, the first maximum. ArgMax's index is arbitrary among ties in TensorRT, but
+    # the value it points at is the maximum whichever it is; the first position holding it is then
+    # the ArgMax of D - position over the maxima (0 elsewhere): distinct positive values, no ties.
+    node_max = b("GatherElements", scores, b("ArgMax", scores, axis=2, keepdims=1), axis=2)  # [B, S, 1]
+    d_pos = b("Cast", b("Sub", n_dst, b("Range", b.const(0), n_dst, b.const(1))), to=TensorProto.FLOAT)
+    first = b("Where", b("Equal", scores, node_max), d_pos, b.const(0.0, TensorProto.FLOAT))
+    node_idx = b("ArgMax", first, axis=2, keepdims=0)
+    node_max = b("Squeeze", node_max, b.const([2]))
     pos = b("Range", b.const(0), n_src, b.const(1))
     node_max = b("Where", b("Less", pos, protect), b.const(float("-inf"), TensorProto.FLOAT), node_max)
     merged = _top_mask(b, node_max, r, n_src)
     base = b("Sub", n_src, r)
-    unm_rank = b("Sub", b("CumSum", b("Cast", b("Not", merged), to=TensorProto.INT64), b.const(1)), b.const(1))
+    unm_rank = b("Sub", _cumsum(b, b("Cast", b("Not", merged), to=TensorProto.FLOAT)), b.const(1))
     slot_src = b("Where", merged, b("Add", base, node_idx), unm_rank)
-    batch = b("Slice", b("Shape", "metric"), b.const([0]), b.const([1]))
+    batch = b("Slice", b("Shape", metric), b.const([0]), b.const([1]))
     slot_dst = b("Expand", b("Add", base, b("Range", b.const(0), n_dst, b.const(1))),
                  b("Concat", batch, b("Unsqueeze", n_dst, b.const([0])), axis=0))
     slot_cat = b("Concat", slot_src, slot_dst, axis=1)  # in (src..., dst...) order
     perm = b("Expand", b("Unsqueeze", b("Concat", src, dst, axis=0), b.const([0])), b("Shape", slot_cat))
     zero = b("ConstantOfShape", b("Shape", slot_cat), value=helper.make_tensor("z", TensorProto.INT64, [1], [0]))
     slot = b("ScatterElements", zero, perm, slot_cat, axis=1)  # a permutation: no reduction needed
-    b.nodes.append(helper.make_node("Cast", [slot], ["slot"], to=TensorProto.INT32))
-    return b.nodes, ["metric"]
+    b.nodes.append(helper.make_node("Cast", [slot], [_formal(op, "slot", out=True)], to=TensorProto.INT32))
+    return b.nodes
 
 
 def _match_window() -> tuple[list[onnx.NodeProto], list[str]]:
-    b = _Body("TokenMatchWindow")
+    op = "TokenMatchWindow"
+    b, metric = _Body(op), _formal(op, "metric")
     h, w = b.attr("height", AttributeProto.INT), b.attr("width", AttributeProto.INT)
     k, protect = b.attr("k", AttributeProto.INT), b.attr("protect", AttributeProto.INT)
     one_d = lambda t: b("Unsqueeze", t, b.const([0]))  # noqa: E731  scalar -> [1]
-    shape = b("Shape", "metric")
+    shape = b("Shape", metric)
     batch = b("Slice", shape, b.const([0]), b.const([1]))
     n_tok = b("Slice", shape, b.const([1]), b.const([2]))
     chans = b("Slice", shape, b.const([2]), b.const([3]))
     h2, w2 = b("Div", h, b.const(2)), b("Div", w, b.const(2))
-    m = _normalize(b, "metric")
+    m = _normalize(b, metric)
     patches = b("Slice", m, one_d(protect), n_tok, b.const([1]))
     t = b("Reshape", patches, b("Concat", batch, one_d(h2), b.const([2]), one_d(w2), b.const([2]), chans, axis=0))
     t = b("Transpose", t, perm=[0, 1, 3, 2, 4, 5])
@@ -168,9 +219,11 @@ def _match_window() -> tuple[list[onnx.NodeProto], list[str]]:
     total = b("ReduceSum", gram, b.const([2, 3]), keepdims=0)
     diag = b("ReduceSum", b("Mul", t, t), b.const([2, 3]), keepdims=0)
     score = b("Div", b("Sub", total, diag), b.const(12.0, TensorProto.FLOAT))
-    win_merged = b("Cast", _top_mask(b, score, k, n_win), to=TensorProto.INT64)
+    win_sel = _top_mask(b, score, k, n_win)
+    win_merged = b("Cast", win_sel, to=TensorProto.INT64)
     first_win_slot = b("Sub", b("Squeeze", n_tok, b.const([0])), b("Mul", b.const(4), k))
-    win_slot = b("Add", first_win_slot, b("Sub", b("CumSum", win_merged, b.const(1)), b.const(1)))
+    win_slot = b("Add", first_win_slot,
+                 b("Sub", _cumsum(b, b("Cast", win_sel, to=TensorProto.FLOAT)), b.const(1)))
 
     def to_tokens(v: str) -> str:  # [B, W] -> [B, protect + h*w], protected positions 0
         v = b("Reshape", v, b("Concat", batch, one_d(h2), b.const([1]), one_d(w2), b.const([1]), axis=0))
@@ -181,36 +234,41 @@ def _match_window() -> tuple[list[onnx.NodeProto], list[str]]:
         return b("Concat", lead, v, axis=1)
 
     tok_merged = to_tokens(win_merged)
-    unm_rank = b("Sub", b("CumSum", b("Sub", b.const(1), tok_merged), b.const(1)), b.const(1))
+    unmerged = b("Cast", b("Sub", b.const(1), tok_merged), to=TensorProto.FLOAT)
+    unm_rank = b("Sub", _cumsum(b, unmerged), b.const(1))
     slot = b("Where", b("Cast", tok_merged, to=TensorProto.BOOL), to_tokens(win_slot), unm_rank)
-    b.nodes.append(helper.make_node("Cast", [slot], ["slot"], to=TensorProto.INT32))
-    return b.nodes, ["metric"]
+    b.nodes.append(helper.make_node("Cast", [slot], [_formal(op, "slot", out=True)], to=TensorProto.INT32))
+    return b.nodes
 
 
 def _merge() -> tuple[list[onnx.NodeProto], list[str]]:
     """Sums in fp32 whatever the dtype of x (docs/ops.md): in fp16, size * x alone overflows
     once a ToMe token has absorbed a few dozen others (65504 / 50 is 1310)."""
-    b = _Body("TokenMerge")
+    op = "TokenMerge"
+    b = _Body(op)
+    x, size_in, slot = (_formal(op, n) for n in ("x", "size", "slot"))
     num_out = b.attr("num_out", AttributeProto.INT)
     rng = b("Range", b.const(0), num_out, b.const(1))
-    onehot = b("Equal", b("Unsqueeze", b("Cast", "slot", to=TensorProto.INT64), b.const([2])), rng)  # [B, N, M]
+    onehot = b("Equal", b("Unsqueeze", b("Cast", slot, to=TensorProto.INT64), b.const([2])), rng)  # [B, N, M]
     onehot_t = b("Transpose", b("Cast", onehot, to=TensorProto.FLOAT), perm=[0, 2, 1])
-    size = b("Cast", "size", to=TensorProto.FLOAT)
-    sums = b("MatMul", onehot_t, b("Mul", b("Cast", "x", to=TensorProto.FLOAT), size))
+    size = b("Cast", size_in, to=TensorProto.FLOAT)
+    sums = b("MatMul", onehot_t, b("Mul", b("Cast", x, to=TensorProto.FLOAT), size))
     merged_size = b("MatMul", onehot_t, size)
     merged = b("Div", sums, b("Max", merged_size, b.const(1e-6, TensorProto.FLOAT)))
-    b.nodes.append(helper.make_node("CastLike", [merged, "x"], ["merged"]))
-    b.nodes.append(helper.make_node("CastLike", [merged_size, "size"], ["merged_size"]))
-    return b.nodes, ["x", "size", "slot"]
+    b.nodes.append(helper.make_node("CastLike", [merged, x], [_formal(op, "merged", out=True)]))
+    b.nodes.append(helper.make_node("CastLike", [merged_size, size_in], [_formal(op, "merged_size", out=True)]))
+    return b.nodes
 
 
 def _unmerge() -> tuple[list[onnx.NodeProto], list[str]]:
-    b = _Body("TokenUnmerge")
-    chans = b("Slice", b("Shape", "merged"), b.const([2]), b.const([3]))
-    idx = b("Expand", b("Unsqueeze", b("Cast", "slot", to=TensorProto.INT64), b.const([2])),
-            b("Concat", b("Shape", "slot"), chans, axis=0))
-    b.nodes.append(helper.make_node("GatherElements", ["merged", idx], ["x"], axis=1))
-    return b.nodes, ["merged", "slot"]
+    op = "TokenUnmerge"
+    b = _Body(op)
+    merged, slot = _formal(op, "merged"), _formal(op, "slot")
+    chans = b("Slice", b("Shape", merged), b.const([2]), b.const([3]))
+    idx = b("Expand", b("Unsqueeze", b("Cast", slot, to=TensorProto.INT64), b.const([2])),
+            b("Concat", b("Shape", slot), chans, axis=0))
+    b.nodes.append(helper.make_node("GatherElements", [merged, idx], [_formal(op, "x", out=True)], axis=1))
+    return b.nodes
 
 
 _BODIES = {
@@ -223,10 +281,10 @@ _BODIES = {
 
 def function_proto(op_type: str, opset: int) -> FunctionProto:
     """The model-local function for `op_type`; its default-domain opset must equal the model's."""
-    nodes, inputs = _BODIES[op_type]()
-    _, outputs, attrs = OPS[op_type]
+    inputs, outputs, attrs = OPS[op_type]
     return helper.make_function(
-        DOMAIN, op_type, inputs, outputs, nodes,
+        DOMAIN, op_type, [_formal(op_type, i) for i in inputs], [_formal(op_type, o, out=True) for o in outputs],
+        _BODIES[op_type](),
         opset_imports=[helper.make_opsetid("", opset)],
         attributes=list(attrs) + ["plugin_namespace"],
     )

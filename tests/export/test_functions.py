@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from edgemerge.export.bundle import native_problems
-from edgemerge.export.functions import one_op_model
+from edgemerge.export.functions import OPS, function_proto, one_op_model
+from edgemerge.graphs import BODY_PREFIX
 from edgemerge.merge import core, ops
 
 
@@ -139,3 +140,165 @@ def test_token_unmerge_body(dtype):
     ref = ops.token_unmerge_ref(torch.from_numpy(merged), torch.from_numpy(slot)).numpy()
     for (got,) in _run_both(one_op_model("TokenUnmerge", feeds), feeds):
         np.testing.assert_array_equal(got, ref)
+
+
+# --- what TensorRT's ONNX parser (10.1) needs of the bodies (functions.py, top comment) --------
+
+def _bodies(opset: int = 18) -> list[onnx.FunctionProto]:
+    return [function_proto(op, opset) for op in OPS]
+
+
+def _typed_body(f: onnx.FunctionProto) -> tuple[onnx.GraphProto, dict[str, int]]:
+    """The body inlined into a one-op model with fp32 tokens, and each tensor's element type."""
+    B, N, M, C = 2, 16, 5, 8
+    if f.name.startswith("TokenMatch"):
+        feeds, attrs = {"metric": np.zeros((B, N, C), np.float32)}, (
+            dict(r=3, src=list(core.alternating(N)[0]), dst=list(core.alternating(N)[1]), protect=0)
+            if f.name == "TokenMatchBipartite" else dict(height=4, width=4, k=1, protect=0))
+    elif f.name == "TokenMerge":
+        feeds, attrs = {"x": np.zeros((B, N, C), np.float32), "size": np.ones((B, N, 1), np.float32),
+                        "slot": np.zeros((B, N), np.int32)}, dict(num_out=M)
+    else:
+        feeds, attrs = {"merged": np.zeros((B, M, C), np.float32), "slot": np.zeros((B, N), np.int32)}, {}
+    model = onnx.inliner.inline_local_functions(one_op_model(f.name, feeds, **attrs))
+    typed = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    g = typed.graph
+    return g, {v.name: v.type.tensor_type.elem_type for v in [*g.value_info, *g.input, *g.output]}
+
+
+@pytest.mark.parametrize("op", list(OPS))
+def test_body_cumsum_runs_in_float(op):
+    """CumSum is FP32/FP16/BF16 only in TensorRT 10.1's operators.md: never on int64."""
+    g, elem = _typed_body(function_proto(op, 18))
+    for n in g.node:
+        if n.op_type == "CumSum":
+            assert elem[n.input[0]] in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16), n.name
+
+
+def test_body_cumsum_count():
+    """Guards the test above against passing vacuously: the match bodies do count with CumSum."""
+    counts = {f.name: sum(n.op_type == "CumSum" for n in f.node) for f in _bodies()}
+    assert counts["TokenMatchBipartite"] >= 3 and counts["TokenMatchWindow"] >= 4
+
+
+@pytest.mark.parametrize("f", _bodies(), ids=list(OPS))
+def test_body_never_reads_tie_order(f):
+    """TensorRT's TopK/ArgMax promise no order among ties: no body reads TopK's indices, and an
+    ArgMax index is used only to read the (tie-independent) maximum, or over distinct values."""
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    producer = {o: n for n in f.node for o in n.output}
+    for n in f.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    for n in f.node:
+        if n.op_type == "TopK" and len(n.output) > 1 and n.output[1]:
+            assert n.output[1] not in consumers and n.output[1] not in f.output, "TopK indices used"
+        if n.op_type == "ArgMax":
+            src = producer.get(n.input[0])
+            distinct = src is not None and src.op_type == "Where" and producer[src.input[0]].op_type == "Equal"
+            assert distinct or all(c.op_type == "GatherElements" and c.input[1] == n.output[0]
+                                   for c in consumers.get(n.output[0], [])), "ArgMax index used on ties"
+
+
+@pytest.mark.parametrize("f", _bodies(), ids=list(OPS))
+def test_body_formal_names_reserved(f):
+    """The 10.1 local-function importer binds formal names into the outer tensor map (and skips
+    one that already names an outer tensor): every formal input/output uses the reserved prefix."""
+    assert f.input and f.output
+    assert all(name.startswith(BODY_PREFIX) for name in [*f.input, *f.output])
+    assert set(f.input) | set(f.output) <= {o for n in f.node for o in n.output} | set(f.input)
+
+
+def _scramble_ties(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with the freedom TensorRT has among ties taken the other way: every TopK runs on
+    its input reversed along its axis, indices mapped back (same values; among equal values the
+    higher index first), and every ArgMax picks the last maximum."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    make = onnx.helper.make_node
+    for f in model.functions:
+        nodes: list[onnx.NodeProto] = []
+
+        def add(op, *inputs, **attrs):
+            out = f"scramble_{len(nodes)}"
+            nodes.append(make(op, list(inputs), [out], **attrs))
+            return out
+
+        def const(v):
+            return add("Constant", value=onnx.helper.make_tensor("c", onnx.TensorProto.INT64, [1], [v]))
+
+        for n in f.node:
+            if n.op_type == "ArgMax":
+                n.attribute.append(onnx.helper.make_attribute("select_last_index", 1))
+            if n.op_type != "TopK":
+                nodes.append(n)
+                continue
+            axis = next(a.i for a in n.attribute if a.name == "axis")
+            n.input[0] = add("Slice", n.input[0], const(-1), const(-(2**62)), const(axis), const(-1))
+            idx, rev_idx = n.output[1] or f"scramble_unused_{len(nodes)}", f"scramble_rev_idx_{len(nodes)}"
+            n.output[1] = rev_idx
+            nodes.append(n)
+            last = add("Sub", add("Gather", add("Shape", n.input[0]), const(axis)), const(1))
+            nodes.append(make("Sub", [last, rev_idx], [idx]))
+        del f.node[:]
+        f.node.extend(nodes)
+    return model
+
+
+def _heavy_tie_metric(B: int, N: int, C: int = 4) -> np.ndarray:
+    """All tokens identical, exactly: each normalized entry is 0.5, every cosine exactly 1."""
+    return np.ones((B, N, C), np.float32)
+
+
+BIPARTITE_TIES = [  # (name, N, split, protect); every r from 0 to S - protect is run
+    ("alternating-cls", 17, core.alternating(17, 1), 1),
+    ("alternating-distilled", 18, core.alternating(18, 2), 2),
+    ("grid2x2", 16, core.grid(4, 4, 2, 2), 0),
+]
+
+
+@pytest.mark.parametrize("name,N,split,protect", BIPARTITE_TIES, ids=[c[0] for c in BIPARTITE_TIES])
+def test_match_bipartite_body_all_tied(name, N, split, protect):
+    """All scores equal, both TopK sides (r < S - r, r > S - r, K = 0 at r = 0 and r = S), also
+    with TopK/ArgMax resolving ties the other way round."""
+    src, dst = split
+    metric = _heavy_tie_metric(2, N)
+    feeds = {"metric": metric}
+    for r in range(len(src) - protect + 1):
+        model = one_op_model("TokenMatchBipartite", feeds, r=r, src=list(src), dst=list(dst), protect=protect)
+        ref = ops.match_bipartite_ref(torch.from_numpy(metric), r, src, dst, protect).numpy()
+        for m in (model, _scramble_ties(model)):
+            for (got,) in _run_both(m, feeds):
+                np.testing.assert_array_equal(got, ref, err_msg=f"r={r}")
+
+
+@pytest.mark.parametrize("height,width,protect", [(4, 4, 0), (6, 6, 2)])
+def test_match_window_body_all_tied(height, width, protect):
+    """All window scores equal, every k from 0 to the number of windows (both TopK sides)."""
+    rng = np.random.default_rng(0)
+    metric = _heavy_tie_metric(2, protect + height * width)
+    metric[:, :protect] = rng.standard_normal((2, protect, metric.shape[2]))  # protected: any values
+    feeds = {"metric": metric}
+    for k in range((height // 2) * (width // 2) + 1):
+        model = one_op_model("TokenMatchWindow", feeds, height=height, width=width, k=k, protect=protect)
+        ref = ops.match_window_ref(torch.from_numpy(metric), height, width, k, protect).numpy()
+        for m in (model, _scramble_ties(model)):
+            for (got,) in _run_both(m, feeds):
+                np.testing.assert_array_equal(got, ref, err_msg=f"k={k}")
+
+
+def test_match_bodies_partial_ties_scrambled():
+    """Some scores tied at the selection boundary, others not: the scrambled model still matches."""
+    rows = np.eye(4, dtype=np.float32)[[0, 0, 1, 1, 0, 2, 0, 3, 2, 2, 1, 0, 3, 3, 1, 2]]
+    metric = np.stack([rows, rows[::-1].copy()])
+    src, dst = core.alternating(16)
+    for r in range(len(src) + 1):
+        model = one_op_model("TokenMatchBipartite", {"metric": metric}, r=r, src=list(src), dst=list(dst), protect=0)
+        ref = ops.match_bipartite_ref(torch.from_numpy(metric), r, src, dst).numpy()
+        for (got,) in _run_both(_scramble_ties(model), {"metric": metric}):
+            np.testing.assert_array_equal(got, ref, err_msg=f"r={r}")
+    tok = np.eye(3, dtype=np.float32)[np.random.default_rng(1).integers(0, 3, (2, 36))]
+    for k in range(10):
+        model = one_op_model("TokenMatchWindow", {"metric": tok}, height=6, width=6, k=k, protect=0)
+        ref = ops.match_window_ref(torch.from_numpy(tok), 6, 6, k).numpy()
+        for (got,) in _run_both(_scramble_ties(model), {"metric": tok}):
+            np.testing.assert_array_equal(got, ref, err_msg=f"k={k}")
