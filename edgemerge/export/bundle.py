@@ -28,6 +28,8 @@ from edgemerge.merge.core import record_decisions
 PRECISIONS = ("fp32", "fp16")
 MERGE_OPS = ("plugin", "native")
 FORBIDDEN_NATIVE = ("ScatterND",)  # and ScatterElements with a reduction, TopK with K > 3840
+# TopK's K: NvInfer.h v10.3.0 says "up to 3840", onnx-tensorrt docs/operators.md (release/10.1-GA,
+# and at the v10.15 parser) "less than 3840": the stricter reading holds for both.
 TOPK_LIMIT = 3840
 FP32_TOLERANCE = 1e-4  # max abs error relative to the logits' range
 FP16_MIN_AGREEMENT = 0.995
@@ -214,8 +216,8 @@ def native_problems(model: onnx.ModelProto) -> list[str]:
             k = consts.get(n.input[1])
             if k is None:
                 out.append(f"TopK {n.name} with a K that is not a constant")
-            elif int(np.asarray(k).reshape(-1)[0]) > TOPK_LIMIT:
-                out.append(f"TopK {n.name} with K={int(np.asarray(k).reshape(-1)[0])} > {TOPK_LIMIT}")
+            elif int(np.asarray(k).reshape(-1)[0]) >= TOPK_LIMIT:
+                out.append(f"TopK {n.name} with K={int(np.asarray(k).reshape(-1)[0])} >= {TOPK_LIMIT}")
         if n.op_type == "ScatterElements":
             red = next((a.s.decode() for a in n.attribute if a.name == "reduction"), "none")
             if red != "none":

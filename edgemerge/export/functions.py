@@ -33,8 +33,8 @@ at release/10.1-GA; TensorRT include/NvInfer.h at v10.3.0):
   it "INF64"); BOOL for Not, And, Or, Xor; Shape, Slice, Reshape, (Un)Squeeze, Transpose, Cast
   among FP32/FP16/INT32/INT64/BOOL. Axes and CumSum's axis are Constant nodes, which the parser
   imports as weights (10.1 asks for "an initializer").
-  Documented, not changed: operators.md says TopK's K "must be less than 3840", NvInfer.h "up to
-  3840"; `bundle.TOPK_LIMIT` lets K = 3840 through.
+  operators.md says TopK's K "must be less than 3840", NvInfer.h "up to
+  3840"; `bundle.native_problems` refuses K >= 3840 (the stricter reading).
 """
 
 from __future__ import annotations
