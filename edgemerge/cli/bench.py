@@ -45,4 +45,4 @@ def bench(artifact, baseline, unmerged, baseline_dir, backend, device, iters, wa
     write_files([(jpath, json_bytes(report)), (ppath, plot_bytes(report))])  # both or neither
     for line in summary_lines(report):
         click.echo(line)
-    click.echo(f"wrote {jpath} and {ppath}")
+    click.echo(f"wrote {jpath.resolve()} and {ppath.resolve()}")  # say where, even for the cwd default

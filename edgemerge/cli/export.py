@@ -23,7 +23,9 @@ from edgemerge.cli import main, progress_reporter
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Seed of random weights and check inputs.")
 @click.option("--engine", is_flag=True, help="Also build the TensorRT engine (needs TensorRT and a GPU).")
 @click.option("--plugins", type=click.Path(), default=None, help="Plugin library for --engine.")
-@click.option("--out", "-o", type=click.Path(), default=None, help="Bundle directory, default: MODEL-VARIANT.")
+@click.option("--out", "-o", type=click.Path(), default=None,
+              help="Bundle directory, default: MODEL-VARIANT plus what differs from the defaults "
+                   "(-fp16, -HxW, -native, -bN); an existing bundle there is replaced, and said so.")
 def export(model, variant, checkpoint, resolution, batch, precision, merge_ops, opset, num_classes,
            calibration, seed, engine, plugins, out) -> None:
     """Export a merged model to a self-checked ONNX bundle for TensorRT."""
@@ -43,7 +45,10 @@ def export(model, variant, checkpoint, resolution, batch, precision, merge_ops, 
     check = manifest["self_check"]
     plan = manifest["plan"]
     g = plan["gflops"]
-    click.echo(f"bundle: {manifest['bundle']}/")
+    replaced = "  (replaced the bundle that was there)" if manifest["replaced"] else ""
+    click.echo(f"bundle: {manifest['bundle']}/{replaced}")
+    if info := manifest.get("checkpoint"):
+        click.echo(f"  checkpoint  {info['format']} format, {manifest['num_classes']} classes")
     click.echo(f"  model.onnx  sha256 {manifest['onnx_sha256'][:16]}  ops: {', '.join(manifest['custom_ops']) or 'standard only'}")
     click.echo(f"  self-check  ONNX Runtime vs PyTorch: argmax agreement {check['argmax_agreement'] * 100:.2f}%, "
                f"max abs error {check['max_abs_rel_range']:.1e} of the logits' range")

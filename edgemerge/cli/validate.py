@@ -13,13 +13,14 @@ from edgemerge.validate.api import _fmt
 @click.option("--images", type=click.Path(), default=None,
               help="Folder of images (resized + normalised per the manifest). Default: seeded synthetic scenes.")
 @click.option("--labels", type=click.Path(), default=None,
-              help="Folder of label PNGs, matched to the images by file stem (0..K-1, 255 ignored).")
+              help="Folder of label PNGs, matched to the images by file stem and of their size (0..K-1, 255 ignored).")
 @click.option("--num", "-n", type=int, default=None, help="Number of images (default: 4 synthetic, or all).")
-@click.option("--atol", type=float, default=None, help="Limit on the max abs error (logit units).")
+@click.option("--atol", type=float, default=None, help="Limit on the max abs error (logit units), >= 0.")
 @click.option("--rtol", type=float, default=None,
-              help="Limit on the max abs error as a fraction of the reference logits' range (fp32 default 1e-3).")
+              help="Limit on the max abs error as a fraction of the reference logits' range, >= 0 (fp32 default "
+                   "1e-3); unlike polygraphy's per-element rtol.")
 @click.option("--min-agreement", type=float, default=None,
-              help="Minimum argmax pixel agreement (default: fp32 0.999, fp16 0.99).")
+              help="Minimum argmax pixel agreement, a fraction in [0, 1] (default: fp32 0.999, fp16 0.99).")
 @click.option("--localize", is_flag=True, help="On failure, name the first ONNX node whose output diverges.")
 @click.option("--out", "-o", type=click.Path(), default=None,
               help="Report folder (report.json, report.png). Default: validate_report/ in the bundle.")

@@ -313,8 +313,20 @@ def _write_json(path: Path, obj: Any) -> None:
 
 
 def default_out(opts: ExportOptions) -> Path:
-    suffix = "" if opts.precision == "fp32" else f"-{opts.precision}"
-    return Path(f"{opts.model}-{opts.variant}{suffix}")
+    """MODEL-VARIANT, plus whatever differs from the defaults (fp16, HxW, native ops, batch), so
+    that a native or 128x128 export does not replace the plugin/512x512 one."""
+    from edgemerge.models import get_config
+
+    parts = [opts.model, opts.variant]
+    if opts.precision != "fp32":
+        parts.append(opts.precision)
+    if opts.resolution is not None and tuple(opts.resolution) != tuple(get_config(opts.model).resolution):
+        parts.append(f"{opts.resolution[0]}x{opts.resolution[1]}")
+    if opts.merge_ops != "plugin":
+        parts.append(opts.merge_ops)
+    if opts.batch != 1:
+        parts.append(f"b{opts.batch}")
+    return Path("-".join(parts))
 
 
 def export_bundle(opts: ExportOptions, progress: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
@@ -337,6 +349,7 @@ def export_bundle(opts: ExportOptions, progress: Callable[[str], None] = lambda 
         raise EdgemergeError(f"seed must be >= 0, got {opts.seed}")
     out = Path(opts.out) if opts.out else default_out(opts)
     _check_writable(out)
+    replaced = (out / "manifest.json").is_file()
     if opts.engine:
         check_engine_possible(opts.plugins)  # before the export, not after it
 
@@ -426,6 +439,7 @@ def export_bundle(opts: ExportOptions, progress: Callable[[str], None] = lambda 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     manifest["bundle"] = str(out)
+    manifest["replaced"] = replaced  # not in manifest.json: what this run did
     return manifest
 
 

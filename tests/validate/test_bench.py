@@ -104,7 +104,18 @@ def test_bench_unmerged_reuses_a_kept_baseline(bundle, tmp_path):
     manifest = json.loads((bundle / "manifest.json").read_text())
     kept = tmp_path / unmerged_name(manifest)
     shutil.copytree(bundle, kept)  # stands in for the unmerged export (same settings, variant none)
-    (kept / "manifest.json").write_text(json.dumps({**manifest, "variant": "none"}))
+    import hashlib
+
+    import onnx
+
+    from edgemerge.identity import stamp
+
+    unmerged = {**manifest, "variant": "none"}
+    model = onnx.load(str(kept / "model.onnx"))
+    stamp(model, unmerged)  # the ONNX says what the manifest says, as a real unmerged export's would
+    onnx.save(model, str(kept / "model.onnx"))
+    unmerged["onnx_sha256"] = hashlib.sha256((kept / "model.onnx").read_bytes()).hexdigest()
+    (kept / "manifest.json").write_text(json.dumps(unmerged))
     result = CliRunner().invoke(main, ["bench", str(bundle), "--unmerged", "--baseline-dir", str(tmp_path),
                                        "--iters", "2", "--json", str(tmp_path / "r.json")])
     assert result.exit_code == 0, result.output
