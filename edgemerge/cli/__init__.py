@@ -14,7 +14,7 @@ import click
 from edgemerge import __version__
 from edgemerge.errors import EdgemergeError
 
-COMMAND_MODULES = ("models", "plan", "calibrate", "export", "build", "validate", "bench", "show")
+COMMAND_MODULES = ("models", "plan", "calibrate", "train_metric", "export", "build", "validate", "bench", "show")
 
 
 class _Group(click.Group):
