@@ -19,7 +19,7 @@ from edgemerge import __version__
 from edgemerge.errors import EdgemergeError
 from edgemerge.progress import counter  # noqa: F401  (re-exported for the commands)
 
-COMMAND_MODULES = ("models", "plan", "calibrate", "export", "build", "validate", "bench", "show")
+COMMAND_MODULES = ("models", "plan", "calibrate", "train_metric", "export", "build", "validate", "bench", "show")
 
 
 EXIT_BAD_INPUT = 2

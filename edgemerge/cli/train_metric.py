@@ -1,0 +1,45 @@
+"""`edgemerge train-metric`: learn the merge metric of a plan's sites on a folder of images."""
+
+from __future__ import annotations
+
+import click
+
+from edgemerge.cli import main
+
+
+@main.command("train-metric")
+@click.option("--model", "-m", required=True, help="A vit-*/deit-* model.")
+@click.option("--variant", "-v", default="dtem", show_default=True, help="A variant with a learned metric.")
+@click.option("--checkpoint", "-c", required=True, type=click.Path(), help="The frozen backbone's weights.")
+@click.option("--images", "-i", required=True, type=click.Path(), help="Folder of training images (no labels needed).")
+@click.option("--out", "-o", required=True, type=click.Path(), help="Run folder: checkpoint.pth, train_record.json, "
+              "train_state.pth (rerun with the same options to resume).")
+@click.option("--steps", type=int, default=None, help="Optimizer steps, default: --epochs over the images.")
+@click.option("--epochs", type=int, default=1, show_default=True)
+@click.option("--batch", type=int, default=8, show_default=True)
+@click.option("--lr", type=float, default=1e-4, show_default=True, help="AdamW, cosine to 1e-6 (DTEM's recipe).")
+@click.option("--resolution", "-r", default=None, help="Input HxW, default: the model's.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def train_metric(model: str, variant: str, checkpoint: str, images: str, out: str, steps: int | None, epochs: int,
+                 batch: int, lr: float, resolution: str | None, seed: int) -> None:
+    """Train DTEM's merge metric with the backbone frozen (distillation against the unmerged model)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from edgemerge.export.bundle import parse_resolution
+    from edgemerge.train import TrainOptions, train_metric as run
+
+    opts = TrainOptions(model=model, variant=variant, checkpoint=checkpoint, images=images, out=out, steps=steps,
+                        epochs=epochs, batch=batch, lr=lr, resolution=parse_resolution(resolution), seed=seed)
+    console = Console(stderr=True)
+    with Progress(TextColumn("training metric"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
+                  TimeRemainingColumn(), console=console) as bar:
+        task = bar.add_task("train", total=None, loss="-")
+        record = run(opts, progress=lambda step, total, loss: bar.update(task, completed=step, total=total,
+                                                                           loss=f"{loss:.4f}"))
+    b, a = record["eval_before"], record["eval_after"]
+    click.echo(f"wrote {out}/checkpoint.pth and train_record.json ({record['steps']} steps, "
+               f"{record['train_seconds']:.0f} s)")
+    click.echo(f"  KL to the unmerged model on {record['eval_images']} images: hard merging "
+               f"{b['hard_kl']:.4f} -> {a['hard_kl']:.4f}, soft {b['soft_kl']:.4f} -> {a['soft_kl']:.4f}")
+    click.echo(f"  export it: edgemerge export --model {model} --variant {variant} --checkpoint {out}/checkpoint.pth")

@@ -1,0 +1,239 @@
+"""`edgemerge train-metric`: learn DTEM's merge metric with the backbone frozen.
+
+Default loss without labels: distillation, KL(unmerged model's class scores || merged model's),
+on the same image; the merged model merges softly (edgemerge.merge.soft) so the loss has a
+gradient with respect to the metric. The metric starts as the projection that reproduces today's
+metric (the keys), so step 0 is the published behaviour and training can only move from it.
+Recipe from DTEM's train.py: AdamW lr 1e-4, weight decay 1e-4 on weights only, gradient clip 5,
+cosine to 1e-6. The run is seeded (the batch of step s depends only on seed and s) and resumable
+(`train_state.pth` in --out); the result is `checkpoint.pth` (the input's weights plus
+`blocks.{i}.dtem_metric.*`, read by `export --checkpoint` and `validate`) and `train_record.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from edgemerge.errors import EdgemergeError
+
+MIN_LR = 1e-6
+CLIP = 5.0
+EVAL_IMAGES = 8
+STATE_FILE, CHECKPOINT_FILE, RECORD_FILE = "train_state.pth", "checkpoint.pth", "train_record.json"
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    model: str
+    variant: str
+    checkpoint: str
+    images: str
+    out: str
+    steps: int | None = None  # optimizer steps; default: epochs over the images
+    epochs: int = 1
+    batch: int = 8
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    resolution: tuple[int, int] | None = None
+    seed: int = 0
+    save_every: int = 50
+    top_k: int = 3
+    tau_score: float = 0.1
+    tau_pick: float = 0.1
+
+
+def distillation_loss(student: Tensor, teacher: Tensor) -> Tensor:
+    """KL(softmax(teacher) || softmax(student)) per image (per pixel for dense logits [B, K, H, W])."""
+    s, t = F.log_softmax(student.float(), dim=1), F.log_softmax(teacher.float(), dim=1)
+    kl = F.kl_div(s, t, log_target=True, reduction="none").sum(1)
+    return kl.mean()
+
+
+def _torch_save_atomic(obj: Any, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _load_images(folder: str, cfg) -> Tensor:
+    from edgemerge.images import list_images, load_image, normalize
+
+    H, W = cfg.resolution
+    files = list_images(folder)
+    return torch.stack([torch.from_numpy(normalize(load_image(f, H, W)[None], cfg.mean, cfg.std)[0]) for f in files])
+
+
+def _metrics_from(model, plan, merge_state: dict[str, Tensor]) -> nn.ModuleList:
+    """One projection per block: the checkpoint's learned one if it has it, else the keys'."""
+    from edgemerge.merge.patch import keys_projection
+
+    out = []
+    for i, blk in enumerate(model.blocks):
+        key = f"blocks.{i}.dtem_metric."
+        if key + "weight" in merge_state:
+            w = merge_state[key + "weight"]
+            proj = nn.Linear(w.shape[1], w.shape[0])
+            proj.load_state_dict({"weight": w, "bias": merge_state[key + "bias"]})
+        else:
+            proj = keys_projection(blk.attn, plan.metric_dim)
+        out.append(proj.float())
+    return nn.ModuleList(out)
+
+
+def metric_state(metrics: nn.ModuleList) -> dict[str, Tensor]:
+    """The metric tensors under the keys a checkpoint carries them (blocks.{i}.dtem_metric.*)."""
+    return {f"blocks.{i}.dtem_metric.{k}": v.detach().clone() for i, m in enumerate(metrics)
+            for k, v in m.state_dict().items()}
+
+
+def _lr_at(step: int, total: int, lr: float) -> float:
+    """Cosine from lr to MIN_LR over `total` steps (DTEM's schedule without warm-up)."""
+    return MIN_LR + (lr - MIN_LR) * 0.5 * (1 + math.cos(math.pi * step / max(total, 1)))
+
+
+def _batch_of(step: int, n_images: int, batch: int, seed: int) -> Tensor:
+    """Image indices of step `step`: a seeded permutation per epoch, so a resumed run sees the same."""
+    first = step * batch
+    idx = []
+    while len(idx) < batch:
+        epoch, pos = divmod(first + len(idx), n_images)
+        perm = torch.randperm(n_images, generator=torch.Generator().manual_seed(seed * 100003 + epoch))
+        idx.append(int(perm[pos]))
+    return torch.tensor(idx)
+
+
+def _hard_kl(model, plan, metrics, images: Tensor, teacher: Tensor) -> float:
+    """What inference does: hard ToMe merging on the current metric, KL to the unmerged model."""
+    from edgemerge.merge.patch import apply_merging, remove_merging
+
+    apply_merging(model, plan, dtem_state=metric_state(metrics))
+    try:
+        with torch.no_grad():
+            return float(distillation_loss(model(images), teacher))
+    finally:
+        remove_merging(model)
+
+
+def _options_key(opts: TrainOptions, sha: str) -> dict[str, Any]:
+    d = asdict(opts)
+    d.pop("out")
+    d.pop("save_every")
+    d["checkpoint_sha256"] = sha
+    d["resolution"] = list(d["resolution"]) if d["resolution"] else None
+    return d
+
+
+def train_metric(opts: TrainOptions, progress: Callable[[int, int, float], None] | None = None) -> dict[str, Any]:
+    """Train every merge site's metric of `opts.variant`; returns the training record (also written)."""
+    from edgemerge.merge.plan import ToMePlan, get_plan
+    from edgemerge.models import load_checkpoint
+    from edgemerge.train.vit import SoftStats, soft_vit_forward
+
+    plan = get_plan(opts.model, opts.variant)
+    if not (isinstance(plan, ToMePlan) and plan.metric == "dtem"):
+        raise EdgemergeError(f"train-metric trains a learned merge metric; {opts.model}'s variant {opts.variant!r} "
+                             f"has none (ViT/DeiT: use --variant dtem)")
+    if opts.batch < 1 or (opts.steps is not None and opts.steps < 1) or opts.epochs < 1:
+        raise EdgemergeError("--batch, --steps and --epochs must be >= 1")
+    torch.manual_seed(opts.seed)
+    model, info = load_checkpoint(opts.model, opts.checkpoint, resolution=opts.resolution)
+    model.requires_grad_(False)
+    images = _load_images(opts.images, model.config)
+    total = opts.steps if opts.steps is not None else opts.epochs * math.ceil(len(images) / opts.batch)
+    metrics = _metrics_from(model, plan, info.merge_state)
+    decay = [p for p in metrics.parameters() if p.ndim > 1]
+    no_decay = [p for p in metrics.parameters() if p.ndim <= 1]
+    optimizer = torch.optim.AdamW([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}],
+                                  lr=opts.lr, weight_decay=opts.weight_decay)
+    out = Path(opts.out)
+    out.mkdir(parents=True, exist_ok=True)
+    key = _options_key(opts, info.sha256)
+    start, losses, seconds = 0, [], 0.0
+    if (out / STATE_FILE).is_file():
+        state = torch.load(out / STATE_FILE, map_location="cpu", weights_only=True)
+        if state["options"] != json.loads(json.dumps(key)):
+            raise EdgemergeError(f"{out} holds a run with other options ({out / STATE_FILE}); "
+                                 f"use another --out, or delete it to start over")
+        metrics.load_state_dict(state["metrics"])
+        optimizer.load_state_dict(state["optimizer"])
+        start, losses, seconds = int(state["step"]), list(state["losses"]), float(state["seconds"])
+
+    with torch.no_grad():
+        teacher = torch.cat([model(images[i: i + opts.batch]) for i in range(0, len(images), opts.batch)])
+    held = slice(0, min(EVAL_IMAGES, len(images)))
+
+    def evaluate() -> dict[str, float]:
+        with torch.no_grad():
+            soft_logits = soft_vit_forward(model, metrics, images[held], plan.r, top_k=opts.top_k,
+                                           tau_score=opts.tau_score, tau_pick=opts.tau_pick)
+        return {"soft_kl": float(distillation_loss(soft_logits, teacher[held])),
+                "hard_kl": _hard_kl(model, plan, metrics, images[held], teacher[held])}
+
+    before = evaluate() if start == 0 else None
+
+    def save(step: int) -> None:
+        _torch_save_atomic({"options": key, "step": step, "metrics": metrics.state_dict(),
+                            "optimizer": optimizer.state_dict(), "losses": losses, "seconds": seconds,
+                            "before": before}, out / STATE_FILE)
+
+    if start == 0:
+        save(0)
+    else:
+        before = torch.load(out / STATE_FILE, map_location="cpu", weights_only=True)["before"]
+    stats = SoftStats()
+    for step in range(start, total):
+        t0 = time.perf_counter()
+        for group in optimizer.param_groups:
+            group["lr"] = _lr_at(step, total, opts.lr)
+        idx = _batch_of(step, len(images), opts.batch, opts.seed)
+        stats = SoftStats()
+        student = soft_vit_forward(model, metrics, images[idx], plan.r, top_k=opts.top_k, tau_score=opts.tau_score,
+                                   tau_pick=opts.tau_pick, stats=stats)
+        loss = distillation_loss(student, teacher[idx])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(metrics.parameters(), CLIP)
+        optimizer.step()
+        losses.append(round(loss.item(), 6))
+        seconds += time.perf_counter() - t0
+        if progress is not None:
+            progress(step + 1, total, losses[-1])
+        if (step + 1) % opts.save_every == 0 or step + 1 == total:
+            save(step + 1)
+
+    after = evaluate()
+    state = {k: v for k, v in model.state_dict().items()}
+    state.update(metric_state(metrics))
+    _torch_save_atomic(state, out / CHECKPOINT_FILE)
+    record = {"model": opts.model, "variant": opts.variant, "plan": {"r": plan.r, "metric_dim": plan.metric_dim},
+              "options": key, "checkpoint_in": str(opts.checkpoint), "checkpoint_format": info.format,
+              "images": len(images), "resolution": list(model.config.resolution), "steps": total,
+              "loss": "distillation: KL(unmerged || soft-merged) of the class scores",
+              "optimizer": {"name": "AdamW", "lr": opts.lr, "min_lr": MIN_LR, "schedule": "cosine",
+                            "weight_decay": opts.weight_decay, "weight_decay_on": "weights only", "clip": CLIP},
+              "relaxation": {"top_k": opts.top_k, "tau_score": opts.tau_score, "tau_pick": opts.tau_pick},
+              "train_loss_first": losses[0] if losses else None, "train_loss_last": losses[-1] if losses else None,
+              "losses": losses, "eval_images": held.stop, "eval_before": before, "eval_after": after,
+              "picked_mass_last_step": [{"r": r, "mass": round(m, 4)} for r, m in zip(stats.counts, stats.mass)],
+              "train_seconds": round(seconds, 1), "torch": torch.__version__, "seed": opts.seed,
+              "checkpoint": CHECKPOINT_FILE}
+    from edgemerge.files import atomic_write_bytes
+
+    atomic_write_bytes(out / RECORD_FILE, (json.dumps(record, indent=2) + "\n").encode())
+    return record

@@ -1,0 +1,116 @@
+"""`edgemerge train-metric` on a random ViT-T and generated images: the distillation loss falls,
+only the metric learns, an interrupted run resumes to the same result, the output exports."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from edgemerge.cli import main
+from edgemerge.export.bundle import ExportOptions, _randomize_norm_stats, export_bundle
+from edgemerge.images import synthetic_images
+from edgemerge.merge.plan import get_plan
+from edgemerge.models import build_model, load_checkpoint
+from edgemerge.train import TrainOptions, train_metric
+from edgemerge.train.metric import _metrics_from, distillation_loss
+from edgemerge.train.vit import SoftStats, soft_vit_forward
+
+RES = (64, 64)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """A random vit-t whose class scores are far from uniform, and 12 generated scene images."""
+    d = tmp_path_factory.mktemp("train")
+    torch.manual_seed(0)
+    model = build_model("vit-t", resolution=RES)
+    _randomize_norm_stats(model, 0)
+    model.head.weight.data *= 30
+    torch.save(model.state_dict(), d / "vit-t.pth")
+    (d / "img").mkdir()
+    for i, im in enumerate(synthetic_images(12, *RES, seed=1)):
+        Image.fromarray((im.transpose(1, 2, 0) * 255).astype(np.uint8)).save(d / "img" / f"{i:02d}.png")
+    return d
+
+
+def _opts(data, out, **kw) -> TrainOptions:
+    base = dict(model="vit-t", variant="dtem", checkpoint=str(data / "vit-t.pth"), images=str(data / "img"),
+                out=str(out), steps=8, batch=4, lr=1e-3, resolution=RES)
+    return TrainOptions(**{**base, **kw})
+
+
+def test_training_lowers_the_distillation_loss_and_exports(data, tmp_path):
+    res = CliRunner().invoke(main, ["train-metric", "-m", "vit-t", "-c", str(data / "vit-t.pth"), "-i",
+                                    str(data / "img"), "-o", str(tmp_path / "run"), "--steps", "8", "--batch", "4",
+                                    "--lr", "1e-3", "-r", "64x64"])
+    assert res.exit_code == 0, res.output
+    record = json.loads((tmp_path / "run" / "train_record.json").read_text())
+    before, after = record["eval_before"], record["eval_after"]
+    assert after["soft_kl"] < 0.9 * before["soft_kl"]  # the objective it trains
+    assert before["hard_kl"] > 0 and after["hard_kl"] > 0  # recorded; 8 steps need not lower it
+    assert record["steps"] == 8 and len(record["losses"]) == 8 and record["optimizer"]["name"] == "AdamW"
+    _, info = load_checkpoint("vit-t", tmp_path / "run" / "checkpoint.pth", resolution=RES)
+    assert len(info.merge_state) == 24
+    m = export_bundle(ExportOptions("vit-t", "dtem", checkpoint=str(tmp_path / "run" / "checkpoint.pth"),
+                                    resolution=RES, out=str(tmp_path / "bundle")))
+    assert m["self_check"]["passed"]
+
+
+def test_only_the_metric_learns(data):
+    model, _ = load_checkpoint("vit-t", data / "vit-t.pth", resolution=RES)
+    model.requires_grad_(False)
+    metrics = _metrics_from(model, get_plan("vit-t", "dtem"), {})
+    x = torch.randn(2, 3, *RES)
+    with torch.no_grad():
+        teacher = model(x)
+    stats = SoftStats()
+    distillation_loss(soft_vit_forward(model, metrics, x, 13, stats=stats), teacher).backward()
+    assert all(p.grad is None for p in model.parameters())
+    sites = len(stats.counts)  # 17 tokens: blocks 0-3 merge 8, 4, 2, 1; later blocks have nothing to merge
+    assert sites == 4
+    for i, m in enumerate(metrics):
+        grads = [p.grad for p in m.parameters()]
+        if i < sites:
+            assert all(g is not None and torch.isfinite(g).all() for g in grads)
+            # block 3 merges its one source into its one destination: nothing to choose, no gradient
+            assert (sum(float(g.abs().sum()) for g in grads) > 0) == (i < 3)
+        else:
+            assert all(g is None for g in grads)
+
+
+def test_interrupted_run_resumes_to_the_same_metric(data, tmp_path):
+    train_metric(_opts(data, tmp_path / "whole"))
+
+    def stop_at_5(step, total, loss):
+        if step == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_metric(_opts(data, tmp_path / "cut", save_every=2), progress=stop_at_5)
+    state = torch.load(tmp_path / "cut" / "train_state.pth", weights_only=True)
+    assert state["step"] == 4
+    resumed = train_metric(_opts(data, tmp_path / "cut", save_every=2))
+    whole = json.loads((tmp_path / "whole" / "train_record.json").read_text())
+    assert resumed["losses"] == whole["losses"]
+    a = torch.load(tmp_path / "whole" / "checkpoint.pth", weights_only=True)
+    b = torch.load(tmp_path / "cut" / "checkpoint.pth", weights_only=True)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_bad_input_is_one_line_exit_2(data, tmp_path):
+    train_metric(_opts(data, tmp_path / "run", steps=1))
+    cases = [
+        ["-v", "tome", "-o", str(tmp_path / "x")],  # no learned metric in that variant
+        ["-o", str(tmp_path / "run"), "--lr", "5e-4"],  # the folder holds a run with other options
+        ["-o", str(tmp_path / "y"), "--steps", "0"],
+    ]
+    for extra in cases:
+        res = CliRunner().invoke(main, ["train-metric", "-m", "vit-t", "-c", str(data / "vit-t.pth"), "-i",
+                                        str(data / "img"), "-r", "64x64", "--steps", "1", *extra])
+        assert res.exit_code == 2, (extra, res.output)
+        assert len([ln for ln in res.output.splitlines() if ln.startswith("edgemerge: error:")]) == 1
