@@ -231,7 +231,7 @@ def show_merges(model_name: str, variant: str, image: str | Path, out: str | Pat
 
     import torch
 
-    from edgemerge.export.bundle import build_reference
+    from edgemerge.reference import build_reference
     from edgemerge.images import load_image, normalize
     from edgemerge.merge import get_plan, resolve
     from edgemerge.models import get_config

@@ -70,3 +70,12 @@ def test_class_count_mismatch(tmp_path):
     msg = _one_line_error(["export", "-m", "segformer-b0", "-c", str(path), "--num-classes", "150",
                            "-o", str(tmp_path / "out")])
     assert "19" in msg and "150" in msg
+
+
+def test_every_command_module_registers_its_command():
+    """The CLI imports each module in COMMAND_MODULES without swallowing an import error, and each
+    registers the command of its name (a renamed module must not silently drop a command)."""
+    from edgemerge.cli import COMMAND_MODULES, main
+
+    assert {m.replace("_", "-") for m in COMMAND_MODULES} <= set(main.commands)
+

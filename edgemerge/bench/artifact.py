@@ -5,11 +5,11 @@ Needs no torch: the device side reads the manifest and runs the file it names.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from edgemerge.errors import EdgemergeError
+from edgemerge.manifest import Manifest, read_manifest
 
 MANIFEST = "manifest.json"
 BACKENDS = ("trt", "onnxruntime", "torch")
@@ -21,7 +21,7 @@ class Artifact:
 
     path: Path  # model.onnx or model.plan (for the torch backend: the bundle's ONNX or plan, unused)
     kind: str  # 'onnx' | 'plan'
-    manifest: dict
+    manifest: Manifest
 
     @property
     def bundle(self) -> Path:
@@ -35,13 +35,7 @@ class Artifact:
 
     def input_spec(self) -> tuple[str, tuple[int, ...], str]:
         """(name, shape, numpy dtype name) of the model input, from the manifest."""
-        inputs = self.manifest.get("inputs") or []
-        if inputs:
-            i = inputs[0]
-            return i["name"], tuple(i["shape"]), i.get("dtype", "float32")
-        H, W = self.manifest["resolution"]
-        dtype = "float16" if self.manifest.get("precision") == "fp16" else "float32"
-        return "pixel_values", (int(self.manifest.get("batch", 1)), 3, H, W), dtype
+        return self.manifest.input_spec()
 
     @property
     def gflops(self) -> dict | None:
@@ -53,8 +47,6 @@ def read_artifact(path: str | Path) -> Artifact:
     p = Path(path)
     if p.is_dir():
         onnx_path = p / "model.onnx"
-        if not (p / MANIFEST).is_file():
-            raise EdgemergeError(f"{p}: no {MANIFEST} in this directory; bench an `edgemerge export` bundle")
         if not onnx_path.is_file():
             raise EdgemergeError(f"{p}: bundle has no model.onnx")
         p = onnx_path
@@ -63,20 +55,7 @@ def read_artifact(path: str | Path) -> Artifact:
     suffix = p.suffix.lower()
     if suffix not in (".onnx", ".plan", ".engine"):
         raise EdgemergeError(f"{p}: not a bundle directory, .onnx or .plan file")
-    mpath = p.with_name(MANIFEST)
-    if not mpath.is_file():
-        raise EdgemergeError(f"{p}: no {MANIFEST} beside it; bench an `edgemerge export` bundle")
-    try:
-        manifest = json.loads(mpath.read_text())
-    except json.JSONDecodeError as e:
-        raise EdgemergeError(f"{mpath}: not valid JSON ({e.msg}, line {e.lineno})") from None
-    for key in ("model", "variant", "resolution"):
-        if key not in manifest:
-            raise EdgemergeError(f"{mpath}: manifest has no {key!r}")
-    if (p.parent / "model.onnx").is_file():
-        from edgemerge.identity import check_manifest
-
-        check_manifest(manifest, p.parent / "model.onnx", mpath)  # the label and --unmerged trust it
+    manifest = read_manifest(p)
     return Artifact(p, "onnx" if suffix == ".onnx" else "plan", manifest)
 
 

@@ -13,7 +13,7 @@ import platform
 import resource
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -202,7 +202,7 @@ def unmerged_artifact(merged: Artifact, backend: str, workdir: Path,
         plan = dict(m.get("plan") or {})
         if g:
             plan["gflops"] = {"merged": g["unmerged"], "unmerged": g["unmerged"], "ratio": 1.0}
-        return Artifact(merged.path, merged.kind, {**m, "variant": "none", "plan": plan})
+        return Artifact(merged.path, merged.kind, replace(m, variant="none", plan=plan))
     from edgemerge.export.bundle import ExportOptions, export_bundle
 
     ck = m.get("checkpoint")

@@ -86,18 +86,6 @@ def _polygraphy_base():
     return BaseRunner
 
 
-def reference_from_manifest(manifest: dict, variant: str | None = None):
-    """The PyTorch model a bundle was exported from (or its `variant` at the same settings)."""
-    from edgemerge.export.bundle import build_reference
-
-    ck = manifest.get("checkpoint")
-    model, _, _ = build_reference(
-        manifest["model"], variant or manifest["variant"], checkpoint=ck["path"] if ck else None,
-        resolution=tuple(manifest["resolution"]), seed=int(manifest.get("seed", 0)),
-        num_classes=manifest.get("num_classes"), calibration=manifest.get("calibration"))
-    return model
-
-
 class TorchRunner(_polygraphy_base()):
     """The merged PyTorch model (SDPA attention) as a polygraphy runner; CPU or CUDA.
 
@@ -111,7 +99,7 @@ class TorchRunner(_polygraphy_base()):
         self.model = None
         import torch  # noqa: F401  (imported here, so that import costs stay out of the memory figure)
 
-        import edgemerge.export.bundle  # noqa: F401
+        import edgemerge.reference  # noqa: F401
         import edgemerge.merge  # noqa: F401
         import edgemerge.models  # noqa: F401
 
@@ -122,6 +110,8 @@ class TorchRunner(_polygraphy_base()):
             raise EdgemergeError("--device cuda: torch sees no CUDA GPU here")
         if self.device == "cpu":
             torch.set_num_threads(os.cpu_count() or 1)
+        from edgemerge.reference import reference_from_manifest  # checks the checkpoint's sha256
+
         model = reference_from_manifest(self.artifact.manifest, self.variant).to(self.device)
         self.dtype = torch.float16 if (self.device == "cuda" and self.artifact.manifest.get("precision") == "fp16") \
             else torch.float32

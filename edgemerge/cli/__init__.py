@@ -99,9 +99,5 @@ def main() -> None:
     """
 
 
-for _name in COMMAND_MODULES:
-    try:
-        import_module(f"edgemerge.cli.{_name}")
-    except ModuleNotFoundError as _e:  # a command whose module is not written yet
-        if _e.name != f"edgemerge.cli.{_name}":
-            raise
+for _name in COMMAND_MODULES:  # a missing or renamed command module fails loudly, here
+    import_module(f"edgemerge.cli.{_name}")

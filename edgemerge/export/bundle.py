@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -18,21 +17,23 @@ import numpy as np
 import onnx
 
 from edgemerge import __version__
+from edgemerge.compare import check, compare, describe, metrics
 from edgemerge.errors import CheckFailed, EdgemergeError
+from edgemerge.manifest import MERGE_OPS, PRECISIONS, ExportOptions, parse_resolution  # noqa: F401  (re-exported)
 from edgemerge.files import sha256_file
 from edgemerge.graphs import merge_sites
+from edgemerge.reference import build_reference
 from edgemerge.identity import stamp
 from edgemerge.images import normalize, synthetic_images
 from edgemerge.merge.core import record_decisions
 
-PRECISIONS = ("fp32", "fp16")
-MERGE_OPS = ("plugin", "native")
 FORBIDDEN_NATIVE = ("ScatterND",)  # and ScatterElements with a reduction, TopK with K > 3840
 # TopK's K: NvInfer.h v10.3.0 says "up to 3840", onnx-tensorrt docs/operators.md (release/10.1-GA,
 # and at the v10.15 parser) "less than 3840": the stricter reading holds for both.
 TOPK_LIMIT = 3840
-FP32_TOLERANCE = 1e-4  # max abs error relative to the logits' range
-FP16_MIN_AGREEMENT = 0.995
+# The self-check's figures (edgemerge.compare, profile "self-check") kept in the manifest.
+FIGURES = ("max_abs", "mean_abs", "range", "max_abs_rel_range", "argmax_agreement", "argmax_agreement_all",
+           "near_ties")
 # Merge decisions, as the fraction of tokens whose slot equals PyTorch's at the same site. Near-ties
 # (sources whose candidate destinations are near-identical tokens) flip with rounding: measured on
 # segformer-b5 fast at 1024x1024 with random weights, 0.996 on average and 0.990 at the worst of
@@ -44,37 +45,6 @@ MIN_OPSET = 17  # LayerNormalization
 # The newest opset exported and self-checked for every family: from 26 torch's exporter emits an
 # Attention node (ViT/Segmenter) that onnx.checker rejects.
 MAX_OPSET = 25
-
-
-@dataclass
-class ExportOptions:
-    model: str
-    variant: str
-    checkpoint: str | None = None
-    resolution: tuple[int, int] | None = None
-    batch: int = 1
-    precision: str = "fp32"
-    merge_ops: str = "plugin"
-    opset: int = 18
-    out: str | None = None
-    seed: int = 0
-    num_classes: int | None = None
-    calibration: str | None = None
-    engine: bool = False
-    plugins: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def parse_resolution(text: str | None) -> tuple[int, int] | None:
-    if text is None:
-        return None
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-        if h <= 0 or w <= 0:
-            raise ValueError
-    except ValueError:
-        raise EdgemergeError(f"resolution must look like 512x512 (HxW), got {text!r}") from None
-    return h, w
 
 
 def check_opset(opset: int) -> None:
@@ -109,76 +79,6 @@ def check_engine_possible(plugins: str | None) -> None:
                              "--engine and run the bundle's build_on_device.sh on the target")
     if plugins is not None and not Path(plugins).is_file():
         raise EdgemergeError(f"plugin library {plugins} not found")
-
-
-def build_reference(model_name: str, variant: str, *, checkpoint: str | None = None,
-                    resolution: tuple[int, int] | None = None, seed: int = 0,
-                    num_classes: int | None = None, calibration: dict | None = None, mode: str | None = None):
-    """The merged PyTorch model a bundle is made from (or checked against); eval mode, fp32.
-
-    Returns (model, config, checkpoint_info or None).
-    """
-    import torch
-
-    from edgemerge.merge import apply_merging, get_plan
-    from edgemerge.models import build_model, get_config, load_checkpoint
-
-    cfg = get_config(model_name)
-    plan = get_plan(model_name, variant, calibration=calibration, mode=mode)
-    info = None
-    if checkpoint is not None:
-        model, info = load_checkpoint(model_name, checkpoint, num_classes=num_classes, resolution=resolution)
-    else:
-        torch.manual_seed(seed)
-        model = build_model(model_name, num_classes=num_classes, resolution=resolution)
-        _randomize_norm_stats(model, seed)
-    if info is not None and getattr(plan, "metric", None) == "dtem":
-        _require_learned_metric(model_name, variant, info)
-    apply_merging(model, plan, dtem_state=info.merge_state if info else None)
-    return model.eval(), cfg, info
-
-
-def _require_learned_metric(model_name: str, variant: str, info) -> None:
-    """A DTEM variant on a checkpoint without DTEM's metric is a mistake, not a reason to use keys."""
-    from edgemerge.models import get_config
-
-    depth = get_config(model_name).depths[0]
-    missing = [i for i in range(depth) if f"blocks.{i}.dtem_metric.weight" not in info.merge_state]
-    if missing:
-        have = "no" if len(missing) == depth else f"no metric for blocks {missing[:4]} and"
-        raise EdgemergeError(f"--variant {variant} needs DTEM's learned metric, but {info.path} ({info.format} layout) "
-                             f"has {have} blocks.{{i}}.dtem_metric.* / attn.qkv.metric_layer.*; "
-                             f"use --variant tome, or train one with edgemerge train-metric")
-
-
-def _randomize_norm_stats(model, seed: int) -> None:
-    """Random BatchNorm statistics and norm affines, so a random-weight model is not degenerate.
-
-    With torch's default init every LayerNorm is the identity affine and the class scores of a
-    random model differ by little more than fp16 rounding; trained models have neither property.
-    """
-    import torch
-
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
-            if isinstance(m, (torch.nn.LayerNorm, torch.nn.BatchNorm2d)) and m.weight is not None:
-                m.weight.copy_(1 + 0.2 * torch.randn(m.weight.shape, generator=g))
-                m.bias.copy_(0.2 * torch.randn(m.bias.shape, generator=g))
-
-
-def compare_logits(got: np.ndarray, ref: np.ndarray) -> dict[str, float]:
-    """Figures every check uses: errors relative to the logits' range, argmax agreement."""
-    got = got.astype(np.float32)
-    ref = ref.astype(np.float32)
-    span = float(ref.max() - ref.min()) or 1.0
-    err = np.abs(got - ref)
-    agree = float((got.argmax(1) == ref.argmax(1)).mean())
-    return {"max_abs": float(err.max()), "mean_abs": float(err.mean()), "range": span,
-            "max_abs_rel_range": float(err.max()) / span, "argmax_agreement": agree}
 
 
 def check_graph(model: onnx.ModelProto, merge_ops: str) -> None:
@@ -267,27 +167,24 @@ def self_check(model, proto: onnx.ModelProto, batches: list[np.ndarray], ref_out
         for got, want in zip(ort_slots, own):
             same_tokens.append(float(np.mean(got == want.numpy())))
             same_sites.append(float(np.array_equal(got, want.numpy())))
-    figures = compare_logits(np.concatenate(ort_out), np.concatenate(forced_out))
-    unforced = compare_logits(np.concatenate(ort_out), np.concatenate(ref_out))
+    judged = compare(np.concatenate(ort_out), np.concatenate(forced_out), "self-check", precision)
+    figures = {k: judged.figures[k] for k in FIGURES}
+    unforced = {k: v for k, v in metrics(np.concatenate(ort_out), np.concatenate(ref_out), precision).items()
+                if k in FIGURES}
     decisions = {"sites": len(same_sites) // max(len(batches), 1),
                  "sites_identical": float(np.mean(same_sites)) if same_sites else 1.0,
                  "tokens_same_slot": float(np.mean(same_tokens)) if same_tokens else 1.0,
                  "tokens_same_slot_worst_site": float(np.min(same_tokens)) if same_tokens else 1.0,
                  "tokens_same_slot_per_site": [round(t, 6) for t in same_tokens]}
-    limits: dict[str, float] = {"tokens_same_slot": MIN_DECISION_AGREEMENT,
-                                "tokens_same_slot_worst_site": MIN_DECISION_AGREEMENT_SITE}
-    if precision == "fp32":
-        limits.update(max_abs_rel_range=FP32_TOLERANCE, argmax_agreement=1.0)
-    else:
-        limits.update(argmax_agreement=FP16_MIN_AGREEMENT)
-    failed = [k for k, lim in limits.items()
-              if (figures.get(k, decisions.get(k)) > lim if k == "max_abs_rel_range" else
-                  figures.get(k, decisions.get(k)) < lim)]
-    result = {"passed": not failed, "thresholds": limits, **figures, "merge_decisions": decisions,
-              "without_replay": unforced}
+    decision_rows = check(decisions, {"tokens_same_slot": (">=", MIN_DECISION_AGREEMENT),
+                                      "tokens_same_slot_worst_site": (">=", MIN_DECISION_AGREEMENT_SITE)})
+    rows = judged.checks + decision_rows
+    failed = [r for r in rows if not r["passed"]]
+    result = {"passed": not failed, "thresholds": {r["metric"]: r["threshold"] for r in rows}, **figures,
+              "merge_decisions": decisions, "without_replay": unforced}
     if failed:
         raise CheckFailed("self-check failed: ONNX Runtime vs PyTorch " + ", ".join(
-            f"{k} = {figures.get(k, decisions.get(k)):.4g} (limit {limits[k]})" for k in failed))
+            describe(r, judged.figures) for r in failed))
     return result
 
 

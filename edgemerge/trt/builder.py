@@ -19,6 +19,8 @@ from contextlib import contextmanager
 
 from edgemerge import __version__, device_tool
 from edgemerge.errors import CheckFailed, EdgemergeError
+from edgemerge.manifest import MANIFEST, Manifest, manifest_path
+from edgemerge.manifest import read_manifest as _read_manifest
 from edgemerge.trt._trt import has_python_plugins, parse_version, require_tensorrt
 from edgemerge.trt.record import (
     NO_PLUGINS, PYTHON_PLUGINS, BuildRecord, Environment, atomic_write_bytes, check_record,
@@ -27,29 +29,20 @@ from edgemerge.trt.record import (
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
 
 
 # ---- pure steps -------------------------------------------------------------------------------
 
-def read_manifest(onnx_path: str | os.PathLike) -> dict:
+def read_manifest(onnx_path: str | os.PathLike) -> Manifest:
     """The bundle's manifest.json beside the ONNX file; an ONNX file alone is refused, because the
     engine's record must name the bundle it was built from and the precision it was exported at."""
     onnx_path = Path(onnx_path)
     if not onnx_path.is_file():
         raise EdgemergeError(f"{onnx_path}: ONNX file not found")
-    mpath = onnx_path.with_name(MANIFEST)
-    if not mpath.is_file():
+    if not manifest_path(onnx_path).is_file():
         raise EdgemergeError(
             f"{onnx_path}: no {MANIFEST} beside it; build from an `edgemerge export` bundle directory")
-    try:
-        manifest = json.loads(mpath.read_text())
-    except json.JSONDecodeError as e:
-        raise EdgemergeError(f"{mpath}: not valid JSON ({e.msg}, line {e.lineno})") from None
-    precision = manifest.get("precision")
-    if precision not in ("fp32", "fp16"):
-        raise EdgemergeError(f"{mpath}: precision must be 'fp32' or 'fp16', not {precision!r}")
-    return manifest
+    return _read_manifest(onnx_path, ("precision",))
 
 
 def check_onnx_matches_manifest(onnx_path: Path, manifest: dict) -> str:

@@ -16,6 +16,7 @@ from typing import Callable
 import numpy as np
 
 from edgemerge import __version__
+from edgemerge.compare import describe
 from edgemerge.errors import EdgemergeError
 from edgemerge.validate import inputs as inputs_mod
 from edgemerge.validate import metrics as M
@@ -63,7 +64,7 @@ def failure_message(report: dict) -> str | None:
     failed = [c for c in report["checks"] if not c["passed"]]
     if not failed:
         return None
-    parts = [f"{c['output']}.{c['metric']} = {_fmt(c['value'])} (limit {c['op']} {c['threshold']:g})" for c in failed]
+    parts = [f"{c['output']}.{describe(c, report['metrics'][c['output']])}" for c in failed]
     msg = f"validation failed ({report['artifact']['kind']} vs {report['reference']['kind']}): " + "; ".join(parts)
     merge = report.get("merge_decisions", {})
     if merge.get("available") and merge.get("differing"):
@@ -143,7 +144,7 @@ def validate_artifact(path: str | Path, *, images: str | Path | None = None, lab
     limits = M.thresholds_for(art.precision, atol=atol, rtol=rtol, min_agreement=min_agreement)
     per_output, checks = {}, []
     for o in out_names[:1]:
-        per_output[o] = M.output_metrics(got[o], ref[o])
+        per_output[o] = M.output_metrics(got[o], ref[o], art.precision)
         checks += [{"output": o, **c} for c in M.check(per_output[o], limits)]
     main_out = out_names[0]
     ref_pred = ref[main_out].argmax(1) if ref[main_out].ndim == 4 else None

@@ -8,11 +8,12 @@ which ONNX file the engine must have been built from. Needs no torch and no Tens
 from __future__ import annotations
 
 import importlib.util
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgemerge.errors import EdgemergeError
+from edgemerge.manifest import REQUIRED, Manifest
+from edgemerge.manifest import read_manifest as _read_manifest
 from edgemerge.files import sha256_file
 from edgemerge.identity import check_manifest
 
@@ -40,19 +41,9 @@ def _tensorrt_importable() -> bool:
     return importlib.util.find_spec("tensorrt") is not None
 
 
-def read_manifest(path: Path) -> dict:
-    mpath = path / MANIFEST if path.is_dir() else path.with_name(MANIFEST)
-    if not mpath.is_file():
-        raise EdgemergeError(f"no {MANIFEST} next to {path}: validate an `edgemerge export` bundle "
-                             f"(its directory, model.onnx or model.plan)")
-    try:
-        manifest = json.loads(mpath.read_text())
-    except json.JSONDecodeError as e:
-        raise EdgemergeError(f"{mpath}: not valid JSON ({e.msg}, line {e.lineno})") from None
-    for key in ("model", "variant", "resolution", "precision", "onnx_sha256"):
-        if key not in manifest:
-            raise EdgemergeError(f"{mpath}: manifest has no {key!r}; re-export the bundle")
-    return manifest
+def read_manifest(path: Path) -> Manifest:
+    """The bundle's manifest, with what validation needs (edgemerge.manifest is its one reader)."""
+    return _read_manifest(path, REQUIRED + ("precision", "onnx_sha256"))
 
 
 def find_artifact(path: str | Path) -> Artifact:

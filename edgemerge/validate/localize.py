@@ -64,7 +64,7 @@ _CACHE: dict[str, onnx.ModelProto] = {}  # the last fresh export, keyed by what 
 
 
 def _reference_export(manifest: dict, out: Path, progress: Callable[[str], None]) -> onnx.ModelProto:
-    from edgemerge.validate.reference import checked_checkpoint
+    from edgemerge.reference import checked_checkpoint
 
     checkpoint = checked_checkpoint(manifest)
     key = json.dumps([manifest.get(k) for k in ("model", "variant", "resolution", "batch", "merge_ops", "opset",

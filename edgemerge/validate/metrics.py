@@ -6,104 +6,32 @@ figures treat an output [B, K, H, W] as per-pixel class scores.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
+from edgemerge.compare import LIMITS, bad_limit, check, confusion, limits_for, metrics, miou  # noqa: F401
 from edgemerge.errors import EdgemergeError
 
-# Limits per exported precision: (metric, comparison, value).
-THRESHOLDS: dict[str, dict[str, tuple[str, float]]] = {
-    "fp32": {"argmax_agreement": (">=", 0.999), "max_abs_rel_range": ("<=", 1e-3)},
-    "fp16": {"argmax_agreement": (">=", 0.99), "cosine": (">=", 0.999)},
-}
-REL_FLOOR = 1e-3  # relative errors divide by max(|ref|, REL_FLOOR * range of ref)
+# The comparison (figures, limits, near-ties) lives in edgemerge.compare; validate judges an
+# artifact with its "artifact" profile.
+THRESHOLDS: dict[str, dict[str, tuple[str, float]]] = {p: LIMITS[("artifact", p)] for p in ("fp32", "fp16")}
 
 
 def check_limits(*, atol: float | None = None, rtol: float | None = None,
                  min_agreement: float | None = None) -> None:
     """Refuse limits no comparison can meet or that mean nothing, before any work is done."""
-    for name, v in (("--atol", atol), ("--rtol", rtol)):
-        if v is not None and not (math.isfinite(v) and v >= 0):
-            raise EdgemergeError(f"{name} must be a finite number >= 0, got {v:g}")
-    if min_agreement is not None and not 0.0 <= min_agreement <= 1.0:
-        raise EdgemergeError(f"--min-agreement is a fraction of pixels within [0, 1] (0.99 = 99%), "
-                             f"got {min_agreement:g}")
+    why = bad_limit(atol=atol, rtol=rtol, min_agreement=min_agreement)
+    if why:
+        raise EdgemergeError(why)
 
 
 def thresholds_for(precision: str, *, atol: float | None = None, rtol: float | None = None,
                    min_agreement: float | None = None) -> dict[str, tuple[str, float]]:
-    """The precision's limits with the user's overrides: --atol bounds `max_abs` (logit units),
-    --rtol bounds `max_abs_rel_range` (max abs error / range of the reference logits),
-    --min-agreement bounds `argmax_agreement`."""
-    limits = dict(THRESHOLDS.get(precision, THRESHOLDS["fp32"]))
-    if atol is not None:
-        limits["max_abs"] = ("<=", float(atol))
-    if rtol is not None:
-        limits["max_abs_rel_range"] = ("<=", float(rtol))
-    if min_agreement is not None:
-        limits["argmax_agreement"] = (">=", float(min_agreement))
-    return limits
+    """The "artifact" limits at `precision`, with the user's overrides (edgemerge.compare.limits_for)."""
+    return limits_for("artifact", precision, atol=atol, rtol=rtol, min_agreement=min_agreement)
 
 
-def confusion(pred: np.ndarray, target: np.ndarray, num_classes: int) -> np.ndarray:
-    """[K, K] counts (rows: target, cols: pred); target values outside 0..K-1 (255) are ignored."""
-    t = target.reshape(-1).astype(np.int64)
-    p = pred.reshape(-1).astype(np.int64)
-    keep = (t >= 0) & (t < num_classes) & (p >= 0) & (p < num_classes)
-    return np.bincount(t[keep] * num_classes + p[keep], minlength=num_classes ** 2).reshape(num_classes, num_classes)
-
-
-def miou(conf: np.ndarray) -> float | None:
-    """Mean IoU over classes with a non-empty union (mmseg's nanmean); None when nothing counted."""
-    inter = np.diag(conf).astype(np.float64)
-    union = conf.sum(0) + conf.sum(1) - inter
-    valid = union > 0
-    if not valid.any():
-        return None
-    return float((inter[valid] / union[valid]).mean())
-
-
-def output_metrics(got: np.ndarray, ref: np.ndarray) -> dict[str, float | None]:
-    """Error figures of one output over all inputs; `got`/`ref` are stacked over the batch axis."""
-    got = got.astype(np.float64)
-    ref = ref.astype(np.float64)
-    span = float(ref.max() - ref.min()) or 1.0
-    err = np.abs(got - ref)
-    finite = bool(np.isfinite(got).all())
-    rel = err / np.maximum(np.abs(ref), REL_FLOOR * span)
-    g = got.reshape(len(got), -1)
-    r = ref.reshape(len(ref), -1)
-    cos = float("nan")
-    if finite:
-        cos = float(((g * r).sum(1) / np.maximum(np.linalg.norm(g, axis=1) * np.linalg.norm(r, axis=1), 1e-30)).min())
-    out: dict[str, float | None] = {
-        "max_abs": float(err.max()), "mean_abs": float(err.mean()),
-        "max_rel": float(rel.max()), "mean_rel": float(rel.mean()),
-        "range": span, "max_abs_rel_range": float(err.max()) / span,
-        "cosine": cos, "finite": finite,
-        "argmax_agreement": None, "miou_vs_reference": None,
-    }
-    if got.ndim == 4:  # [B, K, H, W] class scores
-        pg, pr = got.argmax(1), ref.argmax(1)
-        out["argmax_agreement"] = float((pg == pr).mean())
-        out["miou_vs_reference"] = miou(confusion(pg, pr, got.shape[1]))
-    if not finite:
-        out["max_abs"] = out["max_abs_rel_range"] = out["max_rel"] = float("inf")
-    return out
-
-
-def check(metrics: dict, limits: dict[str, tuple[str, float]]) -> list[dict]:
-    """One entry per limit: metric, value, op, threshold, passed (a missing figure fails)."""
-    rows = []
-    for name, (op, limit) in limits.items():
-        value = metrics.get(name)
-        if value is None or (isinstance(value, float) and np.isnan(value)):
-            passed = False
-        else:
-            passed = bool(value >= limit) if op == ">=" else bool(value <= limit)
-        rows.append({"metric": name, "value": value, "op": op, "threshold": limit, "passed": passed})
-    return rows
+def output_metrics(got: np.ndarray, ref: np.ndarray, precision: str = "fp32") -> dict:
+    return metrics(got, ref, precision)
 
 
 def label_metrics(ref_pred: np.ndarray, got_pred: np.ndarray, labels: np.ndarray, num_classes: int) -> dict:

@@ -14,7 +14,8 @@ from typing import Callable
 import numpy as np
 
 from edgemerge.errors import EdgemergeError
-from edgemerge.files import sha256_file
+from edgemerge.reference import checked_checkpoint  # noqa: F401  (re-exported)
+from edgemerge.reference import reference_from_manifest as build_from_manifest  # noqa: F401
 
 REFERENCE_FILE = "reference.npz"
 
@@ -33,38 +34,6 @@ def load_stored(bundle: Path, manifest: dict) -> dict[str, np.ndarray]:
 
 def stored_outputs(reference: dict[str, np.ndarray], n_batches: int) -> list[np.ndarray]:
     return [reference[f"output_{i}"] for i in range(n_batches)]
-
-
-def checked_checkpoint(manifest: dict) -> str | None:
-    """The checkpoint path, refused when the file is gone or is not the one exported from."""
-    ckpt = manifest.get("checkpoint")
-    if not ckpt:
-        return None
-    path = Path(ckpt["path"])
-    weights = path
-    if path.is_dir():  # a Hugging Face directory: the sha256 is of its weights file
-        found = [path / n for n in ("model.safetensors", "pytorch_model.bin") if (path / n).is_file()]
-        weights = found[0] if found else None
-    if not path.exists() or weights is None:
-        raise EdgemergeError(f"checkpoint {path} named in manifest.json is gone: put it back, or validate "
-                             f"against the bundle's stored outputs (--reference stored)")
-    got = sha256_file(weights)
-    if got != ckpt.get("sha256"):
-        raise EdgemergeError(f"checkpoint {weights} changed since export (sha256 {got[:16]}, manifest says "
-                             f"{str(ckpt.get('sha256'))[:16]}): the PyTorch reference would not be the exported model")
-    return str(path)
-
-
-def build_from_manifest(manifest: dict):
-    """The merged PyTorch model exactly as exported (eval, fp32)."""
-    from edgemerge.export.bundle import build_reference
-
-    checkpoint = checked_checkpoint(manifest)
-    model, _, _ = build_reference(
-        manifest["model"], manifest["variant"], checkpoint=checkpoint,
-        resolution=tuple(manifest["resolution"]), seed=int(manifest.get("seed", 0)),
-        num_classes=manifest.get("num_classes"), calibration=manifest.get("calibration"))
-    return model
 
 
 @contextlib.contextmanager

@@ -1,0 +1,106 @@
+"""The PyTorch reference: the merged model a bundle is made from, and checked against.
+
+Built in one place: `build_reference` for the exporter and `show`, `reference_from_manifest` for
+everything that starts from a bundle (validate, bench), which also checks that the checkpoint is
+the one exported from (sha256). Needs torch; imports nothing above the models and merge layers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgemerge.errors import EdgemergeError
+from edgemerge.files import sha256_file
+from edgemerge.manifest import Manifest
+
+
+def build_reference(model_name: str, variant: str, *, checkpoint: str | None = None,
+                    resolution: tuple[int, int] | None = None, seed: int = 0,
+                    num_classes: int | None = None, calibration: dict | None = None, mode: str | None = None):
+    """The merged PyTorch model a bundle is made from (or checked against); eval mode, fp32.
+
+    Returns (model, config, checkpoint_info or None).
+    """
+    import torch
+
+    from edgemerge.merge import apply_merging, get_plan
+    from edgemerge.models import build_model, get_config, load_checkpoint
+
+    cfg = get_config(model_name)
+    plan = get_plan(model_name, variant, calibration=calibration, mode=mode)
+    info = None
+    if checkpoint is not None:
+        model, info = load_checkpoint(model_name, checkpoint, num_classes=num_classes, resolution=resolution)
+    else:
+        torch.manual_seed(seed)
+        model = build_model(model_name, num_classes=num_classes, resolution=resolution)
+        _randomize_norm_stats(model, seed)
+    if info is not None and getattr(plan, "metric", None) == "dtem":
+        _require_learned_metric(model_name, variant, info)
+    apply_merging(model, plan, dtem_state=info.merge_state if info else None)
+    return model.eval(), cfg, info
+
+
+def _require_learned_metric(model_name: str, variant: str, info) -> None:
+    """A DTEM variant on a checkpoint without DTEM's metric is a mistake, not a reason to use keys."""
+    from edgemerge.models import get_config
+
+    depth = get_config(model_name).depths[0]
+    missing = [i for i in range(depth) if f"blocks.{i}.dtem_metric.weight" not in info.merge_state]
+    if missing:
+        have = "no" if len(missing) == depth else f"no metric for blocks {missing[:4]} and"
+        raise EdgemergeError(f"--variant {variant} needs DTEM's learned metric, but {info.path} ({info.format} layout) "
+                             f"has {have} blocks.{{i}}.dtem_metric.* / attn.qkv.metric_layer.*; "
+                             f"use --variant tome, or train one with edgemerge train-metric")
+
+
+def _randomize_norm_stats(model, seed: int) -> None:
+    """Random BatchNorm statistics and norm affines, so a random-weight model is not degenerate.
+
+    With torch's default init every LayerNorm is the identity affine and the class scores of a
+    random model differ by little more than fp16 rounding; trained models have neither property.
+    """
+    import torch
+
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+            if isinstance(m, (torch.nn.LayerNorm, torch.nn.BatchNorm2d)) and m.weight is not None:
+                m.weight.copy_(1 + 0.2 * torch.randn(m.weight.shape, generator=g))
+                m.bias.copy_(0.2 * torch.randn(m.bias.shape, generator=g))
+
+
+def checked_checkpoint(manifest: dict) -> str | None:
+    """The checkpoint path, refused when the file is gone or is not the one exported from."""
+    ckpt = manifest.get("checkpoint")
+    if not ckpt:
+        return None
+    path = Path(ckpt["path"])
+    weights = path
+    if path.is_dir():  # a Hugging Face directory: the sha256 is of its weights file
+        found = [path / n for n in ("model.safetensors", "pytorch_model.bin") if (path / n).is_file()]
+        weights = found[0] if found else None
+    if not path.exists() or weights is None:
+        raise EdgemergeError(f"checkpoint {path} named in manifest.json is gone: put it back, or validate "
+                             f"against the bundle's stored outputs (--reference stored)")
+    got = sha256_file(weights)
+    if got != ckpt.get("sha256"):
+        raise EdgemergeError(f"checkpoint {weights} changed since export (sha256 {got[:16]}, manifest says "
+                             f"{str(ckpt.get('sha256'))[:16]}): the PyTorch reference would not be the exported model")
+    return str(path)
+
+
+def reference_from_manifest(manifest: Manifest, variant: str | None = None):
+    """The merged PyTorch model exactly as exported (eval, fp32), or its `variant` at the same
+    settings; the checkpoint must be the one the manifest names, by sha256."""
+    checkpoint = checked_checkpoint(manifest)
+    model, _, _ = build_reference(
+        manifest["model"], variant or manifest["variant"], checkpoint=checkpoint,
+        resolution=tuple(manifest["resolution"]), seed=int(manifest.get("seed", 0)),
+        num_classes=manifest.get("num_classes"), calibration=manifest.get("calibration"))
+    return model
+
+
