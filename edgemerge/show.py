@@ -81,25 +81,17 @@ def record_merges(model) -> Iterator[list[MergeSite]]:
     with contextlib.suppress(EdgemergeError):
         vit = patch._vit_of(model)
 
-    orig_bip, orig_win = core.bipartite_match, core.window_match
     orig_kv, orig_q = patch.SegformerPPAttention.reduce_kv, patch.SegformerPPAttention.reduce_queries
     orig_tokens = patch.MergingBlock.reduce_tokens
 
-    def record_slot(fns, n_in: int):
+    def record_slot(e: core.MatchEvent) -> None:
         ctx = rec.context
-        if ctx is None or ctx["kind"] == "tokens" or fns.slot is None:
-            return fns
-        slot = fns.slot[0].detach().cpu().numpy().astype(np.int64)
+        if ctx is None or ctx["kind"] == "tokens" or e.slot is None:
+            return
+        slot = e.slot[0].detach().cpu().numpy().astype(np.int64)
         h, w = ctx["grid"]
         if slot.shape[0] == h * w:  # Segformer sites have no prefix tokens
-            rec.sites.append(MergeSite(ctx["module"], ctx["kind"], (h, w), slot, n_in, int(slot.max()) + 1))
-        return fns
-
-    def bipartite_match(metric, r, src, dst, protect=0):
-        return record_slot(orig_bip(metric, r, src, dst, protect), metric.shape[1])
-
-    def window_match(metric, height, width, k, protect=0):
-        return record_slot(orig_win(metric, height, width, k, protect), metric.shape[1])
+            rec.sites.append(MergeSite(ctx["module"], ctx["kind"], (h, w), slot, e.metric.shape[1], int(slot.max()) + 1))
 
     def reduce_kv(self, kv, hw):
         rec.context = {"module": names.get(id(self), "?"), "kind": "kv", "grid": tuple(hw)}
@@ -134,13 +126,12 @@ def record_merges(model) -> Iterator[list[MergeSite]]:
                                        x.shape[1], x_out.shape[1]))
         return x_out, state_out
 
-    core.bipartite_match, core.window_match = bipartite_match, window_match
     patch.SegformerPPAttention.reduce_kv, patch.SegformerPPAttention.reduce_queries = reduce_kv, reduce_queries
     patch.MergingBlock.reduce_tokens = reduce_tokens
     try:
-        yield rec.sites
+        with core.observe(record_slot):
+            yield rec.sites
     finally:
-        core.bipartite_match, core.window_match = orig_bip, orig_win
         patch.SegformerPPAttention.reduce_kv, patch.SegformerPPAttention.reduce_queries = orig_kv, orig_q
         patch.MergingBlock.reduce_tokens = orig_tokens
 

@@ -41,21 +41,12 @@ class SiteRecord:
 def record_merges() -> Iterator[list[SiteRecord]]:
     """While active, every window / bipartite match a patched model makes is appended to the list."""
     records: list[SiteRecord] = []
-    window_match, bipartite_match = core.window_match, core.bipartite_match
 
-    def recording_window_match(metric, height, width, k, protect=0):
-        records.append(SiteRecord("local", int(k), (height // 2) * (width // 2)))
-        return window_match(metric, height, width, k, protect)
+    def record(e: core.MatchEvent) -> None:
+        records.append(SiteRecord("local" if e.kind == "window" else "global", e.count, e.capacity))
 
-    def recording_bipartite_match(metric, r, src, dst, protect=0):
-        records.append(SiteRecord("global", int(max(r, 0)), len(src) - protect))
-        return bipartite_match(metric, r, src, dst, protect)
-
-    core.window_match, core.bipartite_match = recording_window_match, recording_bipartite_match
-    try:
+    with core.observe(record):
         yield records
-    finally:
-        core.window_match, core.bipartite_match = window_match, bipartite_match
 
 
 def _quantile(values: list[float], q: float) -> float:

@@ -79,52 +79,82 @@ def replay_decisions(slots: Iterable[Tensor]) -> Iterator[None]:
             raise RuntimeError(f"{len(left)} replayed merge decisions were not used")
 
 
-_record: list[Tensor] | None = None
+class MatchEvent(NamedTuple):
+    """One merge decision, as observers see it (calibrate, show, validate, the self-check)."""
+
+    kind: str  # "bipartite" | "window"
+    metric: Tensor  # [B, N, C] what the match ran on
+    count: int  # sources (bipartite) or windows (window) asked to merge
+    capacity: int  # how many could: unprotected sources, or 2x2 windows
+    args: dict  # src, dst, protect | height, width, protect
+    slot: Tensor | None  # [B, N] the decision used here; None when nothing merges
+    own: Tensor | None  # PyTorch's own decision: `slot`, except while replaying another's
+
+
+_observers: list[Callable[[MatchEvent], None]] = []
+
+
+@contextmanager
+def observe(callback: Callable[[MatchEvent], None]) -> Iterator[None]:
+    """Call `callback` with every MatchEvent while the block runs (PyTorch only, never exported).
+
+    The one hook into the matching: recorders subscribe here instead of rebinding this module's
+    functions, so they compose and always restore."""
+    _observers.append(callback)
+    try:
+        yield
+    finally:
+        _observers.remove(callback)
 
 
 @contextmanager
 def record_decisions() -> Iterator[list[Tensor]]:
-    """Collect the slot of every merge site, in call order, while the block runs (PyTorch only)."""
-    global _record
-    _record = []
-    try:
-        yield _record
-    finally:
-        _record = None
+    """Collect PyTorch's own slot at every merge site, in call order, while the block runs."""
+    slots: list[Tensor] = []
+    with observe(lambda e: e.own is not None and slots.append(e.own)):
+        yield slots
 
 
-def _decide(compute: Callable[[], Tensor], n: int) -> Tensor:
-    """The slot to use here; records PyTorch's own decision (also while replaying another's)."""
+def _decide(compute: Callable[[], Tensor], n: int) -> tuple[Tensor, Tensor | None]:
+    """(the slot to use here, PyTorch's own decision when someone observes it)."""
     if _replay is None:
         slot = compute()
-        if _record is not None:
-            _record.append(slot)
-        return slot
+        return slot, slot
     if not _replay:
         raise RuntimeError("more merge sites than replayed decisions")
     slot = _replay.pop(0).to(torch.int32)
     if slot.shape[1] != n:
         raise RuntimeError(f"replayed slot for {slot.shape[1]} tokens at a site with {n}")
-    if _record is not None:  # what PyTorch would decide given the same history
-        _record.append(compute())
-    return slot
+    return slot, (compute() if _observers else None)  # what PyTorch would decide given the same history
+
+
+def _notify(event: MatchEvent) -> None:
+    for callback in list(_observers):
+        callback(event)
 
 
 def bipartite_match(metric: Tensor, r: int, src: tuple[int, ...], dst: tuple[int, ...], protect: int = 0) -> MergeFns:
     """Merge the r sources most similar (cosine) to their best destination (ToMe, Segformer++)."""
+    args = {"src": src, "dst": dst, "protect": protect}
     if r <= 0:
+        _notify(MatchEvent("bipartite", metric, 0, len(src) - protect, args, None, None))
         return identity()
-    slot = _decide(lambda: torch.ops.edgemerge.match_bipartite(metric.float(), r, list(src), list(dst), protect),
-                   metric.shape[1])
+    slot, own = _decide(lambda: torch.ops.edgemerge.match_bipartite(metric.float(), r, list(src), list(dst), protect),
+                        metric.shape[1])
+    _notify(MatchEvent("bipartite", metric, int(r), len(src) - protect, args, slot, own))
     return from_slot(slot, metric.shape[1] - r)
 
 
 def window_match(metric: Tensor, height: int, width: int, k: int, protect: int = 0) -> MergeFns:
     """Merge the k most uniform 2x2 windows whole, 4 tokens -> 1 (ALGM's local step)."""
+    args = {"height": height, "width": width, "protect": protect}
+    capacity = (height // 2) * (width // 2)
     if k <= 0:
+        _notify(MatchEvent("window", metric, 0, capacity, args, None, None))
         return identity()
-    slot = _decide(lambda: torch.ops.edgemerge.match_window(metric.float(), height, width, k, protect),
-                   metric.shape[1])
+    slot, own = _decide(lambda: torch.ops.edgemerge.match_window(metric.float(), height, width, k, protect),
+                        metric.shape[1])
+    _notify(MatchEvent("window", metric, int(k), capacity, args, slot, own))
     return from_slot(slot, metric.shape[1] - 3 * k)
 
 

@@ -50,7 +50,6 @@ def record_merge_decisions():
     from edgemerge.merge import core
 
     calls: list[dict] = []
-    orig_bip, orig_win = core.bipartite_match, core.window_match
 
     def gap(scores, count: int):
         if count <= 0 or count >= scores.shape[1]:
@@ -58,25 +57,18 @@ def record_merge_decisions():
         top = torch.sort(scores, dim=1, descending=True).values
         return (top[:, count - 1] - top[:, count]).double().cpu().numpy()
 
-    def bipartite(metric, r, src, dst, protect=0):
-        fns = orig_bip(metric, r, src, dst, protect)
-        if fns.slot is not None:
-            margin = gap(core.bipartite_node_max(metric.float(), src, dst, protect), r)
-            calls.append({"kind": "bipartite", "slot": fns.slot.cpu().numpy(), "margin": margin})
-        return fns
+    def record(e: core.MatchEvent) -> None:
+        if e.slot is None:
+            return
+        a = e.args
+        if e.kind == "bipartite":
+            scores = core.bipartite_node_max(e.metric.float(), a["src"], a["dst"], a["protect"])
+        else:
+            scores = core.ops.window_scores(e.metric.float(), a["height"], a["width"], a["protect"])
+        calls.append({"kind": e.kind, "slot": e.slot.cpu().numpy(), "margin": gap(scores, e.count)})
 
-    def window(metric, height, width, k, protect=0):
-        fns = orig_win(metric, height, width, k, protect)
-        if fns.slot is not None:
-            margin = gap(core.ops.window_scores(metric.float(), height, width, protect), k)
-            calls.append({"kind": "window", "slot": fns.slot.cpu().numpy(), "margin": margin})
-        return fns
-
-    core.bipartite_match, core.window_match = bipartite, window
-    try:
+    with core.observe(record):
         yield calls
-    finally:
-        core.bipartite_match, core.window_match = orig_bip, orig_win
 
 
 def run_pytorch(model, batches: list[np.ndarray], progress: Callable[[int, int], None] | None = None
