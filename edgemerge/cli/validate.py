@@ -8,6 +8,12 @@ from edgemerge.cli import main, progress_reporter
 from edgemerge.validate.api import _fmt
 
 
+MERGE_NOTE = ("merge sites identical: the fraction of merge sites where every token, in every input, went to "
+              "the same merged slot as in PyTorch; merge tokens same slot: the fraction of tokens that did. "
+              "Informative, not a check: a near-tie in token similarity may pick another partner under "
+              "fp16 or kernel rounding without harming the result, which the output checks above judge.")
+
+
 @main.command()
 @click.argument("artifact", type=click.Path())
 @click.option("--images", type=click.Path(), default=None,
@@ -54,9 +60,14 @@ def validate(artifact, images, labels, num, atol, rtol, min_agreement, localize,
             if k not in {c["metric"] for c in report["checks"]}:
                 table.add_row(f"{o}.{k}", _fmt(m.get(k)), "", "")
     merge = report["merge_decisions"]
-    if merge.get("available"):
-        table.add_row("merge sites identical", _fmt(merge["site_agreement"]), "", "")
-        table.add_row("merge tokens same slot", _fmt(merge["token_agreement"]), "", "")
+    if merge.get("available") and merge.get("sites"):
+        n, same = merge["sites"], merge["sites"] - len(merge.get("differing", []))
+        table.add_row("merge sites identical", f"{_fmt(merge['site_agreement'])} ({same}/{n})",
+                      "none: informative", "[dim]info[/]")
+        table.add_row("merge tokens same slot", _fmt(merge["token_agreement"]), "none: informative", "[dim]info[/]")
+        table.caption, table.caption_justify = MERGE_NOTE, "left"
+    elif merge.get("available"):
+        table.add_row("merge decisions", "n/a", "the artifact has no merge sites", "")
     else:
         table.add_row("merge decisions", "n/a", merge.get("reason", ""), "")
     if report.get("engine_build"):
