@@ -30,11 +30,15 @@ MERGE_NOTE = ("merge sites identical: the fraction of merge sites where every to
 @click.option("--localize", is_flag=True, help="On failure, name the first ONNX node whose output diverges.")
 @click.option("--out", "-o", type=click.Path(), default=None,
               help="Report folder (report.json, report.png). Default: validate_report/ in the bundle.")
+@click.option("--rows", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Inputs drawn in report.png, one row each: image, ground truth (with --labels), PyTorch, "
+                   "the artifact, their disagreement; a class legend below.")
 @click.option("--plugins", type=click.Path(), default=None, help="Plugin library for an engine.")
 @click.option("--reference", type=click.Choice(["auto", "pytorch", "stored"]), default="auto", show_default=True,
               help="pytorch: rebuild the model from the manifest; stored: the bundle's reference.npz; "
                    "auto: PyTorch when torch is installed.")
-def validate(artifact, images, labels, num, atol, rtol, min_agreement, localize, out, plugins, reference) -> None:
+def validate(artifact, images, labels, num, atol, rtol, min_agreement, localize, out, rows, plugins,
+             reference) -> None:
     """Check that ARTIFACT (bundle dir, model.onnx or model.plan) matches PyTorch; exit 1 when not."""
     from rich.console import Console
     from rich.table import Table
@@ -45,7 +49,7 @@ def validate(artifact, images, labels, num, atol, rtol, min_agreement, localize,
     with progress_reporter("validating") as report_progress:
         report = validate_artifact(artifact, images=images, labels=labels, num=num, atol=atol, rtol=rtol,
                                    min_agreement=min_agreement, localize=localize, out=out,
-                                   plugins=[plugins] if plugins else None, reference=reference,
+                                   plugins=[plugins] if plugins else None, reference=reference, rows=rows,
                                    progress=report_progress)
     a = report["artifact"]
     table = Table(title=f"{a['kind']} ({a['precision']}) vs {report['reference']['kind']}, "

@@ -52,3 +52,13 @@ def test_no_agreement_figures_say_why(monkeypatch, merge, says):
     out = table_of(monkeypatch, merge)
     assert "merge sites identical" not in out and "Informative, not a check" not in " ".join(out.split())
     assert says in " ".join(out.split())
+
+
+def test_rows_option_reaches_the_report_and_is_checked(monkeypatch):
+    seen = {}
+    merge = {"available": False, "reason": "x"}
+    monkeypatch.setattr(validate_pkg, "validate_artifact", lambda *a, **k: seen.update(k) or fake_report(merge))
+    assert run_cli("validate", "b", "--rows", "6").exit_code == 0 and seen["rows"] == 6
+    assert run_cli("validate", "b").exit_code == 0 and seen["rows"] == 3
+    res = run_cli("validate", "b", "--rows", "0")
+    assert res.exit_code == 2 and "--rows" in res.stderr
