@@ -56,3 +56,20 @@ def test_bench_json_option_still_decides(tmp_path, no_timing):
 def test_bench_help_says_where_the_defaults_go():
     out = run_cli("bench", "--help").output
     assert "bench.json next to ARTIFACT" in " ".join(out.split())
+
+
+@pytest.mark.parametrize("iters", [1, 2, 3, 7, 50])
+def test_bench_plot_iterations_on_integer_ticks(iters):
+    import matplotlib.pyplot as plt
+
+    from edgemerge.bench.core import plot_figure
+
+    fig = plot_figure(fake_report(iters))
+    try:
+        drift = fig.axes[1]
+        lo, hi = drift.get_xlim()
+        ticks = [t for t in drift.get_xticks() if lo <= t <= hi]
+        assert ticks and all(float(t).is_integer() for t in ticks), ticks
+        assert list(drift.lines[0].get_xdata()) == list(range(1, iters + 1))  # numbered from 1
+    finally:
+        plt.close(fig)
