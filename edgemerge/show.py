@@ -7,8 +7,10 @@ token). A site's groups are the grid cells that share a slot; for ViT models (To
 the slots are composed back to the original patch grid through the tokens' `source` chain, so a
 site shows everything merged up to and including that block.
 
-Drawing: one PNG per site, each exactly the input image's width x height; every group of two or
-more tokens gets one colour and an outline, unmerged tokens are left clear.
+Drawing: one PNG per site: the input image at its own width x height, every group of two or more
+tokens in one colour (touching groups never share one) with an outline, tokens that merged with
+nothing left clear inside a thin grey border; below the image (never over it) a caption strip with
+the site and a legend. `--no-caption` gives exactly the image's size.
 """
 
 from __future__ import annotations
@@ -147,19 +149,44 @@ def select_sites(sites: list[MergeSite]) -> list[MergeSite]:
     return chosen
 
 
-def _palette(n: int, seed: int = 0) -> np.ndarray:
-    """n distinct, saturated colours (golden-ratio hues, shuffled so neighbours differ)."""
-    import colorsys
+# Kelly's colours of maximum contrast (less white, black and the greys), most distinct first.
+GROUP_COLOURS = np.array([
+    (255, 179, 0), (128, 62, 117), (255, 104, 0), (166, 189, 215), (193, 0, 32), (206, 162, 98),
+    (0, 125, 52), (246, 118, 142), (0, 83, 138), (255, 122, 92), (83, 55, 122), (255, 142, 0),
+    (179, 40, 81), (244, 200, 0), (127, 24, 13), (147, 170, 0), (89, 51, 21), (241, 58, 19),
+    (35, 44, 22)], np.float32)
+UNMERGED_EDGE = (200, 200, 200)  # the thin border of a token that merged with nothing
+CAPTION_BG, CAPTION_FG = (255, 255, 255), (0, 0, 0)
 
-    hues = (np.arange(n) * 0.618033988749895) % 1.0
-    rng = np.random.default_rng(seed)
-    rng.shuffle(hues)
-    return np.array([colorsys.hsv_to_rgb(h, 0.85, 1.0) for h in hues], np.float32) * 255
+
+def group_colours(groups: np.ndarray) -> dict[int, int]:
+    """{group id: palette index}: one colour per group, the same in all of its cells (a group may be
+    split: bipartite matching pairs tokens anywhere on the grid). Touching groups never share a
+    colour, so a connected area of one colour is one group; colours are spread evenly, so up to
+    len(GROUP_COLOURS) groups each get their own. Largest groups are coloured first."""
+    ids, counts = np.unique(groups[groups >= 0], return_counts=True)
+    touching: dict[int, set[int]] = {int(i): set() for i in ids}
+    for a, b in ((groups[:, 1:], groups[:, :-1]), (groups[1:, :], groups[:-1, :])):
+        pairs = (a != b) & (a >= 0) & (b >= 0)
+        for x, y in zip(a[pairs].tolist(), b[pairs].tolist()):
+            touching[x].add(y)
+            touching[y].add(x)
+    used = np.zeros(len(GROUP_COLOURS), np.int64)
+    colour: dict[int, int] = {}
+    for i in ids[np.argsort(-counts, kind="stable")].tolist():
+        taken = {colour[j] for j in touching[i] if j in colour}
+        free = [c for c in range(len(GROUP_COLOURS)) if c not in taken] or list(range(len(GROUP_COLOURS)))
+        c = min(free, key=lambda c: (used[c], c))
+        colour[i] = c
+        used[c] += 1
+    return colour
 
 
 def draw_site(image, site: MergeSite, alpha: float = 0.55, label: bool = True):
-    """The image (PIL, any size) with the site's merged groups coloured and outlined; same size."""
-    from PIL import Image, ImageDraw
+    """The image (PIL, any size) with the site's merged groups coloured and outlined, unmerged tokens
+    left clear inside a thin grey border; `label`: a caption strip below it (the site and a legend),
+    never over the image. Without `label` the picture has exactly the image's size."""
+    from PIL import Image
 
     W0, H0 = image.size
     groups = site.groups()
@@ -167,29 +194,86 @@ def draw_site(image, site: MergeSite, alpha: float = 0.55, label: bool = True):
     rows = np.minimum((np.arange(H0) * h) // H0, h - 1)
     cols = np.minimum((np.arange(W0) * w) // W0, w - 1)
     g = groups[rows[:, None], cols[None, :]]  # [H0, W0]
+    cell = rows[:, None] * w + cols[None, :]  # token index per pixel
     rgb = np.asarray(image.convert("RGB"), np.float32)
-    ids = np.unique(g[g >= 0])
-    if ids.size:
-        colours = np.zeros((int(ids.max()) + 1, 3), np.float32)
-        colours[ids] = _palette(ids.size)
-        merged = g >= 0
-        rgb[merged] = (1 - alpha) * rgb[merged] + alpha * colours[g[merged]]
-        edge = np.zeros_like(merged)  # outline: a pixel whose right/lower neighbour is in another group
+    merged = g >= 0
+    edge = np.zeros_like(merged)  # a pixel whose right/lower (or left/upper) neighbour is another token
+    edge[:, 1:] |= cell[:, 1:] != cell[:, :-1]
+    edge[1:, :] |= cell[1:, :] != cell[:-1, :]
+    rgb[edge & ~merged] = UNMERGED_EDGE  # the token grid, drawn only where tokens stayed alone
+    colour = group_colours(groups)
+    if colour:
+        lut = np.zeros((int(groups.max()) + 1, 3), np.float32)
+        for gid, c in colour.items():
+            lut[gid] = GROUP_COLOURS[c]
+        rgb[merged] = (1 - alpha) * rgb[merged] + alpha * lut[g[merged]]
+        group_edge = np.zeros_like(merged)  # outline: where the group changes
         diff_x = g[:, 1:] != g[:, :-1]
         diff_y = g[1:, :] != g[:-1, :]
-        edge[:, 1:] |= diff_x & (merged[:, 1:] | merged[:, :-1])
-        edge[:, :-1] |= diff_x & (merged[:, 1:] | merged[:, :-1])
-        edge[1:, :] |= diff_y & (merged[1:, :] | merged[:-1, :])
-        edge[:-1, :] |= diff_y & (merged[1:, :] | merged[:-1, :])
-        rgb[edge & merged] = 20.0  # drawn inside the groups, so unmerged tokens stay clear
+        group_edge[:, 1:] |= diff_x
+        group_edge[:, :-1] |= diff_x
+        group_edge[1:, :] |= diff_y
+        group_edge[:-1, :] |= diff_y
+        rgb[group_edge & merged] = 20.0  # drawn inside the groups, so unmerged tokens stay clear
     out = Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8))
-    if label and W0 >= 64 and H0 >= 24:
-        d = ImageDraw.Draw(out)
-        text = site.name
-        box = d.textbbox((3, 3), text)
-        d.rectangle((box[0] - 2, box[1] - 2, box[2] + 2, box[3] + 2), fill=(0, 0, 0))
-        d.text((3, 3), text, fill=(255, 255, 255))
-    return out
+    return with_caption(out, site, colour) if label else out
+
+
+def legend_entries(site: MergeSite, colour: dict[int, int] | None = None) -> list[tuple[str, str]]:
+    """[(swatch kind, text)]: what the colours mean, with the counts of this site."""
+    groups = site.groups()
+    n_groups = len(np.unique(groups[groups >= 0]))
+    alone = int((groups < 0).sum())
+    return [("merged", f"merged: {n_groups} groups of {int((groups >= 0).sum())} tokens, one colour "
+                       "per group (a group may be split)"),
+            ("unmerged", f"clear, grey border: {alone} tokens merged with nothing")]
+
+
+def _wrap(draw, text: str, width: int, font) -> list[str]:
+    lines, line = [], ""
+    for word in text.split():
+        trial = f"{line} {word}".strip()
+        if line and draw.textlength(trial, font=font) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = trial
+    return lines + [line] if line else lines
+
+
+def with_caption(picture, site: MergeSite, colour: dict[int, int] | None = None):
+    """`picture` on top, unchanged; below it a white strip with the site's name and the legend,
+    wrapped to the picture's width (at least MIN_CAPTION_WIDTH, so tiny frames stay legible)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default()
+    W0, H0 = picture.size
+    width = max(W0, MIN_CAPTION_WIDTH)
+    pad, sw, line_h = 4, 10, 13
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    blocks = [(None, _wrap(probe, site.name, width - 2 * pad, font))]
+    blocks += [(kind, _wrap(probe, text, width - 2 * pad - sw - 4, font)) for kind, text in legend_entries(site, colour)]
+    height = H0 + pad + sum(len(lines) for _, lines in blocks) * line_h + pad
+    canvas = Image.new("RGB", (width, height), CAPTION_BG)
+    canvas.paste(picture, (0, 0))
+    d = ImageDraw.Draw(canvas)
+    y = H0 + pad
+    for kind, lines in blocks:
+        x = pad
+        if kind is not None:  # the swatch, as the picture draws it
+            box = (pad, y + 1, pad + sw, y + 1 + sw)
+            if kind == "merged":
+                d.rectangle(box, fill=tuple(int(v) for v in GROUP_COLOURS[0]), outline=(20, 20, 20))
+            else:
+                d.rectangle(box, fill=CAPTION_BG, outline=UNMERGED_EDGE)
+            x = pad + sw + 4
+        for ln in lines:
+            d.text((x, y), ln, fill=CAPTION_FG, font=font)
+            y += line_h
+    return canvas
+
+
+MIN_CAPTION_WIDTH = 160
 
 
 def site_path(out: Path, index: int) -> Path:
@@ -199,10 +283,12 @@ def site_path(out: Path, index: int) -> Path:
 
 def show_merges(model_name: str, variant: str, image: str | Path, out: str | Path, *,
                 checkpoint: str | None = None, resolution: tuple[int, int] | None = None,
-                site: int | None = None, seed: int = 0, all_sites: bool = False) -> list[tuple[Path, MergeSite]]:
+                site: int | None = None, seed: int = 0, all_sites: bool = False,
+                caption: bool = True) -> list[tuple[Path, MergeSite]]:
     """Run the merged model on `image`, draw its merge sites; returns [(png path, site)].
 
-    Each PNG has the image's own width x height. `site` picks one site (written to `out`);
+    Each PNG shows the image at its own width x height, with a caption strip (the site, a legend)
+    below it; `caption=False`: exactly the image's size. `site` picks one site (written to `out`);
     otherwise site 0 goes to `out` and site k to `<out stem>_site<k>.png`.
     """
     from PIL import Image
@@ -245,7 +331,7 @@ def show_merges(model_name: str, variant: str, image: str | Path, out: str | Pat
     for i, s in enumerate(sites):
         path = out if site is not None else site_path(out, i)
         buf = io.BytesIO()
-        draw_site(pil, s).save(buf, format="png")
+        draw_site(pil, s, label=caption).save(buf, format="png")
         files.append((path, buf.getvalue()))
         written.append((path, s))
     write_files(files)  # all or none

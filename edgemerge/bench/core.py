@@ -432,10 +432,22 @@ def plot_bytes(report: dict[str, Any]) -> bytes:
     """Latency distributions side by side (violin + box), and latency per iteration (drift check)."""
     import io
 
+    import matplotlib.pyplot as plt
+
+    fig = plot_figure(report)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def plot_figure(report: dict[str, Any]):
+    """The figure plot_bytes draws; the iterations are numbered 1..N on integer ticks."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     roles = list(report["models"])
     data = [report["models"][r]["raw_ms"] for r in roles]
@@ -458,15 +470,13 @@ def plot_bytes(report: dict[str, Any]) -> bytes:
         title += f": speed-up {report['speedup_p50']:.2f}x (p50), FLOPs {report['flop_ratio'] or float('nan'):.2f}x"
     ax.set_title(title, fontsize=9)
     for r, d, c in zip(roles, data, colours):
-        ax2.plot(d, ".", color=c, label=r, markersize=3)
+        ax2.plot(range(1, len(d) + 1), d, ".", color=c, label=r, markersize=3)
+    ax2.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     ax2.set_xlabel("iteration (interleaved)")
     ax2.set_ylabel("latency (ms)")
     ax2.legend(fontsize=8)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
+    return fig
 
 
 def summary_lines(report: dict[str, Any]) -> list[str]:

@@ -24,17 +24,26 @@ from edgemerge.cli import check_output_file, main, progress_reporter
 @click.option("--threads", default=None, type=int, help="CPU threads (default: all cores).")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Seed of the synthetic input.")
 @click.option("--plugins", type=click.Path(), default=None, help="Plugin library for the engines (trt).")
-@click.option("--json", "json_out", type=click.Path(), default="bench.json", show_default=True)
-@click.option("--plot", type=click.Path(), default=None, help="Latency plot PNG (default: the JSON path with .png).")
+@click.option("--json", "json_out", type=click.Path(), default=None,
+              help="Report JSON (default: bench.json next to ARTIFACT, in its bundle directory).")
+@click.option("--plot", type=click.Path(), default=None,
+              help="Latency plot PNG (default: the JSON path with .png, so bench.png in the bundle).")
 @click.option("--power", is_flag=True, help="Jetson: board power from tegrastats, energy per frame.")
 def bench(artifact, baseline, unmerged, baseline_dir, backend, device, iters, warmup, threads, seed, plugins, json_out, plot,
           power) -> None:
-    """Time ARTIFACT (and its baseline, interleaved): latency percentiles, throughput, memory, speed-up."""
+    """Time ARTIFACT (and its baseline, interleaved): latency percentiles, throughput, memory, speed-up.
+
+    ARTIFACT is a bundle directory, its model.onnx or its model.plan; bench.json and bench.png go
+    into that bundle directory unless --json / --plot say otherwise.
+    """
     from pathlib import Path
 
     from edgemerge.bench import BenchOptions, json_bytes, plot_bytes, run_bench, summary_lines
     from edgemerge.files import write_files
 
+    if json_out is None:  # beside the artifact, not wherever the command happens to run
+        where = Path(artifact) if Path(artifact).is_dir() else Path(artifact).parent
+        json_out = where / "bench.json"
     jpath = check_output_file(json_out, "bench report")  # before the timing, not after it
     ppath = check_output_file(plot or Path(json_out).with_suffix(".png"), "latency plot")
     opts = BenchOptions(artifact=artifact, baseline=baseline, unmerged=unmerged, backend=backend, device=device,
@@ -45,4 +54,5 @@ def bench(artifact, baseline, unmerged, baseline_dir, backend, device, iters, wa
     write_files([(jpath, json_bytes(report)), (ppath, plot_bytes(report))])  # both or neither
     for line in summary_lines(report):
         click.echo(line)
-    click.echo(f"wrote {jpath.resolve()} and {ppath.resolve()}")  # say where, even for the cwd default
+    click.echo(f"report: {jpath.resolve()}")  # say where, absolute, whichever default applied
+    click.echo(f"plot:   {ppath.resolve()}")

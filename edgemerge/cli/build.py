@@ -1,4 +1,4 @@
-"""`edgemerge build MODEL.onnx`: a TensorRT engine + build record from an export bundle."""
+"""`edgemerge build BUNDLE`: a TensorRT engine + build record from an export bundle."""
 
 from __future__ import annotations
 
@@ -8,11 +8,43 @@ import click
 
 from edgemerge.cli import main
 
+# What a user without TensorRT needs to hear: it needs an NVIDIA GPU, and how to get it from a
+# source checkout (the README installs with `pip install -e .`) or on a Jetson.
+TRT_HINT = ("TensorRT is not installed here, and `edgemerge build` needs it and an NVIDIA GPU (CUDA driver): "
+            "in a source checkout run pip install -e '.[trt]' on the GPU machine; on Jetson TensorRT comes "
+            "with JetPack (use a venv with --system-site-packages); without a GPU, copy the bundle to the "
+            "target and run its build_on_device.sh there")
+
+
+def resolve_onnx(artifact: Path) -> Path:
+    """The bundle's model.onnx: ARTIFACT is a bundle directory (as for validate and bench) or the
+    model.onnx in one."""
+    if artifact.is_dir():
+        onnx_path = artifact / "model.onnx"
+        if not (artifact / "manifest.json").is_file():
+            raise click.UsageError(f"{artifact}: no manifest.json in this directory; "
+                                   "build an `edgemerge export` bundle (its directory or its model.onnx)")
+        if not onnx_path.is_file():
+            raise click.UsageError(f"{artifact}: bundle has no model.onnx")
+        return onnx_path
+    if not artifact.exists():
+        raise click.UsageError(f"{artifact}: no such bundle directory or ONNX file")
+    if artifact.suffix.lower() in (".plan", ".engine"):
+        raise click.UsageError(f"{artifact}: already an engine; build takes the bundle directory or its model.onnx")
+    return artifact
+
+
+def tensorrt_importable() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("tensorrt") is not None
+
 
 @main.command()
-@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Engine path (default: model.plan beside the ONNX); the record is <out>.json.")
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--out", "--save-engine", "out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Engine path (default: model.plan in the bundle; --save-engine as in trtexec); "
+                   "the record is <out>.json.")
 @click.option("--plugins", "plugins", multiple=True, type=click.Path(dir_okay=False),
               help="C++ plugin library (libedgemerge_plugins.so); default: Python plugins on TensorRT >= 10.6.")
 @click.option("--workspace", "workspace_mib", type=click.IntRange(min=1), default=None,
@@ -21,12 +53,24 @@ from edgemerge.cli import main
               help="Timing cache file, read if present and written after the build.")
 @click.option("--allow-body-only", is_flag=True,
               help="Accept an engine without the edgemerge plugins (the merge ops' standard-op bodies, inlined).")
-def build(model: Path, out: Path | None, plugins: tuple[str, ...], workspace_mib: int | None,
+def build(artifact: Path, out: Path | None, plugins: tuple[str, ...], workspace_mib: int | None,
           timing_cache: Path | None, allow_body_only: bool) -> None:
-    """Build MODEL.onnx (from an `edgemerge export` bundle) into a TensorRT engine on this GPU."""
-    from edgemerge.trt.builder import build_engine
+    """Build ARTIFACT (an `edgemerge export` bundle directory, or its model.onnx) into a TensorRT
+    engine on this machine's NVIDIA GPU.
 
-    engine = out or model.with_suffix(".plan")
+    Needs TensorRT >= 10.3 and a GPU: in a source checkout, pip install -e '.[trt]'; on Jetson,
+    TensorRT comes with JetPack. Engines are not portable: build on the device that runs them.
+    """
+    from edgemerge.cli import check_output_file
+    from edgemerge.errors import EdgemergeError
+    from edgemerge.trt import builder
+
+    model = resolve_onnx(artifact)
+    builder.read_manifest(model)  # a file outside a bundle is refused before the TensorRT check
+    engine = check_output_file(out or model.with_suffix(".plan"), "engine")
+    if not tensorrt_importable():
+        raise EdgemergeError(TRT_HINT)
+    build_engine = builder.build_engine
     record = build_engine(model, engine, plugins=list(plugins) or None, workspace_mib=workspace_mib,
                           timing_cache=timing_cache, allow_body_only=allow_body_only)
     typing = "strongly typed" if record.strongly_typed else ("FP16 flag" if record.fp16_flag else "fp32")

@@ -17,14 +17,17 @@ from edgemerge.cli import main
 @click.option("--all-sites", is_flag=True, help="Every merging block, not only the first of each stage.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Seed of random weights.")
 @click.option("--out", "-o", default="merges.png", show_default=True, type=click.Path(),
-              help="PNG for site 0; site k goes to <stem>_site<k>.png. Each is the image's size.")
-def show(model, variant, image, checkpoint, resolution, site, all_sites, seed, out) -> None:
-    """Draw which tokens merged (one colour per merged group) over IMAGE, one PNG per merge site."""
+              help="PNG for site 0; site k goes to <stem>_site<k>.png. Each shows the image at its own size "
+                   "with a caption strip (site, legend) below it.")
+@click.option("--no-caption", is_flag=True, help="No caption strip: each PNG exactly the image's size (to overlay).")
+def show(model, variant, image, checkpoint, resolution, site, all_sites, seed, out, no_caption) -> None:
+    """Draw which tokens merged over IMAGE, one PNG per merge site: one colour per merged group
+    (touching groups never share one), unmerged tokens clear in a thin grey border."""
     from edgemerge.export.bundle import parse_resolution
     from edgemerge.show import show_merges
 
     written = show_merges(model, variant, image, out, checkpoint=checkpoint, resolution=parse_resolution(resolution),
-                          site=site, seed=seed, all_sites=all_sites)
+                          site=site, seed=seed, all_sites=all_sites, caption=not no_caption)
     if checkpoint is None:  # after the run, so that bad input stays a one-line error
         click.echo(f"note: no --checkpoint: {model} has RANDOM weights (seed {seed}); the merges show the "
                    "mechanism, not what a trained model does", err=True)

@@ -8,6 +8,12 @@ from edgemerge.cli import main, progress_reporter
 from edgemerge.validate.api import _fmt
 
 
+MERGE_NOTE = ("merge sites identical: the fraction of merge sites where every token, in every input, went to "
+              "the same merged slot as in PyTorch; merge tokens same slot: the fraction of tokens that did. "
+              "Informative, not a check: a near-tie in token similarity may pick another partner under "
+              "fp16 or kernel rounding without harming the result, which the output checks above judge.")
+
+
 @main.command()
 @click.argument("artifact", type=click.Path())
 @click.option("--images", type=click.Path(), default=None,
@@ -24,11 +30,15 @@ from edgemerge.validate.api import _fmt
 @click.option("--localize", is_flag=True, help="On failure, name the first ONNX node whose output diverges.")
 @click.option("--out", "-o", type=click.Path(), default=None,
               help="Report folder (report.json, report.png). Default: validate_report/ in the bundle.")
+@click.option("--rows", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Inputs drawn in report.png, one row each: image, ground truth (with --labels), PyTorch, "
+                   "the artifact, their disagreement; a class legend below.")
 @click.option("--plugins", type=click.Path(), default=None, help="Plugin library for an engine.")
 @click.option("--reference", type=click.Choice(["auto", "pytorch", "stored"]), default="auto", show_default=True,
               help="pytorch: rebuild the model from the manifest; stored: the bundle's reference.npz; "
                    "auto: PyTorch when torch is installed.")
-def validate(artifact, images, labels, num, atol, rtol, min_agreement, localize, out, plugins, reference) -> None:
+def validate(artifact, images, labels, num, atol, rtol, min_agreement, localize, out, rows, plugins,
+             reference) -> None:
     """Check that ARTIFACT (bundle dir, model.onnx or model.plan) matches PyTorch; exit 1 when not."""
     from rich.console import Console
     from rich.table import Table
@@ -39,7 +49,7 @@ def validate(artifact, images, labels, num, atol, rtol, min_agreement, localize,
     with progress_reporter("validating") as report_progress:
         report = validate_artifact(artifact, images=images, labels=labels, num=num, atol=atol, rtol=rtol,
                                    min_agreement=min_agreement, localize=localize, out=out,
-                                   plugins=[plugins] if plugins else None, reference=reference,
+                                   plugins=[plugins] if plugins else None, reference=reference, rows=rows,
                                    progress=report_progress)
     a = report["artifact"]
     table = Table(title=f"{a['kind']} ({a['precision']}) vs {report['reference']['kind']}, "
@@ -54,9 +64,14 @@ def validate(artifact, images, labels, num, atol, rtol, min_agreement, localize,
             if k not in {c["metric"] for c in report["checks"]}:
                 table.add_row(f"{o}.{k}", _fmt(m.get(k)), "", "")
     merge = report["merge_decisions"]
-    if merge.get("available"):
-        table.add_row("merge sites identical", _fmt(merge["site_agreement"]), "", "")
-        table.add_row("merge tokens same slot", _fmt(merge["token_agreement"]), "", "")
+    if merge.get("available") and merge.get("sites"):
+        n, same = merge["sites"], merge["sites"] - len(merge.get("differing", []))
+        table.add_row("merge sites identical", f"{_fmt(merge['site_agreement'])} ({same}/{n})",
+                      "none: informative", "[dim]info[/]")
+        table.add_row("merge tokens same slot", _fmt(merge["token_agreement"]), "none: informative", "[dim]info[/]")
+        table.caption, table.caption_justify = MERGE_NOTE, "left"
+    elif merge.get("available"):
+        table.add_row("merge decisions", "n/a", "the artifact has no merge sites", "")
     else:
         table.add_row("merge decisions", "n/a", merge.get("reason", ""), "")
     if report.get("engine_build"):

@@ -25,7 +25,7 @@ from edgemerge.validate import runners
 from edgemerge.validate.artifact import find_artifact
 from edgemerge.files import check_output_dir, write_files
 from edgemerge.progress import counter
-from edgemerge.validate.report import json_bytes, png_bytes
+from edgemerge.validate.report import MAX_FIGURE_INPUTS, class_names, json_bytes, png_bytes
 
 REFERENCES = ("auto", "pytorch", "stored")
 REPORT_DIR = "validate_report"
@@ -89,7 +89,7 @@ def _fmt(v) -> str:
 def validate_artifact(path: str | Path, *, images: str | Path | None = None, labels: str | Path | None = None,
                       num: int | None = None, atol: float | None = None, rtol: float | None = None,
                       min_agreement: float | None = None, localize: bool = False, out: str | Path | None = None,
-                      plugins: list[str] | None = None, reference: str = "auto",
+                      plugins: list[str] | None = None, reference: str = "auto", rows: int = MAX_FIGURE_INPUTS,
                       progress: Callable[[str], None] = lambda s: None) -> dict:
     """Validate a bundle directory, model.onnx or model.plan; returns the report (`passed` says
     the verdict; `failure` is the one-line reason). Raises EdgemergeError on bad input."""
@@ -100,6 +100,8 @@ def validate_artifact(path: str | Path, *, images: str | Path | None = None, lab
         raise EdgemergeError("--labels needs --images (labels are matched to the images by file stem)")
     if num is not None and num < 1:
         raise EdgemergeError(f"--num must be >= 1, got {num}")
+    if rows < 1:
+        raise EdgemergeError(f"--rows must be >= 1, got {rows}")
     M.check_limits(atol=atol, rtol=rtol, min_agreement=min_agreement)  # before any work
     art = find_artifact(path)
     manifest = art.manifest
@@ -213,8 +215,9 @@ def validate_artifact(path: str | Path, *, images: str | Path | None = None, lab
     report["report_files"] = {"json": str(out_dir / "report.json"), "png": None}
     files = []
     if ref_pred is not None:
-        files.append((out_dir / "report.png", png_bytes(inp.images, ref_pred, got_pred, num_classes,
-                                                        f"{art.kind} ({art.precision})")))
+        files.append((out_dir / "report.png", png_bytes(
+            inp.images, ref_pred, got_pred, num_classes, f"{art.kind} ({art.precision})", rows=rows,
+            labels=inp.labels, names=inp.source.get("files"), classes=class_names(manifest))))
         report["report_files"]["png"] = str(out_dir / "report.png")
     report["seconds"] = round(time.time() - t0, 2)
     report["failure"] = failure_message(report)

@@ -1,4 +1,5 @@
-"""`edgemerge show`: merge decisions recorded during forward and drawn at the image's size."""
+"""`edgemerge show`: merge decisions recorded during forward and drawn at the image's size, with a
+caption strip (site, legend) below the image, never over it."""
 
 import numpy as np
 import pytest
@@ -8,9 +9,10 @@ from PIL import Image
 
 from edgemerge.cli import main
 from edgemerge.merge.patch import merged_model
-from edgemerge.show import MergeSite, draw_site, record_merges, select_sites
+from edgemerge.show import (GROUP_COLOURS, MIN_CAPTION_WIDTH, MergeSite, draw_site, group_colours, legend_entries,
+                            record_merges, select_sites)
 
-W, H = 200, 150  # not the model's resolution, not square: the PNG must still be 200x150
+W, H = 200, 150  # not the model's resolution, not square: the picture must still be 200x150
 
 
 @pytest.fixture
@@ -38,13 +40,22 @@ def test_show_writes_one_png_per_site_at_image_size(image, tmp_path):
                                        "--resolution", "128x128", "--out", str(out)])
     assert result.exit_code == 0, result.output
     files = [out] + [tmp_path / f"merges_site{k}.png" for k in (1, 2, 3)]
-    for f in files:  # fast: kv of stages 1, 2 and queries of stages 3, 4
+    for f in files:  # fast: kv of stages 1, 2 and queries of stages 3, 4; the caption strip below
         with Image.open(f) as im:
-            assert im.size == (W, H) and im.mode == "RGB"
+            assert im.size[0] == W and im.size[1] > H and im.mode == "RGB"
     assert not (tmp_path / "merges_site4.png").exists()
     assert "stage 1 block 0 kv" in result.output and "stage 3 block 0 queries" in result.output
     with Image.open(image) as a, Image.open(files[2]) as b:  # something was drawn
-        assert np.abs(np.asarray(a, np.int16) - np.asarray(b.convert("RGB"), np.int16)).mean() > 5
+        assert np.abs(np.asarray(a, np.int16) - np.asarray(b.convert("RGB"), np.int16)[:H]).mean() > 5
+
+
+def test_show_no_caption_is_exactly_the_image_size(image, tmp_path):
+    out = tmp_path / "bare.png"
+    result = CliRunner().invoke(main, ["show", "-m", "segformer-b0", "-v", "fast", "-i", str(image), "-r", "128x128",
+                                       "--site", "2", "--no-caption", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    with Image.open(out) as im:
+        assert im.size == (W, H)
 
 
 def test_show_one_site(image, tmp_path):
@@ -54,7 +65,7 @@ def test_show_one_site(image, tmp_path):
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in tmp_path.glob("one*.png")) == ["one.png"]
     with Image.open(out) as im:
-        assert im.size == (W, H)
+        assert im.size[0] == W and im.size[1] > H
     assert "stage 4 block 0 pool" in result.output
 
 
@@ -117,6 +128,52 @@ def test_draw_site_leaves_unmerged_tokens_clear():
     site = MergeSite("encoder.stages.0.blocks.0.attn", "kv", (2, 4), np.array([0, 1, 2, 3, 4, 4, 5, 6]), 8, 7)
     arr = np.asarray(draw_site(img, site, label=False))
     assert arr.shape == (20, 40, 3)
-    assert (arr[:10, :] == 100).all()  # top row of tokens: nothing merged
-    assert (arr[10:, 20:] == 100).all()  # the last two tokens of row 2: alone
+    for y0, x0 in [(0, 0), (0, 10), (0, 20), (0, 30), (10, 20), (10, 30)]:  # tokens that stayed alone:
+        assert (arr[y0 + 1:y0 + 10, x0 + 1:x0 + 10] == 100).all()  # clear inside their thin grey border
+    assert (arr[0:10, 10] == 200).all()  # the border between two unmerged tokens
     assert not (arr[12:18, 2:18] == 100).any()  # its first two tokens (slot 4) merged: coloured
+
+
+def _site(slot, grid):
+    return MergeSite("encoder.stages.2.blocks.0.attn", "queries", grid, np.asarray(slot), len(slot),
+                     len(np.unique(slot)))
+
+
+def test_groups_one_colour_each_and_touching_groups_differ():
+    rng = np.random.default_rng(3)
+    slot = rng.integers(0, 30, 16 * 24)  # scattered groups, as bipartite matching makes them
+    site = _site(slot, (16, 24))
+    groups = site.groups()
+    colour = group_colours(groups)
+    assert set(colour) == set(np.unique(groups[groups >= 0]).tolist())
+    for a, b in ((groups[:, 1:], groups[:, :-1]), (groups[1:, :], groups[:-1, :])):
+        touching = (a != b) & (a >= 0) & (b >= 0)
+        assert touching.any()
+        assert all(colour[x] != colour[y] for x, y in zip(a[touching].tolist(), b[touching].tolist()))
+    # drawn: every cell of a group has that group's colour (over a flat image, cell centres)
+    img = Image.new("RGB", (24 * 10, 16 * 10), (0, 0, 0))
+    arr = np.asarray(draw_site(img, site, label=False), np.float32)
+    centres = arr[5::10, 5::10]
+    for gid, c in colour.items():
+        assert np.allclose(centres[groups == gid], 0.55 * GROUP_COLOURS[c], atol=1)
+    few = _site(np.array([0, 0, 1, 1, 2, 2, 3, 3, 4]), (3, 3))  # fewer groups than colours: all distinct
+    assert len(set(group_colours(few.groups()).values())) == 4
+
+
+@pytest.mark.parametrize("size", [(40, 30), (128, 96), (480, 360)])
+def test_caption_is_below_the_image_and_holds_the_legend(size):
+    """Small frames too: the picture above the strip is exactly the uncaptioned one."""
+    img = Image.new("RGB", size, (100, 100, 100))
+    site = _site(np.array([0, 1, 2, 3, 4, 4, 5, 6]), (2, 4))
+    bare = np.asarray(draw_site(img, site, label=False))
+    full = np.asarray(draw_site(img, site))
+    W0, H0 = size
+    assert full.shape[1] == max(W0, MIN_CAPTION_WIDTH) and full.shape[0] > H0 + 3 * 13
+    assert (full[:H0, :W0] == bare).all()  # the caption covers nothing
+    strip = full[H0:]
+    kinds = [k for k, _ in legend_entries(site)]
+    assert kinds == ["merged", "unmerged"]
+    assert "1 groups of 2 tokens" in legend_entries(site)[0][1] and "6 tokens merged with nothing" in legend_entries(site)[1][1]
+    assert (strip == GROUP_COLOURS[0].astype(np.uint8)).all(axis=-1).sum() >= 64  # the merged swatch
+    assert (strip == (200, 200, 200)).all(axis=-1).sum() >= 30  # the unmerged swatch's grey border
+    assert (strip[:, :, 0] < 60).sum() > 50  # text
