@@ -12,7 +12,7 @@ library, every step of the device build that is not TensorRT's own:
 - `arch`: the GPU's compute capability for CMake, robust to Jetson's `nvidia-smi` ([N/A]).
 
 The bundle carries a copy of this file (`edgemerge_device.py`); the package imports the same file
-(`edgemerge.files`, `edgemerge.trt.record`, `edgemerge.trt.builder`), so script and `edgemerge build` share one rule,
+(`edgemerge.files`, `edgemerge.record`, `edgemerge.trt.builder`), so script and `edgemerge build` share one rule,
 one record format and one layer count. It must keep importing nothing outside the standard
 library: `tests/test_device_tool.py` runs it with `python3 -I -S`.
 """

@@ -64,3 +64,11 @@ def load_image(path: str | Path, height: int, width: int, *, labels: bool = Fals
         return np.asarray(im.resize((width, height), Image.NEAREST), dtype=np.int64)
     im = im.convert("RGB").resize((width, height), Image.BILINEAR)
     return np.asarray(im, np.float32).transpose(2, 0, 1) / 255.0
+
+
+# Distinct colours (Kelly's) for merged groups (show) and classes (validate's report).
+GROUP_COLOURS = np.array([
+    (255, 179, 0), (128, 62, 117), (255, 104, 0), (166, 189, 215), (193, 0, 32), (206, 162, 98),
+    (0, 125, 52), (246, 118, 142), (0, 83, 138), (255, 122, 92), (83, 55, 122), (255, 142, 0),
+    (179, 40, 81), (244, 200, 0), (127, 24, 13), (147, 170, 0), (89, 51, 21), (241, 58, 19),
+    (35, 44, 22)], np.float32)

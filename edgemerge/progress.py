@@ -12,3 +12,12 @@ def counter(report: Callable[[str], None], what: str, parts: int = 10) -> Callab
             report(f"{what} {i}/{n}")
 
     return step
+
+
+def quiet_polygraphy() -> None:
+    """edgemerge reports, polygraphy does not: no [I]/[W]/[E] lines, no [!] lines before its
+    exceptions (which edgemerge turns into its own one line), no print about the 'colored' module."""
+    from polygraphy.logger import G_LOGGER
+
+    G_LOGGER.module_severity = G_LOGGER.CRITICAL + 1
+    G_LOGGER.colors = False

@@ -25,6 +25,7 @@ from typing import Iterator
 import numpy as np
 
 from edgemerge.errors import EdgemergeError
+from edgemerge.images import GROUP_COLOURS
 from edgemerge.files import check_output_file, write_files
 
 
@@ -150,11 +151,6 @@ def select_sites(sites: list[MergeSite]) -> list[MergeSite]:
 
 
 # Kelly's colours of maximum contrast (less white, black and the greys), most distinct first.
-GROUP_COLOURS = np.array([
-    (255, 179, 0), (128, 62, 117), (255, 104, 0), (166, 189, 215), (193, 0, 32), (206, 162, 98),
-    (0, 125, 52), (246, 118, 142), (0, 83, 138), (255, 122, 92), (83, 55, 122), (255, 142, 0),
-    (179, 40, 81), (244, 200, 0), (127, 24, 13), (147, 170, 0), (89, 51, 21), (241, 58, 19),
-    (35, 44, 22)], np.float32)
 UNMERGED_EDGE = (200, 200, 200)  # the thin border of a token that merged with nothing
 CAPTION_BG, CAPTION_FG = (255, 255, 255), (0, 0, 0)
 

@@ -175,3 +175,10 @@ def test_arch_from_the_device_tree(tmp_path):
     (tmp_path / "proc/device-tree").mkdir(parents=True)
     (tmp_path / "proc/device-tree/compatible").write_bytes(b"nvidia,p3737-0000+p3701-0005\0nvidia,tegra234\0")
     assert D._gpu_from_tegra(str(tmp_path)) == ("Orin (nvgpu)", "8.7")
+
+
+def test_the_standalone_constants_are_the_op_specs():
+    """edgemerge_device.py cannot import the op spec (standard library only): its copies must agree."""
+    from edgemerge import opspec
+
+    assert D.MERGE_OPS == tuple(opspec.OPS) and D.DOMAIN == opspec.DOMAIN

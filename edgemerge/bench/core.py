@@ -44,6 +44,9 @@ class BenchOptions:
     threads: int | None = None
     plugins: list[str] | None = None
     workdir: str | None = None  # where an --unmerged baseline is exported (default: a temp dir)
+    # handed over by the caller (the CLI), so bench imports neither the TensorRT side nor export:
+    load_engine: Callable | None = None  # edgemerge.trt.load_engine(path, plugins=...)
+    exporter: Callable | None = None  # edgemerge.export.export_bundle(opts, progress=...)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -174,7 +177,7 @@ def machine_info(device: str, backend: str) -> dict[str, Any]:
         pass
     if device == "cuda":
         try:
-            from edgemerge.trt.record import query_gpu
+            from edgemerge.record import query_gpu
 
             info["gpu"], info["compute_capability"] = query_gpu()
         except Exception:  # the GPU query is informative only
@@ -191,7 +194,8 @@ def unmerged_name(manifest: dict) -> str:
 
 
 def unmerged_artifact(merged: Artifact, backend: str, workdir: Path,
-                      progress: Callable[[str], None] = lambda s: None, plugins: list[str] | None = None) -> Artifact:
+                      progress: Callable[[str], None] = lambda s: None, plugins: list[str] | None = None,
+                      exporter: Callable | None = None) -> Artifact:
     """The same model with variant 'none' at the same settings (exported when the backend needs a file)."""
     m = merged.manifest
     if m["variant"] == "none":
@@ -203,7 +207,6 @@ def unmerged_artifact(merged: Artifact, backend: str, workdir: Path,
         if g:
             plan["gflops"] = {"merged": g["unmerged"], "unmerged": g["unmerged"], "ratio": 1.0}
         return Artifact(merged.path, merged.kind, replace(m, variant="none", plan=plan))
-    from edgemerge.export.bundle import ExportOptions, export_bundle
 
     ck = m.get("checkpoint")
     out = workdir / unmerged_name(m)
@@ -215,14 +218,13 @@ def unmerged_artifact(merged: Artifact, backend: str, workdir: Path,
                 (kept.manifest.get("checkpoint") or {}).get("sha256") == (ck or {}).get("sha256"):
             progress(f"reusing the unmerged baseline in {out}")
             return kept
-    opts = ExportOptions(model=m["model"], variant="none", checkpoint=ck["path"] if ck else None,
-                         resolution=tuple(m["resolution"]), batch=int(m.get("batch", 1)),
-                         precision=m.get("precision", "fp32"), merge_ops=m.get("merge_ops", "plugin"),
-                         opset=int(m.get("opset", 18)), out=str(out), seed=int(m.get("seed", 0)),
-                         num_classes=m.get("num_classes"), engine=backend == "trt", plugins=plugins[0] if plugins else None)
+    opts = m.export_options(variant="none", out=str(out), engine=backend == "trt",
+                            plugins=plugins[0] if plugins else None)
+    if exporter is None:
+        raise EdgemergeError("--unmerged exports the baseline: it needs an exporter (edgemerge.export.export_bundle)")
     workdir.mkdir(parents=True, exist_ok=True)
     progress(f"exporting the unmerged baseline ({m['model']} none) to {out}")
-    export_bundle(opts, progress=progress)
+    exporter(opts, progress=progress)
     return read_artifact(out / ("model.plan" if backend == "trt" else "model.onnx"))
 
 
@@ -232,7 +234,7 @@ def make_runner(artifact: Artifact, backend: str, device: str, opts: BenchOption
     if backend == "onnxruntime":
         return runners.OnnxrtRunnerFromArtifact(artifact, device, opts.threads)
     if backend == "trt":
-        return runners.TrtRunnerFromArtifact(artifact, opts.plugins)
+        return runners.TrtRunnerFromArtifact(artifact, opts.plugins, opts.load_engine)
     return runners.TorchRunner(artifact, device)
 
 
@@ -286,7 +288,7 @@ def run_bench(opts: BenchOptions, progress: Callable[[str], None] = lambda s: No
 
         power = find_tegrastats()  # fail before any heavy work
     if backend == "trt":
-        from edgemerge.trt._trt import require_tensorrt
+        from edgemerge.trtlib import require_tensorrt
 
         require_tensorrt()
 
@@ -298,7 +300,7 @@ def run_bench(opts: BenchOptions, progress: Callable[[str], None] = lambda s: No
             baseline = _engine_of(baseline) if backend == "trt" else baseline
         elif opts.unmerged:
             workdir = Path(opts.workdir) if opts.workdir else Path(tmp := tempfile.mkdtemp(prefix="edgemerge-bench-"))
-            baseline = unmerged_artifact(merged, backend, workdir, progress, opts.plugins)
+            baseline = unmerged_artifact(merged, backend, workdir, progress, opts.plugins, opts.exporter)
         if baseline is not None:
             _check_compatible(merged, baseline)
         return _timed(merged, baseline, backend, device, opts, power, progress)
@@ -347,7 +349,7 @@ def _timed(merged: Artifact, baseline: Artifact | None, backend: str, device: st
                         "gflops": (art.gflops or {}).get("merged"), "raw_ms": [t * 1e3 for t in times[role]]}
         models[role]["throughput_ips"] = models[role]["latency_ms"]["throughput_ips"]
         if art.kind == "plan":  # what the engine holds: the merge ops as plugins, or their bodies
-            from edgemerge.trt.record import read_record
+            from edgemerge.record import read_record
 
             rec = read_record(art.path)
             models[role]["engine_build"] = {"graph": rec.graph, "plugins": rec.plugins,

@@ -54,7 +54,7 @@ class SessionFromPath:
 def OnnxrtRunnerFromArtifact(artifact: Artifact, device: str = "cpu", threads: int | None = None):
     from polygraphy.backend.onnxrt import OnnxrtRunner
 
-    from edgemerge.validate.runners import quiet_polygraphy
+    from edgemerge.progress import quiet_polygraphy
 
     quiet_polygraphy()
     if artifact.kind != "onnx":
@@ -62,9 +62,10 @@ def OnnxrtRunnerFromArtifact(artifact: Artifact, device: str = "cpu", threads: i
     return OnnxrtRunner(SessionFromPath(artifact.path, device, threads), name=artifact.label)
 
 
-def TrtRunnerFromArtifact(artifact: Artifact, plugins: list[str] | None = None):
-    """TensorRT through polygraphy; the engine is refused (one line) when its record does not fit here."""
-    from edgemerge.trt._trt import require_tensorrt
+def TrtRunnerFromArtifact(artifact: Artifact, plugins: list[str] | None = None, load_engine=None):
+    """TensorRT through polygraphy; `load_engine(path, plugins=...)` is edgemerge.trt's (handed over
+    by the caller), which refuses with one line an engine whose record does not fit here."""
+    from edgemerge.trtlib import require_tensorrt
 
     if artifact.kind != "plan":
         raise EdgemergeError(f"{artifact.path}: the trt backend needs a built engine (model.plan); "
@@ -72,8 +73,10 @@ def TrtRunnerFromArtifact(artifact: Artifact, plugins: list[str] | None = None):
     require_tensorrt()
     from polygraphy.backend.trt import TrtRunner
 
-    from edgemerge.trt.builder import load_engine
-    from edgemerge.validate.runners import quiet_polygraphy
+    from edgemerge.progress import quiet_polygraphy
+
+    if load_engine is None:
+        raise EdgemergeError("the trt backend needs a TensorRT engine loader (edgemerge.trt.load_engine)")
 
     quiet_polygraphy()
 

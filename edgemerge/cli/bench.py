@@ -48,7 +48,8 @@ def bench(artifact, baseline, unmerged, baseline_dir, backend, device, iters, wa
     ppath = check_output_file(plot or Path(json_out).with_suffix(".png"), "latency plot")
     opts = BenchOptions(artifact=artifact, baseline=baseline, unmerged=unmerged, backend=backend, device=device,
                         iters=iters, warmup=warmup, power=power, seed=seed, threads=threads,
-                        plugins=[plugins] if plugins else None, workdir=baseline_dir)
+                        plugins=[plugins] if plugins else None, workdir=baseline_dir,
+                        load_engine=_load_engine, exporter=_export)
     with progress_reporter("benchmarking") as report_progress:
         report = run_bench(opts, progress=report_progress)
     write_files([(jpath, json_bytes(report)), (ppath, plot_bytes(report))])  # both or neither
@@ -56,3 +57,18 @@ def bench(artifact, baseline, unmerged, baseline_dir, backend, device, iters, wa
         click.echo(line)
     click.echo(f"report: {jpath.resolve()}")  # say where, absolute, whichever default applied
     click.echo(f"plot:   {ppath.resolve()}")
+
+
+def _load_engine(path, plugins=None):
+    """edgemerge.trt's loader, looked up when called (bench does not import the TensorRT side)."""
+    from edgemerge.trt import builder
+
+    return builder.load_engine(path, plugins=plugins)
+
+
+def _export(opts, progress=lambda s: None):
+    """An export that can also build the engine (the trt backend's unmerged baseline)."""
+    from edgemerge.export.bundle import export_bundle
+    from edgemerge.trt import builder
+
+    return export_bundle(opts, progress=progress, build_engine=builder.build_engine)

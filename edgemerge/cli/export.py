@@ -38,7 +38,7 @@ def export(model, variant, checkpoint, resolution, batch, precision, merge_ops, 
                          batch=batch, precision=precision, merge_ops=merge_ops, opset=opset, out=out, seed=seed,
                          num_classes=num_classes, calibration=calibration, engine=engine, plugins=plugins)
     with progress_reporter("exporting") as report:
-        manifest = export_bundle(opts, progress=report)
+        manifest = export_bundle(opts, progress=report, build_engine=_build_engine if engine else None)
     if checkpoint is None:  # after the export, so that bad input stays a one-line error
         console.print(f"[yellow]note:[/] no --checkpoint given: exported {model} with RANDOM weights (seed {seed}); "
                       "its outputs mean nothing, the pipeline is what is exercised.")
@@ -58,3 +58,10 @@ def export(model, variant, checkpoint, resolution, batch, precision, merge_ops, 
     else:
         click.echo("  engine      not built here (TensorRT/GPU absent or --engine not given): "
                    "run build_on_device.sh on the target")
+
+
+def _build_engine(*args, **kwargs):
+    """edgemerge.trt's builder, looked up when called (export does not import the TensorRT side)."""
+    from edgemerge.trt import builder
+
+    return builder.build_engine(*args, **kwargs)

@@ -50,7 +50,7 @@ def validate(artifact, images, labels, num, atol, rtol, min_agreement, localize,
         report = validate_artifact(artifact, images=images, labels=labels, num=num, atol=atol, rtol=rtol,
                                    min_agreement=min_agreement, localize=localize, out=out,
                                    plugins=[plugins] if plugins else None, reference=reference, rows=rows,
-                                   progress=report_progress)
+                                   progress=report_progress, load_engine=_load_engine, exporter=_export)
     a = report["artifact"]
     table = Table(title=f"{a['kind']} ({a['precision']}) vs {report['reference']['kind']}, "
                         f"{report['inputs']['count']} input(s)")
@@ -92,3 +92,16 @@ def validate(artifact, images, labels, num, atol, rtol, min_agreement, localize,
     click.echo(f"report: {report['report_files']['json']}")
     if not report["passed"]:
         raise CheckFailed(report["failure"])
+
+
+def _load_engine(path, plugins=None):
+    """edgemerge.trt's loader, looked up when called (validate does not import the TensorRT side)."""
+    from edgemerge.trt import builder
+
+    return builder.load_engine(path, plugins=plugins)
+
+
+def _export(opts):
+    from edgemerge.export.bundle import export_bundle
+
+    return export_bundle(opts)

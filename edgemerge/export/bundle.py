@@ -20,7 +20,7 @@ from edgemerge import __version__
 from edgemerge.compare import check, compare, describe, metrics
 from edgemerge.errors import CheckFailed, EdgemergeError
 from edgemerge.manifest import MERGE_OPS, PRECISIONS, ExportOptions, parse_resolution  # noqa: F401  (re-exported)
-from edgemerge.files import sha256_file
+from edgemerge.files import check_output_dir, sha256_file
 from edgemerge.graphs import merge_sites
 from edgemerge.reference import build_reference
 from edgemerge.identity import stamp
@@ -71,7 +71,7 @@ def check_opset(opset: int) -> None:
 
 def check_engine_possible(plugins: str | None) -> None:
     """--engine needs TensorRT and a GPU here (and the plugin library, when named): say so before exporting."""
-    from edgemerge.trt.record import current_environment
+    from edgemerge.record import current_environment
 
     env = current_environment()  # one line when TensorRT is missing
     if env.gpu_name is None:
@@ -155,7 +155,7 @@ def self_check(model, proto: onnx.ModelProto, batches: list[np.ndarray], ref_out
     import torch
 
     from edgemerge.merge.core import replay_decisions
-    from edgemerge.validate.runners import slot_tensors, with_outputs
+    from edgemerge.graphs import slot_tensors, with_outputs
 
     names = slot_tensors(proto) or []
     run_bytes = with_outputs(proto, names).SerializeToString() if names else proto.SerializeToString()
@@ -230,7 +230,8 @@ def default_out(opts: ExportOptions) -> Path:
     return Path("-".join(parts))
 
 
-def export_bundle(opts: ExportOptions, progress: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+def export_bundle(opts: ExportOptions, progress: Callable[[str], None] = lambda s: None, *,
+                  build_engine: Callable | None = None) -> dict[str, Any]:
     """Write the bundle for `opts` and return its manifest; raises EdgemergeError on any failure."""
     import torch
 
@@ -252,6 +253,8 @@ def export_bundle(opts: ExportOptions, progress: Callable[[str], None] = lambda 
     _check_writable(out)
     replaced = (out / "manifest.json").is_file()
     if opts.engine:
+        if build_engine is None:
+            raise EdgemergeError("--engine needs a TensorRT builder (edgemerge.trt.build_engine; `edgemerge export` passes it)")
         check_engine_possible(opts.plugins)  # before the export, not after it
 
     # 1. the PyTorch reference (checks model, variant, resolution and checkpoint first)
@@ -329,7 +332,7 @@ def export_bundle(opts: ExportOptions, progress: Callable[[str], None] = lambda 
             "files": ["model.onnx", "manifest.json", "reference.npz"],
         }
         _write_json(tmp / "manifest.json", manifest)
-        _finish_engine_or_script(tmp, manifest, opts, progress)
+        _finish_engine_or_script(tmp, manifest, opts, progress, build_engine)
         _write_json(tmp / "manifest.json", manifest)
         os.chmod(tmp, 0o755)
         _replace_dir(tmp, out)
@@ -344,13 +347,12 @@ def export_bundle(opts: ExportOptions, progress: Callable[[str], None] = lambda 
     return manifest
 
 
-def _finish_engine_or_script(tmp: Path, manifest: dict, opts: ExportOptions, progress) -> None:
+def _finish_engine_or_script(tmp: Path, manifest: dict, opts: ExportOptions, progress,
+                             build_engine: Callable | None) -> None:
     """Build the engine when TensorRT and a GPU are here (and asked for), else the device script."""
-    from edgemerge.trt import device_script
+    from edgemerge import device_script
 
     if opts.engine:
-        from edgemerge.trt.builder import build_engine
-
         progress("building the TensorRT engine")
         build_engine(tmp / "model.onnx", tmp / "model.plan", plugins=[opts.plugins] if opts.plugins else None)
         manifest["files"] += ["model.plan", "model.plan.json"]
@@ -362,18 +364,13 @@ def _finish_engine_or_script(tmp: Path, manifest: dict, opts: ExportOptions, pro
 
 
 def _check_writable(out: Path) -> None:
-    parent = out.resolve().parent
-    if out.exists() and not out.is_dir():
-        raise EdgemergeError(f"output {out} exists and is not a directory")
+    """The bundle's folder: replaceable (empty, or an older bundle) and writable, checked first."""
     if out.is_dir() and any(out.iterdir()) and not (out / "manifest.json").is_file():
         raise EdgemergeError(f"output directory {out} is not empty and holds no bundle; refusing to replace it")
-    if not parent.is_dir():
+    parent = out.resolve().parent
+    if not parent.is_dir():  # the bundle is written beside it and renamed into place
         raise EdgemergeError(f"output parent directory {parent} does not exist")
-    try:
-        with tempfile.TemporaryFile(dir=parent):
-            pass
-    except OSError as e:
-        raise EdgemergeError(f"output directory {parent} is not writable ({e.strerror})") from None
+    check_output_dir(out, "bundle")
 
 
 def _replace_dir(tmp: Path, out: Path) -> None:

@@ -45,42 +45,37 @@ from onnx import AttributeProto, FunctionProto, TensorProto, helper
 from onnx.defs import OpSchema
 
 from edgemerge.graphs import BODY_PREFIX
+from edgemerge.opspec import DOMAIN
+from edgemerge.opspec import OPS as SPEC
 
-DOMAIN = "edgemerge"
 DOMAIN_VERSION = 1
-PLUGIN_NAMESPACE = "edgemerge"
+PLUGIN_NAMESPACE = DOMAIN
+_ATTR_TYPES = {"int": AttributeProto.INT, "ints": AttributeProto.INTS}
 
-# op_type -> (inputs, outputs, {attribute: type}); the single table the schemas come from.
+# op_type -> (inputs, outputs, {attribute: type}), derived from edgemerge.opspec (the op spec).
 OPS: dict[str, tuple[list[str], list[str], dict[str, int]]] = {
-    "TokenMatchBipartite": (
-        ["metric"],
-        ["slot"],
-        {"r": AttributeProto.INT, "src": AttributeProto.INTS, "dst": AttributeProto.INTS,
-         "protect": AttributeProto.INT},
-    ),
-    "TokenMatchWindow": (
-        ["metric"],
-        ["slot"],
-        {"height": AttributeProto.INT, "width": AttributeProto.INT, "k": AttributeProto.INT,
-         "protect": AttributeProto.INT},
-    ),
-    "TokenMerge": (["x", "size", "slot"], ["merged", "merged_size"], {"num_out": AttributeProto.INT}),
-    "TokenUnmerge": (["merged", "slot"], ["x"], {}),
+    name: ([p.name for p in op.inputs], [p.name for p in op.outputs],
+           {a.name: _ATTR_TYPES[a.kind] for a in op.plugin_attributes()})
+    for name, op in SPEC.items()
 }
+
+
+def _type_var(dtypes: tuple[str, ...]) -> str:
+    return {("float32",): "M", ("int32",): "I"}.get(tuple(dtypes), "T")
 
 
 def register_schemas() -> None:
     """Register our ops with onnx so that the checker and onnxscript know them (idempotent)."""
     A = OpSchema.AttrType
     kinds = {AttributeProto.INT: A.INT, AttributeProto.INTS: A.INTS}
-    for name, (inputs, outputs, attrs) in OPS.items():
+    for name, (_, _, attrs) in OPS.items():
         if onnx.defs.has(name, DOMAIN):
             continue
-        types = {"metric": "M", "slot": "I"}
+        spec = SPEC[name]
         schema = OpSchema(
             name, DOMAIN, DOMAIN_VERSION,
-            inputs=[OpSchema.FormalParameter(i, types.get(i, "T")) for i in inputs],
-            outputs=[OpSchema.FormalParameter(o, types.get(o, "T")) for o in outputs],
+            inputs=[OpSchema.FormalParameter(p.name, _type_var(p.dtypes)) for p in spec.inputs],
+            outputs=[OpSchema.FormalParameter(p.name, _type_var(p.dtypes)) for p in spec.outputs],
             type_constraints=[
                 ("T", ["tensor(float)", "tensor(float16)"], "tokens"),
                 ("M", ["tensor(float)"], "matching runs in fp32"),

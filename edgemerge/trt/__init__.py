@@ -4,11 +4,11 @@ Imports without TensorRT (and without torch); a function that needs TensorRT rai
 `EdgemergeError` with an install hint when it is called.
 """
 
-from edgemerge.trt._trt import MISSING_TRT, has_aot_plugins, has_python_plugins, require_tensorrt, trt_version
+from edgemerge.trtlib import MISSING_TRT, has_aot_plugins, has_python_plugins, require_tensorrt, trt_version
 from edgemerge.trt.builder import build_engine, load_engine
-from edgemerge.trt.device_script import copy_plugin_sources, write_build_script
+from edgemerge.device_script import copy_plugin_sources, write_build_script
 from edgemerge.trt.plugins import load_plugin_library, register_python_plugins
-from edgemerge.trt.record import BuildRecord, Environment, check_record
+from edgemerge.record import BuildRecord, Environment, check_record
 
 __all__ = [
     "MISSING_TRT", "BuildRecord", "Environment", "build_engine", "check_record",

@@ -19,10 +19,11 @@ from contextlib import contextmanager
 
 from edgemerge import __version__, device_tool
 from edgemerge.errors import CheckFailed, EdgemergeError
+from edgemerge.graphs import onnx_has_fp16  # noqa: F401  (re-exported)
 from edgemerge.manifest import MANIFEST, Manifest, manifest_path
 from edgemerge.manifest import read_manifest as _read_manifest
-from edgemerge.trt._trt import has_python_plugins, parse_version, require_tensorrt
-from edgemerge.trt.record import (
+from edgemerge.trtlib import has_python_plugins, parse_version, require_tensorrt
+from edgemerge.record import (
     NO_PLUGINS, PYTHON_PLUGINS, BuildRecord, Environment, atomic_write_bytes, check_record,
     current_environment, layers_path, read_record, sha256_file, write_record,
 )
@@ -53,25 +54,6 @@ def check_onnx_matches_manifest(onnx_path: Path, manifest: dict) -> str:
         raise EdgemergeError(
             f"{onnx_path}: sha256 differs from {MANIFEST} (edited or from another export): re-export the bundle")
     return digest
-
-
-def onnx_has_fp16(onnx_path: str | os.PathLike) -> bool:
-    """Whether the graph is fp16-typed: float16 inputs, outputs, initializers, value_info or Casts."""
-    import onnx
-
-    model = onnx.load(str(onnx_path), load_external_data=False)
-    F16 = onnx.TensorProto.FLOAT16
-    g = model.graph
-    if any(v.type.tensor_type.elem_type == F16 for v in list(g.input) + list(g.output) + list(g.value_info)):
-        return True
-    if any(t.data_type == F16 for t in g.initializer):
-        return True
-    for node in g.node:
-        if node.op_type == "Cast" and any(a.name == "to" and a.i == F16 for a in node.attribute):
-            return True
-        if node.op_type == "Constant" and any(a.t.data_type == F16 for a in node.attribute if a.type == 4):
-            return True
-    return False
 
 
 @dataclass(frozen=True)

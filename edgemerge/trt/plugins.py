@@ -3,7 +3,7 @@
 - `load_plugin_library(path)`: the C++ IPluginV3 library (`libedgemerge_plugins.so`, the only
   option on TensorRT 10.3 / JetPack 6).
 - `register_python_plugins()`: `tensorrt.plugin` registrations for TensorRT >= 10.6, generated
-  from the one table in `edgemerge.trt.opspec`. On >= 10.9 with nvcc (no newer than the driver)
+  from the one table in `edgemerge.opspec`. On >= 10.9 with nvcc (no newer than the driver)
   the AOT implementation compiles the shared kernels `plugins/kernels/*.cu`
   to PTX, which TensorRT embeds in the engine (no Python needed when the engine runs). Otherwise
   the JIT implementation runs the op with torch on TensorRT's stream (Python needed at run time).
@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from edgemerge.errors import EdgemergeError
-from edgemerge.trt import opspec
-from edgemerge.trt._trt import has_aot_plugins, has_python_plugins, require_tensorrt, trt_version
+from edgemerge import opspec
+from edgemerge.trtlib import has_aot_plugins, has_python_plugins, require_tensorrt, trt_version
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +185,7 @@ def compile_ptx(source: str, arch: str | None = None) -> bytes:
 
 
 def _current_arch() -> str:
-    from edgemerge.trt.record import query_gpu
+    from edgemerge.record import query_gpu
 
     _, cc = query_gpu()
     return cc.replace(".", "") if cc else "87"

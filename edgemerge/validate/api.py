@@ -89,10 +89,15 @@ def _fmt(v) -> str:
 def validate_artifact(path: str | Path, *, images: str | Path | None = None, labels: str | Path | None = None,
                       num: int | None = None, atol: float | None = None, rtol: float | None = None,
                       min_agreement: float | None = None, localize: bool = False, out: str | Path | None = None,
-                      plugins: list[str] | None = None, reference: str = "auto", rows: int = MAX_FIGURE_INPUTS,
+                      plugins: list[str] | None = None, reference: str = "auto",
+                      load_engine: Callable | None = None, exporter: Callable | None = None, rows: int = MAX_FIGURE_INPUTS,
                       progress: Callable[[str], None] = lambda s: None) -> dict:
     """Validate a bundle directory, model.onnx or model.plan; returns the report (`passed` says
-    the verdict; `failure` is the one-line reason). Raises EdgemergeError on bad input."""
+    the verdict; `failure` is the one-line reason). Raises EdgemergeError on bad input.
+
+    `load_engine` (edgemerge.trt.load_engine) runs engines and `exporter`
+    (edgemerge.export.export_bundle) makes --localize's fp32 reference graph: handed over by the
+    caller, so validate imports neither package."""
     t0 = time.time()
     if reference not in REFERENCES:
         raise EdgemergeError(f"unknown reference {reference!r}; known: {', '.join(REFERENCES)}")
@@ -137,7 +142,7 @@ def validate_artifact(path: str | Path, *, images: str | Path | None = None, lab
     if art.kind == "onnx":
         got_per_batch, slot_names = runners.run_onnx(art.path, manifest, inp.batches)
     else:
-        got_per_batch = runners.run_engine(art.path, manifest, inp.batches, plugins)
+        got_per_batch = runners.run_engine(art.path, manifest, inp.batches, plugins, load_engine=load_engine)
     name = out_names[0] if out_names[0] in got_per_batch[0] else next(iter(got_per_batch[0]))
     got = {out_names[0]: np.concatenate([b[name] for b in got_per_batch])}
     got_slots = ([np.concatenate([b[s] for b in got_per_batch]) for s in slot_names] if slot_names else None)
@@ -184,7 +189,7 @@ def validate_artifact(path: str | Path, *, images: str | Path | None = None, lab
 
     engine_build = None
     if art.kind == "engine":  # what the engine holds: the merge ops as plugins, or their bodies
-        from edgemerge.trt.record import read_record
+        from edgemerge.record import read_record
 
         rec = read_record(art.path)
         engine_build = {"graph": rec.graph, "plugins": rec.plugins, "plugin_layers": rec.plugin_layers,
@@ -207,7 +212,8 @@ def validate_artifact(path: str | Path, *, images: str | Path | None = None, lab
         from edgemerge.validate.localize import localize_divergence
 
         progress("localizing the first diverging node")
-        report["localize"] = localize_divergence(art, inp.batches[0], limits, progress=progress)
+        report["localize"] = localize_divergence(art, inp.batches[0], limits, progress=progress,
+                                                 exporter=exporter)
     elif localize:
         report["localize"] = {"ran": False, "reason": "the comparison passed"}
 

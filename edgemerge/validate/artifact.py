@@ -85,7 +85,7 @@ def find_artifact(path: str | Path) -> Artifact:
     else:
         onnx_path = None
     if kind == "engine":
-        from edgemerge.trt.record import read_record
+        from edgemerge.record import read_record
 
         record = read_record(path)  # one line when the build record is missing
         hashes["engine_sha256"] = sha256_file(path)

@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 
 from edgemerge.validate.artifact import Artifact
-from edgemerge.validate.runners import with_outputs
+from edgemerge.graphs import with_outputs
 
 FP16_TOLERANCE = 1e-2  # relative to the tensor's range: fp16 rounding stays well below it
 MAX_LISTED = 5
@@ -63,7 +63,7 @@ def tensor_error(got: np.ndarray, ref: np.ndarray) -> tuple[float, str]:
 _CACHE: dict[str, onnx.ModelProto] = {}  # the last fresh export, keyed by what it was made from
 
 
-def _reference_export(manifest: dict, out: Path, progress: Callable[[str], None]) -> onnx.ModelProto:
+def _reference_export(manifest: dict, out: Path, progress: Callable[[str], None], exporter: Callable) -> onnx.ModelProto:
     from edgemerge.reference import checked_checkpoint
 
     checkpoint = checked_checkpoint(manifest)
@@ -71,25 +71,20 @@ def _reference_export(manifest: dict, out: Path, progress: Callable[[str], None]
                                                 "seed", "num_classes", "calibration", "checkpoint")], sort_keys=True)
     if key not in _CACHE:
         _CACHE.clear()
-        _CACHE[key] = _export_fp32(manifest, checkpoint, out, progress)
+        _CACHE[key] = _export_fp32(manifest, checkpoint, out, progress, exporter)
     return _CACHE[key]
 
 
-def _export_fp32(manifest: dict, checkpoint: str | None, out: Path, progress: Callable[[str], None]) -> onnx.ModelProto:
-    from edgemerge.export.bundle import ExportOptions, export_bundle
-
+def _export_fp32(manifest, checkpoint: str | None, out: Path, progress: Callable[[str], None],
+                 exporter: Callable) -> onnx.ModelProto:
     calibration = None
     if manifest.get("calibration") is not None:
         calibration = out.parent / "calibration.json"
         calibration.write_text(json.dumps(manifest["calibration"]))
-    opts = ExportOptions(model=manifest["model"], variant=manifest["variant"],
-                         checkpoint=checkpoint, resolution=tuple(manifest["resolution"]),
-                         batch=int(manifest.get("batch", 1)), precision="fp32",
-                         merge_ops=manifest.get("merge_ops", "plugin"), opset=int(manifest.get("opset", 18)),
-                         out=str(out), seed=int(manifest.get("seed", 0)), num_classes=manifest.get("num_classes"),
-                         calibration=str(calibration) if calibration else None)
+    opts = manifest.export_options(checkpoint=checkpoint, precision="fp32", out=str(out),
+                                   calibration=str(calibration) if calibration else None)
     progress("exporting a fresh fp32 reference graph")
-    export_bundle(opts)
+    exporter(opts)
     return onnx.load(str(out / "model.onnx"))
 
 
@@ -158,14 +153,15 @@ def _largest(result: dict) -> str:
 
 
 def localize_divergence(art: Artifact, batch: np.ndarray, limits: dict, *,
-                        progress: Callable[[str], None] = lambda s: None) -> dict:
-    """The report's `localize` section; says plainly when it cannot run."""
+                        progress: Callable[[str], None] = lambda s: None, exporter: Callable | None = None) -> dict:
+    """The report's `localize` section; says plainly when it cannot run. `exporter`
+    (edgemerge.export.export_bundle, handed over by the caller) makes the fp32 reference graph."""
     from edgemerge.validate.reference import torch_available
 
     if art.onnx_path is None:
         return {"ran": False, "reason": "the bundle's model.onnx is missing; localize works on the ONNX graph"}
-    if not torch_available():
-        return {"ran": False, "reason": "localize needs PyTorch to export a fresh fp32 reference graph"}
+    if not torch_available() or exporter is None:
+        return {"ran": False, "reason": "localize needs PyTorch and an exporter to make a fresh fp32 reference graph"}
     tol = limits.get("max_abs_rel_range", ("<=", None))[1]
     tol = tol if tol is not None else (FP16_TOLERANCE if art.precision == "fp16" else 1e-3)
     got_model = onnx.load(str(art.onnx_path))
@@ -173,7 +169,7 @@ def localize_divergence(art: Artifact, batch: np.ndarray, limits: dict, *,
 
     with tempfile.TemporaryDirectory(prefix="edgemerge-localize-") as tmp:
         try:
-            ref_model = _reference_export(art.manifest, Path(tmp) / "reference", progress)
+            ref_model = _reference_export(art.manifest, Path(tmp) / "reference", progress, exporter)
         except EdgemergeError as e:
             return {"ran": False, "reason": f"the fresh fp32 reference export failed: {e}"}
     progress("running both graphs with every node output marked")

@@ -44,7 +44,7 @@ def write_json(path: Path, report: dict) -> Path:
 
 def _palette(k: int) -> np.ndarray:
     """k class colours: Kelly's high-contrast colours while they last (up to 19), then seeded random."""
-    from edgemerge.show import GROUP_COLOURS
+    from edgemerge.images import GROUP_COLOURS
 
     rng = np.random.default_rng(12345)
     extra = rng.integers(40, 256, (max(k - len(GROUP_COLOURS), 0), 3))

@@ -48,7 +48,7 @@ def test_engine_without_tensorrt_refused_before_export(tmp_path, no_export):
 
 
 def test_engine_without_gpu_refused_before_export(tmp_path, no_export, monkeypatch):
-    from edgemerge.trt import record
+    from edgemerge import record
 
     monkeypatch.setattr(record, "current_environment",
                         lambda: record.Environment(tensorrt_version="10.3.0", gpu_name=None, compute_capability=None))

@@ -56,7 +56,7 @@ def test_export_self_checks(tmp_path, model, res, variant, merge_ops, precision)
             assert attrs["plugin_namespace"].s == b"edgemerge"
         assert {(f.domain, f.name) for f in proto.functions} == {(DOMAIN, n.op_type) for n in custom}
         assert any(o.domain == DOMAIN for o in proto.opset_import)
-        from edgemerge.trt.opspec import check_onnx_model
+        from edgemerge.opspec import check_onnx_model
 
         assert check_onnx_model(proto) == []
     if merge_ops == "native":
@@ -222,7 +222,7 @@ def test_failed_self_check_leaves_nothing(tmp_path, monkeypatch):
 
 def test_plugins_agree_with_exported_nodes(tmp_path):
     """The C++ creators' fields and the Python plugin descriptors match the nodes of real exports."""
-    from edgemerge.trt.opspec import check_onnx_model, cpp_plugin_fields
+    from edgemerge.opspec import check_onnx_model, cpp_plugin_fields
 
     cpp = cpp_plugin_fields(REPO / "plugins")
     seen = set()

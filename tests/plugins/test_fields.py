@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from edgemerge.trt.opspec import cpp_plugin_fields
+from edgemerge.opspec import cpp_plugin_fields
 
 from .conftest import PLUGINS, REPO
 

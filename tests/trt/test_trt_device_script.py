@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from edgemerge import opspec
 from edgemerge.device_tool import NATIVE, STRIP, AS_IS, read_manifest
-from edgemerge.trt.device_script import PLUGIN_LIB, SCRIPT, TOOL, build_script, copy_plugin_sources, write_build_script
+from edgemerge.device_script import PLUGIN_LIB, SCRIPT, TOOL, build_script, copy_plugin_sources, write_build_script
 from trt_helpers import write_bundle
 
 REPO = Path(__file__).resolve().parents[2]
@@ -249,6 +250,53 @@ def test_stock_jetpack_run_builds_the_plugin_library(tmp_path, tag, version):
     line = the_trtexec_build(calls)
     assert f"--onnx={'model.trt.onnx' if major == '10' else 'model.onnx'}" in line
     assert json.loads((bundle / "model.plan.json").read_text())["plugin_layers"]["TokenUnmerge"]["plugin_layers"] == 1
+    # The creators the library hands TensorRT (getCreators), asked through TensorRT's own interface:
+    # their names, versions, namespaces and field names are the op spec's.
+    assert creator_fields(tmp_path, include, lib, root / "lib") == {
+        name: (opspec.PLUGIN_VERSION, opspec.DOMAIN, [a.name for a in op.plugin_attributes()])
+        for name, op in opspec.OPS.items()}
+
+
+HARNESS = r"""
+#include <NvInferRuntime.h>
+#include <cstdio>
+#include <cstring>
+#include <dlfcn.h>
+using namespace nvinfer1;
+int main(int argc, char** argv)
+{
+    void* lib = dlopen(argv[1], RTLD_NOW);
+    if (!lib) { std::fprintf(stderr, "%s\n", dlerror()); return 1; }
+    using GetCreators = IPluginCreatorInterface* const* (*)(int32_t&);
+    auto getCreators = reinterpret_cast<GetCreators>(dlsym(lib, "getCreators"));
+    if (!getCreators) { std::fprintf(stderr, "no getCreators\n"); return 1; }
+    int32_t n = 0;
+    IPluginCreatorInterface* const* creators = getCreators(n);
+    for (int32_t i = 0; i < n; ++i)
+    {
+        if (std::strcmp(creators[i]->getInterfaceInfo().kind, "PLUGIN CREATOR_V3ONE") != 0) return 2;
+        auto* c = static_cast<IPluginCreatorV3One*>(creators[i]);
+        std::printf("%s %s %s", c->getPluginName(), c->getPluginVersion(), c->getPluginNamespace());
+        PluginFieldCollection const* fc = c->getFieldNames();
+        for (int32_t j = 0; j < fc->nbFields; ++j) std::printf(" %s", fc->fields[j].name);
+        std::printf("\n");
+    }
+    return 0;
+}
+"""
+
+
+def creator_fields(tmp: Path, include: Path, lib: Path, lib_dir: Path) -> dict:
+    """{plugin name: (version, namespace, field names)} from the built library, through a small
+    C++ program compiled against the same TensorRT headers (no regex over our sources)."""
+    src, exe = tmp / "harness.cpp", tmp / "harness"
+    src.write_text(HARNESS)
+    subprocess.run([shutil.which("c++") or "g++", "-std=c++17", f"-I{include}", str(src), "-ldl", "-o", str(exe)],
+                   check=True, capture_output=True)
+    out = subprocess.run([str(exe), str(lib)], capture_output=True, text=True, check=True,
+                         env={**os.environ, "LD_LIBRARY_PATH": str(lib_dir)}).stdout
+    rows = [line.split() for line in out.splitlines()]
+    return {r[0]: (r[1], r[2], r[3:]) for r in rows}
 
 
 def test_copy_plugin_sources(tmp_path):

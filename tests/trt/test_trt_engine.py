@@ -16,7 +16,7 @@ pytest.importorskip("torch", reason="the reference outputs come from edgemerge.m
 def _have_gpu():
     if trt_version() is None:
         return False
-    from edgemerge.trt.record import query_gpu
+    from edgemerge.record import query_gpu
 
     return query_gpu()[1] is not None
 
@@ -54,7 +54,7 @@ def _build_and_run(tmp_path, op, precision, merge_ops, plugins):
 
 @pytest.mark.parametrize("op,precision", CASES)
 def test_python_plugins(tmp_path, op, precision):
-    from edgemerge.trt._trt import has_python_plugins
+    from edgemerge.trtlib import has_python_plugins
 
     if not has_python_plugins(trt_version()):
         pytest.skip("TensorRT < 10.6 has no Python plugins")

@@ -12,7 +12,7 @@ no_trt = pytest.mark.skipif(trt_version() is not None, reason="TensorRT is insta
 
 def test_package_imports_without_tensorrt_or_torch():
     code = ("import sys, edgemerge.trt, edgemerge.trt.builder, edgemerge.trt.plugins, "
-            "edgemerge.trt.device_script, edgemerge.trt.opspec, edgemerge.cli.build; "
+            "edgemerge.device_script, edgemerge.opspec, edgemerge.cli.build; "
             "print('tensorrt' in sys.modules, 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]

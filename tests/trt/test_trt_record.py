@@ -8,7 +8,7 @@ import pytest
 
 from edgemerge.errors import EdgemergeError
 from edgemerge.trt.builder import check_engine, choose_typing, read_manifest
-from edgemerge.trt.record import (
+from edgemerge.record import (
     NO_PLUGINS, PYTHON_PLUGINS, BuildRecord, Environment, record_path, sha256_file, write_record,
 )
 from trt_helpers import write_bundle

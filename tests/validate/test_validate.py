@@ -339,7 +339,7 @@ def test_engine_without_tensorrt(bundles, tmp_path):
 
     if importlib.util.find_spec("tensorrt") is not None:
         pytest.skip("TensorRT is installed: this checks the clean refusal without it")
-    from edgemerge.trt.record import BuildRecord, sha256_file, write_record
+    from edgemerge.record import BuildRecord, sha256_file, write_record
 
     bundle = _copy(bundles["fp32-plugin"], tmp_path / "b")
     plan = bundle / "model.plan"
@@ -362,7 +362,7 @@ def test_engine_path_with_onnxruntime_standing_in_for_tensorrt(bundles, weight_a
     from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
 
     import edgemerge.trt.builder as builder
-    from edgemerge.trt.record import BuildRecord, sha256_file, write_record
+    from edgemerge.record import BuildRecord, sha256_file, write_record
 
     monkeypatch.setattr(builder, "load_engine", lambda path, plugins=None: Path(path))
     monkeypatch.setattr(ptrt, "TrtRunner", lambda engine, name: OnnxrtRunner(

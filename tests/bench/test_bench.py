@@ -210,7 +210,7 @@ def test_bench_trt_path_with_onnxruntime_standing_in(bundle, tmp_path, monkeypat
     import polygraphy.backend.trt as ptrt
     from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
 
-    import edgemerge.trt._trt as trt_mod
+    import edgemerge.trtlib as trt_mod
     import edgemerge.trt.builder as builder
 
     monkeypatch.setattr(trt_mod, "require_tensorrt", lambda: types.SimpleNamespace(__version__="10.3.0"))

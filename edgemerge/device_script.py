@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 
 from edgemerge import device_tool
-from edgemerge.trt.record import atomic_write_bytes
+from edgemerge.record import atomic_write_bytes
 
 SCRIPT = "build_on_device.sh"
 TOOL = "edgemerge_device.py"  # a copy of edgemerge/device_tool.py (standard library only)
@@ -189,7 +189,7 @@ def write_build_script(bundle_dir: str | os.PathLike, manifest: dict) -> Path:
     bundle = Path(bundle_dir)
     onnx_fp16 = None
     if (bundle / "model.onnx").is_file():
-        from edgemerge.trt.builder import onnx_has_fp16
+        from edgemerge.graphs import onnx_has_fp16
 
         onnx_fp16 = onnx_has_fp16(bundle / "model.onnx")
     atomic_write_bytes(bundle / TOOL, Path(device_tool.__file__).read_bytes(), mode=0o644)

@@ -104,7 +104,7 @@ def resolve_plugins(record: BuildRecord, plan: Path, plugins: list[str] | None) 
 # ---- the current machine ----------------------------------------------------------------------
 
 def current_environment() -> Environment:
-    from edgemerge.trt._trt import require_tensorrt
+    from edgemerge.trtlib import require_tensorrt
 
     trt = require_tensorrt()
     name, cc = query_gpu()
