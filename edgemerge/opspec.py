@@ -7,8 +7,6 @@ with an exported ONNX file on a machine without a GPU.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from dataclasses import dataclass
 from typing import Callable
 
@@ -201,21 +199,3 @@ def check_onnx_model(model) -> list[str]:
         if (DOMAIN, node.op_type) not in functions:
             problems.append(f"{where}: no model-local function {DOMAIN}::{node.op_type}")
     return problems
-
-
-def cpp_plugin_fields(plugin_dir: str | os.PathLike) -> dict[str, list[str]]:
-    """{plugin name: creator field names} parsed from the C++ sources (`src/token*Plugin.cpp/.h`).
-
-    The C++ `fieldList()` functions are the single source of the C++ side's attributes; parsing
-    them lets a test (or a bundle check) compare them with the nodes an exported ONNX holds.
-    """
-    import re
-
-    out: dict[str, list[str]] = {}
-    for cpp in sorted((Path(plugin_dir) / "src").glob("token*Plugin.cpp")):
-        name = re.search(r'static char const\* name\(\) noexcept \{ return "(\w+)"; \}',
-                         cpp.with_suffix(".h").read_text())
-        body = re.search(r"::fieldList\(\)\s*\{(.*?)return fields;", cpp.read_text(), re.S)
-        if name and body:
-            out[name.group(1)] = re.findall(r'PluginField\("(\w+)"', body.group(1))
-    return out

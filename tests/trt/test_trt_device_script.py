@@ -232,6 +232,7 @@ def test_stock_jetpack_run_builds_the_plugin_library(tmp_path, tag, version):
     stub_src.write_text("void *getPluginRegistry(void) { return 0; }\n")
     subprocess.run(["cc", "-shared", "-fPIC", f"-Wl,-soname,libnvinfer.so.{major}", str(stub_src),
                     "-o", str(root / "lib" / "libnvinfer.so")], check=True)
+    (root / "lib" / f"libnvinfer.so.{major}").symlink_to("libnvinfer.so")  # what the loader looks for
     bundle = tmp_path / "bundle"
     write_bundle(bundle, precision="fp16")
     copy_plugin_sources(bundle)
@@ -252,8 +253,10 @@ def test_stock_jetpack_run_builds_the_plugin_library(tmp_path, tag, version):
     assert json.loads((bundle / "model.plan.json").read_text())["plugin_layers"]["TokenUnmerge"]["plugin_layers"] == 1
     # The creators the library hands TensorRT (getCreators), asked through TensorRT's own interface:
     # their names, versions, namespaces and field names are the op spec's.
+    # Every field is INT32 (the parser turns INT/INTS attributes into kINT32 fields: onnx-tensorrt
+    # onnxOpImporters.cpp release/10.1-GA, loadFields).
     assert creator_fields(tmp_path, include, lib, root / "lib") == {
-        name: (opspec.PLUGIN_VERSION, opspec.DOMAIN, [a.name for a in op.plugin_attributes()])
+        name: (opspec.PLUGIN_VERSION, opspec.DOMAIN, [f"{a.name}:int32" for a in op.plugin_attributes()])
         for name, op in opspec.OPS.items()}
 
 
@@ -278,7 +281,8 @@ int main(int argc, char** argv)
         auto* c = static_cast<IPluginCreatorV3One*>(creators[i]);
         std::printf("%s %s %s", c->getPluginName(), c->getPluginVersion(), c->getPluginNamespace());
         PluginFieldCollection const* fc = c->getFieldNames();
-        for (int32_t j = 0; j < fc->nbFields; ++j) std::printf(" %s", fc->fields[j].name);
+        for (int32_t j = 0; j < fc->nbFields; ++j)
+            std::printf(" %s:%s", fc->fields[j].name, fc->fields[j].type == PluginFieldType::kINT32 ? "int32" : "other");
         std::printf("\n");
     }
     return 0;
@@ -291,7 +295,8 @@ def creator_fields(tmp: Path, include: Path, lib: Path, lib_dir: Path) -> dict:
     C++ program compiled against the same TensorRT headers (no regex over our sources)."""
     src, exe = tmp / "harness.cpp", tmp / "harness"
     src.write_text(HARNESS)
-    subprocess.run([shutil.which("c++") or "g++", "-std=c++17", f"-I{include}", str(src), "-ldl", "-o", str(exe)],
+    subprocess.run([shutil.which("c++") or "g++", "-std=c++17", f"-I{include}", "-I/usr/local/cuda/include", str(src),
+                    "-ldl", "-o", str(exe)],
                    check=True, capture_output=True)
     out = subprocess.run([str(exe), str(lib)], capture_output=True, text=True, check=True,
                          env={**os.environ, "LD_LIBRARY_PATH": str(lib_dir)}).stdout
