@@ -104,3 +104,11 @@ def reference_from_manifest(manifest: Manifest, variant: str | None = None):
     return model
 
 
+def prefix_tokens(model) -> int:
+    """The tokens a ViT keeps out of merging (CLS, and DeiT's distillation token); 1 otherwise."""
+    from edgemerge.models.vit import VisionTransformer
+
+    for m in model.modules():
+        if isinstance(m, VisionTransformer):
+            return int(m.num_prefix_tokens)
+    return 1

@@ -182,11 +182,16 @@ def _check_divisible(name: str, hw: tuple[int, int], sy: int, sx: int) -> None:
                              f"choose a resolution whose stage grids are multiples of the cell")
 
 
-def resolve(model: str, plan: MergePlan, resolution: tuple[int, int]) -> dict[str, Any]:
+def resolve(model: str, plan: MergePlan, resolution: tuple[int, int], protect: int = 1) -> dict[str, Any]:
     """Per-stage (Segformer) or per-site (ViT) token counts for one input resolution; a resolution
-    the plan cannot divide is refused with the nearest ones that work (CamVid 360x480 -> 384x512)."""
+    the plan cannot divide is refused with the nearest ones that work (CamVid 360x480 -> 384x512).
+
+    `protect`: the ViT's prefix tokens (CLS, plus DeiT's distillation token: 2), which the model
+    a checkpoint builds decides; the spatial-reduction ratios come from the model's config.
+    tests/merge/test_counts_from_model.py runs every patched zoo model on the meta device and
+    checks these counts against the merges it makes."""
     try:
-        return _resolve(model, plan, resolution)
+        return _resolve(model, plan, resolution, protect)
     except EdgemergeError as e:
         near = nearest_resolutions(model, plan, resolution)
         if not near:
@@ -227,14 +232,14 @@ def nearest_resolutions(model: str, plan: MergePlan, resolution: tuple[int, int]
     return out
 
 
-def _resolve(model: str, plan: MergePlan, resolution: tuple[int, int]) -> dict[str, Any]:
+def _resolve(model: str, plan: MergePlan, resolution: tuple[int, int], protect: int = 1) -> dict[str, Any]:
     from edgemerge.models import get_config
 
     cfg = get_config(model)
     H, W = resolution
     if cfg.family == "segformer":
         stages, h, w = [], H, W
-        sr = (8, 4, 2, 1)
+        sr = tuple(cfg.extra.get("sr_ratios", (8, 4, 2, 1)))
         for s, stride in enumerate(cfg.strides, start=1):
             h, w = -(-h // stride), -(-w // stride)  # overlapping patch embeddings round up
             n_q = h * w
@@ -261,7 +266,6 @@ def _resolve(model: str, plan: MergePlan, resolution: tuple[int, int]) -> dict[s
     if H % p or W % p:
         raise EdgemergeError(f"resolution {H}x{W} is not a multiple of the patch size {p}")
     grid_hw = (H // p, W // p)
-    protect = 1
     n = protect + grid_hw[0] * grid_hw[1]
     sites = []
     depth = cfg.depths[0]
