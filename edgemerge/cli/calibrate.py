@@ -5,29 +5,29 @@ from __future__ import annotations
 import click
 
 from edgemerge.cli import check_output_file, counter, main, progress_reporter
+from edgemerge.cli.options import resolution_option
 
 
 @main.command()
 @click.option("--model", "-m", required=True, help="A segmenter-vit-* model (ALGM).")
 @click.option("--images", "-i", required=True, type=click.Path(), help="Folder of images (png, jpg, ...).")
 @click.option("--checkpoint", "-c", type=click.Path(), default=None, help="Weights; default: random weights.")
-@click.option("--resolution", "-r", default=None, help="Input HxW, default: the model's.")
+@resolution_option("Input HxW, default: the model's.")
 @click.option("--quantile", "-q", default=0.5, show_default=True, type=float,
               help="Quantile of the per-image fractions to keep (lower = fewer merges = conservative).")
 @click.option("--out", "-o", type=click.Path(), default=None, help="JSON file, default: MODEL-calibration.json.")
-def calibrate(model: str, images: str, checkpoint: str | None, resolution: str | None, quantile: float,
+def calibrate(model: str, images: str, checkpoint: str | None, resolution: tuple[int, int] | None, quantile: float,
               out: str | None) -> None:
     """Run ALGM adaptively over images and write static local/global fractions for plan/export."""
     from rich.console import Console
     from rich.table import Table
 
-    from edgemerge.export.bundle import parse_resolution
     from edgemerge.merge.calibrate import calibrate as run, summary, write_calibration
 
     console = Console(stderr=True)
     path = check_output_file(out or f"{model}-calibration.json", "calibration file")  # before the run
     with progress_reporter("calibrating") as report:
-        result = run(model, images, checkpoint=checkpoint, resolution=parse_resolution(resolution),
+        result = run(model, images, checkpoint=checkpoint, resolution=resolution,
                      quantile=quantile, progress=counter(report, "calibrating: image"))
     path = write_calibration(result, path)
     if checkpoint is None:  # after the run, so that bad input stays a one-line error

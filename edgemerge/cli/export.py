@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from edgemerge.cli import main, progress_reporter
+from edgemerge.cli.options import resolution_option
 
 
 @main.command()
@@ -12,7 +13,7 @@ from edgemerge.cli import main, progress_reporter
 @click.option("--variant", "-v", default="none", show_default=True, help="Merge variant.")
 @click.option("--checkpoint", "-c", type=click.Path(), default=None,
               help="Weights: a Hugging Face dir, mmseg/NVlabs/timm/Segmenter .pth. Default: random weights.")
-@click.option("--resolution", "-r", default=None, help="Input HxW (static), default: the model's.")
+@resolution_option("Input HxW (static), default: the model's.")
 @click.option("--batch", default=1, show_default=True, type=int)
 @click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
 @click.option("--merge-ops", type=click.Choice(["plugin", "native"]), default="plugin", show_default=True,
@@ -31,10 +32,10 @@ def export(model, variant, checkpoint, resolution, batch, precision, merge_ops, 
     """Export a merged model to a self-checked ONNX bundle for TensorRT."""
     from rich.console import Console
 
-    from edgemerge.export.bundle import ExportOptions, export_bundle, parse_resolution
+    from edgemerge.export.bundle import ExportOptions, export_bundle
 
     console = Console(stderr=True)
-    opts = ExportOptions(model=model, variant=variant, checkpoint=checkpoint, resolution=parse_resolution(resolution),
+    opts = ExportOptions(model=model, variant=variant, checkpoint=checkpoint, resolution=resolution,
                          batch=batch, precision=precision, merge_ops=merge_ops, opset=opset, out=out, seed=seed,
                          num_classes=num_classes, calibration=calibration, engine=engine, plugins=plugins)
     with progress_reporter("exporting") as report:

@@ -7,24 +7,24 @@ import json
 import click
 
 from edgemerge.cli import main
+from edgemerge.cli.options import resolution_option
 
 
 @main.command()
 @click.option("--model", "-m", required=True, help="Zoo model name (see `edgemerge models`).")
 @click.option("--variant", "-v", required=True, help="Merge variant, e.g. hq, fast, n2d, tome, algm, none.")
-@click.option("--resolution", "-r", default=None, help="Input HxW, default: the model's.")
+@resolution_option("Input HxW, default: the model's.")
 @click.option("--calibration", type=click.Path(), default=None, help="ALGM counts from `edgemerge calibrate`.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def plan(model: str, variant: str, resolution: str | None, calibration: str | None, as_json: bool) -> None:
+def plan(model: str, variant: str, resolution: tuple[int, int] | None, calibration: str | None, as_json: bool) -> None:
     """Tokens in and kept per stage / merge site, and GFLOPs merged vs unmerged."""
-    from edgemerge.export.bundle import parse_resolution
     from edgemerge.merge import get_plan, resolve
     from edgemerge.merge.flops import gflops
     from edgemerge.merge.plan import load_calibration, plan_dict
     from edgemerge.models import get_config
 
     cal = load_calibration(calibration)
-    res = parse_resolution(resolution) or get_config(model).resolution
+    res = resolution or get_config(model).resolution
     p = get_plan(model, variant, calibration=cal)
     out = {"model": model, "variant": variant, "resolution": list(res), "plan": plan_dict(p),
            **resolve(model, p, res), "gflops": gflops(model, variant, res, calibration=cal)}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from edgemerge.cli import main
+from edgemerge.cli.options import resolution_option
 
 
 @main.command()
@@ -12,7 +13,7 @@ from edgemerge.cli import main
 @click.option("--variant", "-v", required=True, help="Merge variant.")
 @click.option("--image", "-i", required=True, type=click.Path(), help="Input image.")
 @click.option("--checkpoint", "-c", type=click.Path(), default=None, help="Weights (default: random weights).")
-@click.option("--resolution", "-r", default=None, help="Model input HxW, default: the model's.")
+@resolution_option("Model input HxW, default: the model's.")
 @click.option("--site", type=int, default=None, help="Draw only this merge site (index) to --out.")
 @click.option("--all-sites", is_flag=True, help="Every merging block, not only the first of each stage.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Seed of random weights.")
@@ -23,10 +24,9 @@ from edgemerge.cli import main
 def show(model, variant, image, checkpoint, resolution, site, all_sites, seed, out, no_caption) -> None:
     """Draw which tokens merged over IMAGE, one PNG per merge site: one colour per merged group
     (touching groups never share one), unmerged tokens clear in a thin grey border."""
-    from edgemerge.export.bundle import parse_resolution
     from edgemerge.show import show_merges
 
-    written = show_merges(model, variant, image, out, checkpoint=checkpoint, resolution=parse_resolution(resolution),
+    written = show_merges(model, variant, image, out, checkpoint=checkpoint, resolution=resolution,
                           site=site, seed=seed, all_sites=all_sites, caption=not no_caption)
     if checkpoint is None:  # after the run, so that bad input stays a one-line error
         click.echo(f"note: no --checkpoint: {model} has RANDOM weights (seed {seed}); the merges show the "

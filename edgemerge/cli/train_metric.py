@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from edgemerge.cli import main
+from edgemerge.cli.options import resolution_option
 
 
 @main.command("train-metric")
@@ -18,19 +19,18 @@ from edgemerge.cli import main
 @click.option("--epochs", type=int, default=1, show_default=True)
 @click.option("--batch", type=int, default=8, show_default=True)
 @click.option("--lr", type=float, default=1e-4, show_default=True, help="AdamW, cosine to 1e-6 (DTEM's recipe).")
-@click.option("--resolution", "-r", default=None, help="Input HxW, default: the model's.")
+@resolution_option("Input HxW, default: the model's.")
 @click.option("--seed", type=int, default=0, show_default=True)
 def train_metric(model: str, variant: str, checkpoint: str, images: str, out: str, steps: int | None, epochs: int,
-                 batch: int, lr: float, resolution: str | None, seed: int) -> None:
+                 batch: int, lr: float, resolution: tuple[int, int] | None, seed: int) -> None:
     """Train DTEM's merge metric with the backbone frozen (distillation against the unmerged model)."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from edgemerge.export.bundle import parse_resolution
     from edgemerge.train import TrainOptions, train_metric as run
 
     opts = TrainOptions(model=model, variant=variant, checkpoint=checkpoint, images=images, out=out, steps=steps,
-                        epochs=epochs, batch=batch, lr=lr, resolution=parse_resolution(resolution), seed=seed)
+                        epochs=epochs, batch=batch, lr=lr, resolution=resolution, seed=seed)
     console = Console(stderr=True)
     with Progress(TextColumn("training metric"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
                   TimeRemainingColumn(), console=console) as bar:

@@ -12,7 +12,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from edgemerge.cli import main
-from edgemerge.export.bundle import ExportOptions, _randomize_norm_stats, export_bundle
+from edgemerge.export.bundle import ExportOptions, export_bundle
+from edgemerge.reference import _randomize_norm_stats
 from edgemerge.images import synthetic_images
 from edgemerge.merge.plan import get_plan
 from edgemerge.models import build_model, load_checkpoint
