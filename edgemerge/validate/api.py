@@ -18,6 +18,7 @@ import numpy as np
 from edgemerge import __version__
 from edgemerge.compare import describe
 from edgemerge.errors import EdgemergeError
+from edgemerge.record import read_record
 from edgemerge.validate import inputs as inputs_mod
 from edgemerge.validate import metrics as M
 from edgemerge.validate import reference as R
@@ -118,89 +119,28 @@ def validate_artifact(path: str | Path, *, images: str | Path | None = None, lab
         raise EdgemergeError("new images need the PyTorch reference (torch and the checkpoint); without PyTorch "
                              "validation uses the bundle's stored inputs and outputs (reference.npz)")
 
-    # inputs and reference
-    ref_sites: list[dict] | None = None
-    stored = R.load_stored(art.bundle, manifest) if not use_torch or images is None else None
-    if use_torch:
-        inp = (inputs_mod.folder_inputs(manifest, images, labels, num, progress) if images is not None
-               else inputs_mod.synthetic_inputs(manifest, num))  # bad folders are refused before any work
-        progress("rebuilding the PyTorch reference from the manifest")
-        model = R.build_from_manifest(manifest)  # refuses a changed or missing checkpoint
-        progress(f"running PyTorch on {inp.source['count']} input(s)")
-        ref_out, ref_sites = R.run_pytorch(model, inp.batches, progress=counter(progress, "PyTorch: batch"))
-        ref_kind = "pytorch"
-    else:
-        inp = inputs_mod.stored_inputs(stored, manifest, num)
-        ref_out = R.stored_outputs(stored, len(inp.batches))
-        ref_kind = "reference.npz"
+    inp, ref_out, ref_sites, ref_kind, stored = _reference(art, use_torch, images, labels, num, progress)
     out_names = [o["name"] for o in manifest.get("outputs", [])] or ["output"]
-    ref = {out_names[0]: np.concatenate(ref_out)}  # models have one output (logits)
+    main_out = out_names[0]  # models have one output (logits)
+    ref = np.concatenate(ref_out)
+    got, got_slots, slot_names = _run_artifact(art, inp.batches, main_out, plugins, load_engine, progress)
 
-    # the artifact
-    progress(f"running the {art.kind} ({'ONNX Runtime' if art.kind == 'onnx' else 'TensorRT'})")
-    slot_names = None
-    if art.kind == "onnx":
-        got_per_batch, slot_names = runners.run_onnx(art.path, manifest, inp.batches)
-    else:
-        got_per_batch = runners.run_engine(art.path, manifest, inp.batches, plugins, load_engine=load_engine)
-    name = out_names[0] if out_names[0] in got_per_batch[0] else next(iter(got_per_batch[0]))
-    got = {out_names[0]: np.concatenate([b[name] for b in got_per_batch])}
-    got_slots = ([np.concatenate([b[s] for b in got_per_batch]) for s in slot_names] if slot_names else None)
-
-    # figures and limits
     limits = M.thresholds_for(art.precision, atol=atol, rtol=rtol, min_agreement=min_agreement)
-    per_output, checks = {}, []
-    for o in out_names[:1]:
-        per_output[o] = M.output_metrics(got[o], ref[o], art.precision)
-        checks += [{"output": o, **c} for c in M.check(per_output[o], limits)]
-    main_out = out_names[0]
-    ref_pred = ref[main_out].argmax(1) if ref[main_out].ndim == 4 else None
-    got_pred = got[main_out].argmax(1) if got[main_out].ndim == 4 else None
-    num_classes = int(manifest.get("num_classes") or ref[main_out].shape[1])
-
-    warnings = []
-    if inp.labels is not None:
-        w = inputs_mod.ignored_labels(inp.labels, inp.source["files"], num_classes)
-        if w:
-            warnings.append(w)
-    label_figs = None
-    if inp.labels is not None and ref_pred is not None:
-        lab = M.resize_labels(inp.labels, *ref_pred.shape[1:])
-        label_figs = {**M.label_metrics(ref_pred, got_pred, lab, num_classes),
-                      "resolution": list(ref_pred.shape[1:]),
-                      "note": "evaluated at the logits' resolution; labels resized nearest-neighbour; "
-                              f"values >= {num_classes} (and 255) ignored"}
-    if ref_sites is None:
-        merge = {"available": False, "reason": "the stored reference (reference.npz) holds no merge decisions"}
-    elif art.kind == "engine":
-        merge = {"available": False, "reason": "a TensorRT engine does not expose its slot tensors"}
-    else:
-        merge = M.slot_agreement(ref_sites, got_slots)
-    if merge.get("available"):
-        merge["slot_tensors"] = slot_names
-
-    reference_consistency = None
-    if ref_kind == "pytorch" and inp.source.get("kind") == "synthetic":
-        stored = stored or R.load_stored(art.bundle, manifest)
-        n = min(len(ref_out), sum(k.startswith("output_") for k in stored))
-        if n:  # the same seeded inputs: the rebuilt model must reproduce the stored outputs
-            d = max(float(np.abs(ref_out[i] - stored[f"output_{i}"]).max()) for i in range(n))
-            reference_consistency = {"batches": n, "max_abs_vs_reference_npz": d}
-
-    engine_build = None
-    if art.kind == "engine":  # what the engine holds: the merge ops as plugins, or their bodies
-        from edgemerge.record import read_record
-
-        rec = read_record(art.path)
-        engine_build = {"graph": rec.graph, "plugins": rec.plugins, "plugin_layers": rec.plugin_layers,
-                        "summary": rec.plugin_summary()}
+    per_output = {main_out: M.output_metrics(got, ref, art.precision)}
+    checks = [{"output": main_out, **c} for c in M.check(per_output[main_out], limits)]
+    ref_pred = ref.argmax(1) if ref.ndim == 4 else None
+    got_pred = got.argmax(1) if got.ndim == 4 else None
+    num_classes = int(manifest.get("num_classes") or ref.shape[1])
+    warnings, label_figs = _label_figures(inp, ref_pred, got_pred, num_classes)
+    merge = _merge_decisions(art, ref_sites, got_slots, slot_names)
+    consistency = _consistency(art, ref_kind, inp, ref_out, stored)
     report = {
-        "format": 1, "passed": all(c["passed"] for c in checks), "engine_build": engine_build,
+        "format": 1, "passed": all(c["passed"] for c in checks), "engine_build": _engine_build(art),
         "artifact": {"path": str(art.path.resolve()), "kind": art.kind, "bundle": str(art.bundle.resolve()),
                      "precision": art.precision, "merge_ops": manifest.get("merge_ops"), **art.hashes},
         "model": {k: manifest.get(k) for k in ("model", "variant", "resolution", "batch", "num_classes", "seed")},
         "checkpoint": manifest.get("checkpoint"),
-        "reference": {"kind": ref_kind, "consistency": reference_consistency},
+        "reference": {"kind": ref_kind, "consistency": consistency},
         "inputs": inp.source,
         "thresholds": {k: {"op": op, "value": v} for k, (op, v) in limits.items()},
         "metrics": per_output, "checks": checks,
@@ -229,3 +169,81 @@ def validate_artifact(path: str | Path, *, images: str | Path | None = None, lab
     report["failure"] = failure_message(report)
     write_files([(out_dir / "report.json", json_bytes(report)), *files])  # both or neither
     return report
+
+
+# ---- the steps of validate_artifact ---------------------------------------------------------------
+
+def _reference(art, use_torch: bool, images, labels, num, progress):
+    """(inputs, reference outputs per batch, PyTorch's merge sites or None, reference kind, stored)."""
+    manifest = art.manifest
+    stored = R.load_stored(art.bundle, manifest) if not use_torch or images is None else None
+    if not use_torch:
+        inp = inputs_mod.stored_inputs(stored, manifest, num)
+        return inp, R.stored_outputs(stored, len(inp.batches)), None, "reference.npz", stored
+    inp = (inputs_mod.folder_inputs(manifest, images, labels, num, progress) if images is not None
+           else inputs_mod.synthetic_inputs(manifest, num))  # bad folders are refused before any work
+    progress("rebuilding the PyTorch reference from the manifest")
+    model = R.build_from_manifest(manifest)  # refuses a changed or missing checkpoint
+    progress(f"running PyTorch on {inp.source['count']} input(s)")
+    ref_out, ref_sites = R.run_pytorch(model, inp.batches, progress=counter(progress, "PyTorch: batch"))
+    return inp, ref_out, ref_sites, "pytorch", stored
+
+
+def _run_artifact(art, batches, output: str, plugins, load_engine, progress):
+    """(the artifact's output stacked over batches, its slot tensors or None, their names)."""
+    progress(f"running the {art.kind} ({'ONNX Runtime' if art.kind == 'onnx' else 'TensorRT'})")
+    slot_names = None
+    if art.kind == "onnx":
+        per_batch, slot_names = runners.run_onnx(art.path, art.manifest, batches)
+    else:
+        per_batch = runners.run_engine(art.path, art.manifest, batches, plugins, load_engine=load_engine)
+    name = output if output in per_batch[0] else next(iter(per_batch[0]))
+    got = np.concatenate([b[name] for b in per_batch])
+    slots = [np.concatenate([b[s] for b in per_batch]) for s in slot_names] if slot_names else None
+    return got, slots, slot_names
+
+
+def _label_figures(inp, ref_pred, got_pred, num_classes: int) -> tuple[list[str], dict | None]:
+    """(warnings about the labels, mIoU of reference and artifact against them)."""
+    if inp.labels is None:
+        return [], None
+    w = inputs_mod.ignored_labels(inp.labels, inp.source["files"], num_classes)
+    if ref_pred is None:
+        return [w] if w else [], None
+    lab = M.resize_labels(inp.labels, *ref_pred.shape[1:])
+    figures = {**M.label_metrics(ref_pred, got_pred, lab, num_classes), "resolution": list(ref_pred.shape[1:]),
+               "note": "evaluated at the logits' resolution; labels resized nearest-neighbour; "
+                       f"values >= {num_classes} (and 255) ignored"}
+    return [w] if w else [], figures
+
+
+def _merge_decisions(art, ref_sites, got_slots, slot_names) -> dict:
+    if ref_sites is None:
+        return {"available": False, "reason": "the stored reference (reference.npz) holds no merge decisions"}
+    if art.kind == "engine":
+        return {"available": False, "reason": "a TensorRT engine does not expose its slot tensors"}
+    merge = M.slot_agreement(ref_sites, got_slots)
+    if merge.get("available"):
+        merge["slot_tensors"] = slot_names
+    return merge
+
+
+def _consistency(art, ref_kind: str, inp, ref_out, stored) -> dict | None:
+    """On the bundle's own seeded inputs, the rebuilt PyTorch model must reproduce reference.npz."""
+    if ref_kind != "pytorch" or inp.source.get("kind") != "synthetic":
+        return None
+    stored = stored or R.load_stored(art.bundle, art.manifest)
+    n = min(len(ref_out), sum(k.startswith("output_") for k in stored))
+    if not n:
+        return None
+    d = max(float(np.abs(ref_out[i] - stored[f"output_{i}"]).max()) for i in range(n))
+    return {"batches": n, "max_abs_vs_reference_npz": d}
+
+
+def _engine_build(art) -> dict | None:
+    """What the engine holds, from its build record: the merge ops as plugins, or their bodies."""
+    if art.kind != "engine":
+        return None
+    rec = read_record(art.path)
+    return {"graph": rec.graph, "plugins": rec.plugins, "plugin_layers": rec.plugin_layers,
+            "summary": rec.plugin_summary()}
