@@ -125,6 +125,23 @@ def miou(conf: np.ndarray) -> float | None:
     return float((inter[valid] / union[valid]).mean())
 
 
+def same_groups(got: np.ndarray, want: np.ndarray) -> np.ndarray:
+    """Bool [.., N]: the token sits in a group of exactly the same tokens in both decisions.
+
+    Merge decisions are compared by the groups they form, not by slot numbers: slots number the
+    kept tokens in order, so one near-tie that swaps which source merges renumbers every later
+    slot, while it changes the groups of three tokens only. A token's group is the same when the
+    tokens sharing both its slots are all of its group on either side."""
+    got = np.asarray(got, np.int64).reshape(-1, np.shape(got)[-1])
+    want = np.asarray(want, np.int64).reshape(got.shape)
+    out = np.empty(got.shape, bool)
+    for i, (g, w) in enumerate(zip(got, want)):
+        _, cell, both = np.unique(g * (int(w.max()) + 1) + w, return_inverse=True, return_counts=True)
+        shared = both[cell]
+        out[i] = (shared == np.bincount(g)[g]) & (shared == np.bincount(w)[w])
+    return out.reshape(np.shape(want) if np.ndim(want) > 1 else out.shape)
+
+
 def check(figures: dict, limits: dict[str, tuple[str, float]]) -> list[dict]:
     """One row per limit: metric, value, op, threshold, passed (a missing figure fails)."""
     rows = []

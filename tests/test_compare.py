@@ -66,3 +66,15 @@ def test_classifier_scores_are_judged_on_axis_1():
 def test_bad_limits():
     assert C.bad_limit(rtol=-1) and C.bad_limit(min_agreement=2) and C.bad_limit(atol=float("nan"))
     assert C.bad_limit(atol=0.1, rtol=0.1, min_agreement=0.9) is None
+
+
+def test_merge_decisions_are_compared_by_group():
+    """One near-tie swaps which source merges: slot numbers shift for every later kept token, the
+    groups change for three tokens only (the destination and the two swapped sources)."""
+    want = np.array([[0, 1, 2, 0, 3, 4, 5, 6, 7, 8]])  # token 3 merged into token 0's slot
+    got = np.array([[0, 1, 2, 3, 4, 0, 5, 6, 7, 8]])   # token 5 instead: slots 3..5 renumbered
+    assert (got == want).mean() == 0.7
+    same = C.same_groups(got, want)
+    assert same.tolist() == [[False, True, True, False, True, False, True, True, True, True]]
+    wrong = np.array([[0, 0, 1, 1, 2, 2, 3, 3, 4, 4]])  # another matching altogether
+    assert C.same_groups(wrong, want).mean() < 0.5

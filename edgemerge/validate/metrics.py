@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgemerge.compare import LIMITS, bad_limit, check, confusion, limits_for, metrics, miou  # noqa: F401
+from edgemerge.compare import LIMITS, bad_limit, check, confusion, limits_for, metrics, miou, same_groups  # noqa: F401
 from edgemerge.errors import EdgemergeError
 
 # The comparison (figures, limits, near-ties) lives in edgemerge.compare; validate judges an
@@ -75,7 +75,7 @@ def slot_agreement(ref_slots: list[dict], got_slots: list[np.ndarray] | None) ->
             differing.append({"site": i, "kind": ref["kind"], "reason": "shape differs"})
             total_tokens += r.size
             continue
-        eq = r == g
+        eq = same_groups(g, r)  # the same groups (slot numbers shift after a single near-tie swap)
         same_tokens += int(eq.sum())
         total_tokens += r.size
         if eq.all():
