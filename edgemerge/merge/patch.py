@@ -37,7 +37,7 @@ class SegformerPPAttention(SegformerAttention):
             return kv, None
         site = self.em_kv
         src, dst = core.grid(hw[0], hw[1], site.sy, site.sx)
-        kv, size = core.bipartite_match(kv, site.count(kv.shape[1]), src, dst).merge(kv)
+        kv, size = core.bipartite_match(self._metric("kv", kv), site.count(kv.shape[1]), src, dst).merge(kv)
         if not self.em_proportional or size is None:
             return kv, None
         return kv, size.log().transpose(1, 2)[:, None].to(kv.dtype)  # [B, 1, 1, Nkv]
@@ -57,8 +57,13 @@ class SegformerPPAttention(SegformerAttention):
             return x, lambda t: t
         site = self.em_q
         src, dst = core.grid(H, W, site.sy, site.sx)
-        fns = core.bipartite_match(x, site.count(N), src, dst)
+        fns = core.bipartite_match(self._metric("q", x), site.count(N), src, dst)
         return fns.merge(x)[0], fns.unmerge
+
+    def _metric(self, kind: str, tokens: Tensor) -> Tensor:
+        """The tokens themselves (Segformer++), or a learned projection of them (one MatMul)."""
+        learned = getattr(self, "dtem_metric", None)
+        return learned[kind](tokens) if learned is not None and kind in learned else tokens
 
 
 @dataclass
@@ -151,6 +156,41 @@ def keys_projection(attn: nn.Module, dim: int) -> nn.Linear:
     return proj
 
 
+def segformer_metrics(attn: nn.Module, plan: SegformerPlan, stage: int, state: dict[str, Tensor],
+                      prefix: str) -> nn.ModuleDict:
+    """The learned metric of each site of one Segformer attention ("kv", "q"): the checkpoint's
+    (keys PREFIX{kv,q}.weight/bias), else Linear(C -> C) = identity, which is Segformer++'s metric."""
+    out = nn.ModuleDict()
+    C = attn.q.in_features
+    w0 = attn.q.weight
+    for kind, sites in (("kv", plan.kv), ("q", plan.q)):
+        if stage not in sites:
+            continue
+        proj = nn.Linear(C, C).to(w0.device, w0.dtype)
+        if prefix + kind + ".weight" in state:
+            proj.load_state_dict({"weight": state[prefix + kind + ".weight"], "bias": state[prefix + kind + ".bias"]})
+        else:
+            with torch.no_grad():
+                proj.weight.copy_(torch.eye(C))
+                proj.bias.zero_()
+        out[kind] = proj
+    return out
+
+
+def learned_metric_keys(model_name: str, plan: MergePlan) -> list[str]:
+    """The weight key of every learned metric `plan` reads from a checkpoint ([] if it reads none)."""
+    from edgemerge.models import get_config
+
+    cfg = get_config(model_name)
+    if isinstance(plan, ToMePlan) and plan.metric == "dtem":
+        return [f"blocks.{i}.dtem_metric.weight" for i in range(cfg.depths[0])]
+    if isinstance(plan, SegformerPlan) and plan.metric == "learned":
+        return [f"encoder.stages.{s - 1}.blocks.{b}.attn.dtem_metric.{kind}.weight"
+                for kind, sites in (("kv", plan.kv), ("q", plan.q)) for s in sorted(sites)
+                for b in range(cfg.depths[s - 1])]
+    return []
+
+
 def _swap(module: nn.Module, cls: type, **attrs) -> None:
     if not hasattr(module, _ORIGINAL):
         setattr(module, _ORIGINAL, module.__class__)
@@ -178,9 +218,12 @@ def apply_merging(model: nn.Module, plan: MergePlan, *, dtem_state: dict[str, Te
         if stages is None:
             raise EdgemergeError("Segformer++ plans apply to Segformer models only")
         for s, stage in enumerate(stages, start=1):
-            for blk in stage.blocks:
+            for b, blk in enumerate(stage.blocks):
                 _swap(blk.attn, SegformerPPAttention, em_kv=plan.kv.get(s), em_q=plan.q.get(s),
                       em_pool=s in plan.q_pool, em_proportional=plan.proportional)
+                if plan.metric == "learned":
+                    blk.attn.dtem_metric = segformer_metrics(blk.attn, plan, s, dtem_state or {},
+                                                             f"encoder.stages.{s - 1}.blocks.{b}.attn.dtem_metric.")
         return model
     vit = _vit_of(model)
     protect = vit.num_prefix_tokens

@@ -49,8 +49,47 @@ class TrainOptions:
     seed: int = 0
     save_every: int = 50
     top_k: int = 3
-    tau_score: float = 0.1
+    tau_score: float = 0.1  # ViT (DTEM): score and pick temperatures
     tau_pick: float = 0.1
+    tau_grid: float = 0.01  # Segformer++: gate and destination temperature (cosine units)
+
+
+@dataclass
+class _SoftModel:
+    """The trainable metrics of a plan, the soft-merged forward, and the metrics as checkpoint keys."""
+
+    params: nn.Module
+    forward: Callable[[Tensor, Any], Tensor]
+    state: Callable[[], dict[str, Tensor]]
+
+
+def _soft_model(model, plan, merge_state: dict[str, Tensor], opts: TrainOptions) -> _SoftModel:
+    from edgemerge.merge.patch import remove_merging
+    from edgemerge.merge.plan import SegformerPlan
+    from edgemerge.train.segformer import apply_soft_segformer, segformer_soft_metrics
+    from edgemerge.train.vit import soft_vit_forward
+
+    if isinstance(plan, SegformerPlan):
+        metrics = segformer_soft_metrics(model, plan, merge_state)
+
+        def forward(images: Tensor, stats) -> Tensor:
+            apply_soft_segformer(model, plan, metrics, tau=opts.tau_grid, top_k=opts.top_k, stats=stats)
+            try:
+                return model(images)
+            finally:
+                remove_merging(model)
+
+        def state() -> dict[str, Tensor]:
+            return {key.replace("/", ".") + name: v.detach().clone() for key, mod in metrics.items()
+                    for name, v in mod.state_dict().items()}
+
+        return _SoftModel(metrics, forward, state)
+    vit_metrics = _metrics_from(model, plan, merge_state)
+    return _SoftModel(vit_metrics,
+                      lambda images, stats: soft_vit_forward(model, vit_metrics, images, plan.r, top_k=opts.top_k,
+                                                             tau_score=opts.tau_score, tau_pick=opts.tau_pick,
+                                                             stats=stats),
+                      lambda: metric_state(vit_metrics))
 
 
 def distillation_loss(student: Tensor, teacher: Tensor) -> Tensor:
@@ -118,11 +157,11 @@ def _batch_of(step: int, n_images: int, batch: int, seed: int) -> Tensor:
     return torch.tensor(idx)
 
 
-def _hard_kl(model, plan, metrics, images: Tensor, teacher: Tensor) -> float:
-    """What inference does: hard ToMe merging on the current metric, KL to the unmerged model."""
+def _hard_kl(model, plan, metric_tensors: dict[str, Tensor], images: Tensor, teacher: Tensor) -> float:
+    """What inference does: hard merging on the current metric, KL to the unmerged model."""
     from edgemerge.merge.patch import apply_merging, remove_merging
 
-    apply_merging(model, plan, dtem_state=metric_state(metrics))
+    apply_merging(model, plan, dtem_state=metric_tensors)
     try:
         with torch.no_grad():
             return float(distillation_loss(model(images), teacher))
@@ -141,14 +180,15 @@ def _options_key(opts: TrainOptions, sha: str) -> dict[str, Any]:
 
 def train_metric(opts: TrainOptions, progress: Callable[[int, int, float], None] | None = None) -> dict[str, Any]:
     """Train every merge site's metric of `opts.variant`; returns the training record (also written)."""
-    from edgemerge.merge.plan import ToMePlan, get_plan
+    from edgemerge.merge.patch import learned_metric_keys
+    from edgemerge.merge.plan import get_plan
     from edgemerge.models import load_checkpoint
-    from edgemerge.train.vit import SoftStats, soft_vit_forward
+    from edgemerge.train.vit import SoftStats
 
     plan = get_plan(opts.model, opts.variant)
-    if not (isinstance(plan, ToMePlan) and plan.metric == "dtem"):
+    if not learned_metric_keys(opts.model, plan):
         raise EdgemergeError(f"train-metric trains a learned merge metric; {opts.model}'s variant {opts.variant!r} "
-                             f"has none (ViT/DeiT: use --variant dtem)")
+                             f"has none (ViT/DeiT: --variant dtem; Segformer: a *-lm variant)")
     if opts.batch < 1 or (opts.steps is not None and opts.steps < 1) or opts.epochs < 1:
         raise EdgemergeError("--batch, --steps and --epochs must be >= 1")
     torch.manual_seed(opts.seed)
@@ -156,7 +196,8 @@ def train_metric(opts: TrainOptions, progress: Callable[[int, int, float], None]
     model.requires_grad_(False)
     images = _load_images(opts.images, model.config)
     total = opts.steps if opts.steps is not None else opts.epochs * math.ceil(len(images) / opts.batch)
-    metrics = _metrics_from(model, plan, info.merge_state)
+    soft_model = _soft_model(model, plan, info.merge_state, opts)
+    metrics = soft_model.params
     decay = [p for p in metrics.parameters() if p.ndim > 1]
     no_decay = [p for p in metrics.parameters() if p.ndim <= 1]
     optimizer = torch.optim.AdamW([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}],
@@ -180,10 +221,10 @@ def train_metric(opts: TrainOptions, progress: Callable[[int, int, float], None]
 
     def evaluate() -> dict[str, float]:
         with torch.no_grad():
-            soft_logits = soft_vit_forward(model, metrics, images[held], plan.r, top_k=opts.top_k,
-                                           tau_score=opts.tau_score, tau_pick=opts.tau_pick)
+            soft_logits = torch.cat([soft_model.forward(images[i: i + opts.batch], None)
+                                     for i in range(0, held.stop, opts.batch)])
         return {"soft_kl": float(distillation_loss(soft_logits, teacher[held])),
-                "hard_kl": _hard_kl(model, plan, metrics, images[held], teacher[held])}
+                "hard_kl": _hard_kl(model, plan, soft_model.state(), images[held], teacher[held])}
 
     before = evaluate() if start == 0 else None
 
@@ -203,8 +244,7 @@ def train_metric(opts: TrainOptions, progress: Callable[[int, int, float], None]
             group["lr"] = _lr_at(step, total, opts.lr)
         idx = _batch_of(step, len(images), opts.batch, opts.seed)
         stats = SoftStats()
-        student = soft_vit_forward(model, metrics, images[idx], plan.r, top_k=opts.top_k, tau_score=opts.tau_score,
-                                   tau_pick=opts.tau_pick, stats=stats)
+        student = soft_model.forward(images[idx], stats)
         loss = distillation_loss(student, teacher[idx])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -219,15 +259,18 @@ def train_metric(opts: TrainOptions, progress: Callable[[int, int, float], None]
 
     after = evaluate()
     state = {k: v for k, v in model.state_dict().items()}
-    state.update(metric_state(metrics))
+    state.update(soft_model.state())
     _torch_save_atomic(state, out / CHECKPOINT_FILE)
-    record = {"model": opts.model, "variant": opts.variant, "plan": {"r": plan.r, "metric_dim": plan.metric_dim},
+    from edgemerge.merge.plan import plan_dict
+
+    record = {"model": opts.model, "variant": opts.variant, "plan": plan_dict(plan),
               "options": key, "checkpoint_in": str(opts.checkpoint), "checkpoint_format": info.format,
               "images": len(images), "resolution": list(model.config.resolution), "steps": total,
-              "loss": "distillation: KL(unmerged || soft-merged) of the class scores",
+              "loss": "distillation: KL(unmerged || soft-merged) of the class scores (per pixel for segmentation)",
               "optimizer": {"name": "AdamW", "lr": opts.lr, "min_lr": MIN_LR, "schedule": "cosine",
                             "weight_decay": opts.weight_decay, "weight_decay_on": "weights only", "clip": CLIP},
-              "relaxation": {"top_k": opts.top_k, "tau_score": opts.tau_score, "tau_pick": opts.tau_pick},
+              "relaxation": {"top_k": opts.top_k, "tau_score": opts.tau_score, "tau_pick": opts.tau_pick,
+                             "tau_grid": opts.tau_grid},
               "train_loss_first": losses[0] if losses else None, "train_loss_last": losses[-1] if losses else None,
               "losses": losses, "eval_images": held.stop, "eval_before": before, "eval_after": after,
               "picked_mass_last_step": [{"r": r, "mass": round(m, 4)} for r, m in zip(stats.counts, stats.mass)],
