@@ -1,7 +1,8 @@
 """`edgemerge train-metric`: learn DTEM's merge metric with the backbone frozen.
 
 Default loss without labels: distillation, KL(unmerged model's class scores || merged model's),
-on the same image; the merged model merges softly (edgemerge.merge.soft) so the loss has a
+on the same image; with `labels` (segmentation: label maps named like the images) plus the
+cross-entropy of the merged model against them (values >= the class count are ignored); the merged model merges softly (edgemerge.merge.soft) so the loss has a
 gradient with respect to the metric. The metric starts as the projection that reproduces today's
 metric (the keys), so step 0 is the published behaviour and training can only move from it.
 Recipe from DTEM's train.py: AdamW lr 1e-4, weight decay 1e-4 on weights only, gradient clip 5,
@@ -40,6 +41,7 @@ class TrainOptions:
     checkpoint: str
     images: str
     out: str
+    labels: str | None = None  # segmentation label maps (same file names): adds the task loss
     steps: int | None = None  # optimizer steps; default: epochs over the images
     epochs: int = 1
     batch: int = 8
@@ -110,12 +112,31 @@ def _torch_save_atomic(obj: Any, path: Path) -> None:
         raise
 
 
-def _load_images(folder: str, cfg) -> Tensor:
+def _load_images(folder: str, cfg, labels: str | None) -> tuple[Tensor, Tensor | None]:
+    """Images [N, 3, H, W] normalised, and label maps [N, H, W] (nearest-resized) when asked."""
     from edgemerge.images import list_images, load_image, normalize
 
     H, W = cfg.resolution
     files = list_images(folder)
-    return torch.stack([torch.from_numpy(normalize(load_image(f, H, W)[None], cfg.mean, cfg.std)[0]) for f in files])
+    images = torch.stack([torch.from_numpy(normalize(load_image(f, H, W)[None], cfg.mean, cfg.std)[0]) for f in files])
+    if labels is None:
+        return images, None
+    if cfg.family != "segformer":
+        raise EdgemergeError(f"--labels takes per-pixel label maps, for segmentation models; {cfg.name} is a "
+                             f"{cfg.family} classifier (train it with distillation only)")
+    missing = [f.name for f in files if not (Path(labels) / f.name).is_file()]
+    if missing:
+        raise EdgemergeError(f"--labels {labels} has no label map for {missing[0]}"
+                             + (f" (+{len(missing) - 1} more)" if len(missing) > 1 else ""))
+    maps = [torch.from_numpy(load_image(Path(labels) / f.name, H, W, labels=True)) for f in files]
+    return images, torch.stack(maps)
+
+
+def task_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    """Cross-entropy of dense logits [B, K, h, w] upsampled to the labels [B, H, W]; >= K ignored."""
+    up = F.interpolate(logits.float(), size=labels.shape[-2:], mode="bilinear", align_corners=False)
+    target = torch.where(labels < logits.shape[1], labels, torch.full_like(labels, -100))
+    return F.cross_entropy(up, target, ignore_index=-100)
 
 
 def _metrics_from(model, plan, merge_state: dict[str, Tensor]) -> nn.ModuleList:
@@ -194,7 +215,7 @@ def train_metric(opts: TrainOptions, progress: Callable[[int, int, float], None]
     torch.manual_seed(opts.seed)
     model, info = load_checkpoint(opts.model, opts.checkpoint, resolution=opts.resolution)
     model.requires_grad_(False)
-    images = _load_images(opts.images, model.config)
+    images, label_maps = _load_images(opts.images, model.config, opts.labels)
     total = opts.steps if opts.steps is not None else opts.epochs * math.ceil(len(images) / opts.batch)
     soft_model = _soft_model(model, plan, info.merge_state, opts)
     metrics = soft_model.params
@@ -246,6 +267,8 @@ def train_metric(opts: TrainOptions, progress: Callable[[int, int, float], None]
         stats = SoftStats()
         student = soft_model.forward(images[idx], stats)
         loss = distillation_loss(student, teacher[idx])
+        if label_maps is not None:
+            loss = loss + task_loss(student, label_maps[idx])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(metrics.parameters(), CLIP)
@@ -266,7 +289,9 @@ def train_metric(opts: TrainOptions, progress: Callable[[int, int, float], None]
     record = {"model": opts.model, "variant": opts.variant, "plan": plan_dict(plan),
               "options": key, "checkpoint_in": str(opts.checkpoint), "checkpoint_format": info.format,
               "images": len(images), "resolution": list(model.config.resolution), "steps": total,
-              "loss": "distillation: KL(unmerged || soft-merged) of the class scores (per pixel for segmentation)",
+              "loss": "distillation: KL(unmerged || soft-merged) of the class scores (per pixel for segmentation)"
+                      + (" + cross-entropy against --labels" if opts.labels else ""),
+              "labels": str(opts.labels) if opts.labels else None,
               "optimizer": {"name": "AdamW", "lr": opts.lr, "min_lr": MIN_LR, "schedule": "cosine",
                             "weight_decay": opts.weight_decay, "weight_decay_on": "weights only", "clip": CLIP},
               "relaxation": {"top_k": opts.top_k, "tau_score": opts.tau_score, "tau_pick": opts.tau_pick,

@@ -17,6 +17,7 @@ from edgemerge.export.bundle import ExportOptions, _randomize_norm_stats, build_
 from edgemerge.images import synthetic_images
 from edgemerge.merge import core
 from edgemerge.models import build_model
+from edgemerge.train import TrainOptions, train_metric
 
 RES = (128, 128)
 
@@ -86,3 +87,23 @@ def test_learned_variant_needs_the_metric(data, tmp_path):
     assert res.exit_code == 2
     errors = [ln for ln in res.output.splitlines() if ln.startswith("edgemerge: error:")]
     assert len(errors) == 1 and "train-metric" in errors[0]
+
+
+def test_labels_add_the_task_loss(data, tmp_path):
+    """Same start, same batch: with label maps the first loss is the KL plus a positive cross-entropy."""
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    rng = np.random.default_rng(0)
+    for f in sorted((data / "img").iterdir()):
+        Image.fromarray(rng.integers(0, 20, RES, dtype=np.uint8)).save(labels / f.name)  # >= 19 classes: ignored
+    kw = dict(model="segformer-b0", variant="fast-lm", checkpoint=str(data / "b0.pth"), images=str(data / "img"),
+              steps=1, batch=4, resolution=RES)
+    plain = train_metric(TrainOptions(out=str(tmp_path / "a"), **kw))
+    task = train_metric(TrainOptions(out=str(tmp_path / "b"), labels=str(labels), **kw))
+    assert task["losses"][0] > plain["losses"][0] + 0.1  # CE of a random-label map is ~log(19)
+    assert "cross-entropy" in task["loss"] and "cross-entropy" not in plain["loss"]
+    (labels / sorted(p.name for p in labels.iterdir())[0]).unlink()
+    res = CliRunner().invoke(main, ["train-metric", "-m", "segformer-b0", "-v", "fast-lm", "-c", str(data / "b0.pth"),
+                                    "-i", str(data / "img"), "--labels", str(labels), "-o", str(tmp_path / "c"),
+                                    "--steps", "1", "-r", "128x128"])
+    assert res.exit_code == 2 and "no label map for" in res.output
