@@ -2,9 +2,11 @@
 
     python benchmarks/learned_metric_camvid.py --out /tmp/lm-camvid
     python benchmarks/learned_metric_camvid.py --out /tmp/lm-camvid --train-variants fast-lm --epochs 1
+    python benchmarks/learned_metric_camvid.py --out /tmp/lm-labels --train-variants fast-lm --labels
 
 The 101 CamVid val frames are one sequence (0016E5); the first --train-frames train the metric
-(`edgemerge.train.train_metric`, labels unused: distillation against the unmerged model), the
+(`edgemerge.train.train_metric`: distillation against the unmerged model; with --labels also the
+training frames' labels), the
 last --test-frames are held out (a gap of frames between the two keeps near-duplicates apart) and
 are never trained on. On the held-out frames, each variant runs as the merged PyTorch model
 (`build_reference`, hard merging, as exported): ground-truth mIoU over the 11 classes (void
@@ -60,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--labels", action="store_true", help="also train on the training frames' labels (task loss)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     H, W = (int(v) for v in args.resolution.split("x"))
@@ -68,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     train, test = frames[: args.train_frames], frames[len(frames) - args.test_frames:]
     assert not set(train) & set(test), "train and held-out frames overlap"
     train_dir = _link_frames(train, out / "train_frames")
+    label_dir = _link_frames([Path(args.data) / "valannot" / f.name for f in train], out / "train_labels")
     results_file = out / "results.json"
     results = json.loads(results_file.read_text()) if results_file.is_file() else {}
     results["split"] = {"train": [f.name for f in train], "test": [f.name for f in test]}
@@ -76,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     for v in [v for v in args.train_variants.split(",") if v]:
         t0 = time.perf_counter()
         record = train_metric(TrainOptions(model=MODEL, variant=v, checkpoint=args.weights, images=str(train_dir),
+                                           labels=str(label_dir) if args.labels else None,
                                            out=str(out / f"train-{v}"), epochs=args.epochs, batch=args.batch,
                                            lr=args.lr, resolution=(H, W), seed=0),
                               progress=lambda s, n, loss, v=v: print(f"  {v} step {s}/{n} loss {loss:.4f}",
