@@ -8,7 +8,8 @@ metric (the keys), so step 0 is the published behaviour and training can only mo
 Recipe from DTEM's train.py: AdamW lr 1e-4, weight decay 1e-4 on weights only, gradient clip 5,
 cosine to 1e-6. The run is seeded (the batch of step s depends only on seed and s) and resumable
 (`train_state.pth` in --out); the result is `checkpoint.pth` (the input's weights plus
-`blocks.{i}.dtem_metric.*`, read by `export --checkpoint` and `validate`) and `train_record.json`.
+`blocks.{i}.dtem_metric.*`, with the model details the input's format implied, such as LayerNorm eps;
+read by `export --checkpoint` and `validate`) and `train_record.json`.
 """
 
 from __future__ import annotations
@@ -204,6 +205,7 @@ def train_metric(opts: TrainOptions, progress: Callable[[int, int, float], None]
     from edgemerge.merge.patch import learned_metric_keys
     from edgemerge.merge.plan import get_plan
     from edgemerge.models import load_checkpoint
+    from edgemerge.models.checkpoint import save_checkpoint
     from edgemerge.train.vit import SoftStats
 
     plan = get_plan(opts.model, opts.variant)
@@ -281,9 +283,7 @@ def train_metric(opts: TrainOptions, progress: Callable[[int, int, float], None]
             save(step + 1)
 
     after = evaluate()
-    state = {k: v for k, v in model.state_dict().items()}
-    state.update(soft_model.state())
-    _torch_save_atomic(state, out / CHECKPOINT_FILE)
+    save_checkpoint(model, out / CHECKPOINT_FILE, soft_model.state())
     from edgemerge.merge.plan import plan_dict
 
     record = {"model": opts.model, "variant": opts.variant, "plan": plan_dict(plan),
