@@ -1,17 +1,17 @@
-"""`edgemerge train-metric`: learn DTEM's merge metric with the backbone frozen.
+"""`edgemerge train-metric`: learn the merge metric of a plan's sites with the backbone frozen.
 
-Default loss without labels: distillation, KL(unmerged model's class scores || merged model's),
+Default loss without labels: distillation, KL(unmerged model's class scores || merged model's)
 on the same image; with `labels` (segmentation: label maps named like the images) plus the
-cross-entropy of the merged model against them (values >= the class count are ignored); the merged model merges softly (edgemerge.merge.soft) so the loss has a
-gradient with respect to the metric. The metric starts as the projection that reproduces today's
-metric (the keys), so step 0 is the published behaviour and training can only move from it.
+merged model's cross-entropy against them (values >= the class count are ignored). The merged
+model merges softly (edgemerge.merge.soft), so the loss has a gradient with respect to the
+metric. The metric starts as the projection that reproduces today's (the keys for ViT, the
+identity for Segformer++), so step 0 is the published behaviour and training moves from it.
 Recipe from DTEM's train.py: AdamW lr 1e-4, weight decay 1e-4 on weights only, gradient clip 5,
 cosine to 1e-6. The run is seeded (the batch of step s depends only on seed and s) and resumable
-(`train_state.pth` in --out); the result is `checkpoint.pth` (the input's weights plus
-`blocks.{i}.dtem_metric.*`, with the model details the input's format implied, such as LayerNorm eps;
-read by `export --checkpoint` and `validate`) and `train_record.json`.
+(`train_state.pth` in --out); the result is `checkpoint.pth` (the input's weights, the metric
+tensors and the model details the input's format implied, such as LayerNorm eps; read by
+`export --checkpoint` and `validate`) and `train_record.json`.
 """
-
 from __future__ import annotations
 
 import json
