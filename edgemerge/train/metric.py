@@ -12,6 +12,7 @@ cosine to 1e-6. The run is seeded (the batch of step s depends only on seed and 
 tensors and the model details the input's format implied, such as LayerNorm eps; read by
 `export --checkpoint` and `validate`) and `train_record.json`.
 """
+
 from __future__ import annotations
 
 import json
