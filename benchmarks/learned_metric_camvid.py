@@ -87,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
                                                                      file=sys.stderr, flush=True))
         checkpoints[v] = str(out / f"train-{v}" / "checkpoint.pth")
         results.setdefault("training", {})[v] = {
-            "steps": record["steps"], "train_seconds": record["train_seconds"], "wall_seconds": round(time.perf_counter() - t0, 1),
+            "steps": record["steps"], "train_seconds": record["train_seconds"],
+            "wall_seconds": round(time.perf_counter() - t0, 1),
             "eval_before": record["eval_before"], "eval_after": record["eval_after"],
             "picked_mass_last_step": record["picked_mass_last_step"]}
 

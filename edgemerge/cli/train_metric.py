@@ -22,8 +22,8 @@ from edgemerge.cli import main
 @click.option("--lr", type=float, default=1e-4, show_default=True, help="AdamW, cosine to 1e-6 (DTEM's recipe).")
 @click.option("--resolution", "-r", default=None, help="Input HxW, default: the model's.")
 @click.option("--seed", type=int, default=0, show_default=True)
-def train_metric(model: str, variant: str, checkpoint: str, images: str, labels: str | None, out: str, steps: int | None, epochs: int,
-                 batch: int, lr: float, resolution: str | None, seed: int) -> None:
+def train_metric(model: str, variant: str, checkpoint: str, images: str, labels: str | None, out: str,
+                 steps: int | None, epochs: int, batch: int, lr: float, resolution: str | None, seed: int) -> None:
     """Train DTEM's merge metric with the backbone frozen (distillation against the unmerged model)."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -35,8 +35,8 @@ def train_metric(model: str, variant: str, checkpoint: str, images: str, labels:
                         steps=steps, epochs=epochs, batch=batch, lr=lr, resolution=parse_resolution(resolution),
                         seed=seed)
     console = Console(stderr=True)
-    with Progress(TextColumn("training metric"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
-                  TimeRemainingColumn(), console=console) as bar:
+    with Progress(TextColumn("training metric"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn(), console=console) as bar:
         task = bar.add_task("train", total=None, loss="-")
         record = run(opts, progress=lambda step, total, loss: bar.update(task, completed=step, total=total,
                                                                            loss=f"{loss:.4f}"))

@@ -55,7 +55,8 @@ def soft_bipartite(metric: Tensor, r: int, src: Sequence[int], dst: Sequence[int
     return torch.zeros_like(scores).scatter_add(-1, idx, picked / cap)
 
 
-def soft_merge(x: Tensor, size: Tensor, assign: Tensor, src: Sequence[int], dst: Sequence[int]) -> tuple[Tensor, Tensor]:
+def soft_merge(x: Tensor, size: Tensor, assign: Tensor, src: Sequence[int],
+               dst: Sequence[int]) -> tuple[Tensor, Tensor]:
     """Apply assign [B, S, D]: destinations take the size-weighted soft mean, sources keep their
     features with size w * (1 - mass), clamped to [0, 1] in the forward pass (the mass cap can
     overshoot by rounding) and straight-through in the backward pass. -> (x [B, N, C], size [B, N]).

@@ -64,7 +64,8 @@ def test_train_lowers_the_loss_and_exports_a_matmul_metric(data, tmp_path):
     for site in record["picked_mass_last_step"]:
         assert 0 < site["mass"] <= site["r"] * 1.05
     x = torch.randn(1, 3, *RES, generator=torch.Generator().manual_seed(0))
-    trained, _, info = build_reference("segformer-b0", "fast-lm", checkpoint=str(run / "checkpoint.pth"), resolution=RES)
+    trained, _, info = build_reference("segformer-b0", "fast-lm", checkpoint=str(run / "checkpoint.pth"),
+                                       resolution=RES)
     assert len(info.merge_state) == 16
     plain, _, _ = build_reference("segformer-b0", "fast", checkpoint=str(run / "checkpoint.pth"), resolution=RES)
     assert any(not torch.equal(s, t) for s, t in zip(_slots(trained, x), _slots(plain, x)))
