@@ -35,23 +35,25 @@ def build_reference(model_name: str, variant: str, *, checkpoint: str | None = N
         torch.manual_seed(seed)
         model = build_model(model_name, num_classes=num_classes, resolution=resolution)
         _randomize_norm_stats(model, seed)
-    if info is not None and getattr(plan, "metric", None) == "dtem":
-        _require_learned_metric(model_name, variant, info)
+    if info is not None:
+        _require_learned_metric(model_name, variant, plan, info)
     apply_merging(model, plan, dtem_state=info.merge_state if info else None)
     return model.eval(), cfg, info
 
 
-def _require_learned_metric(model_name: str, variant: str, info) -> None:
-    """A DTEM variant on a checkpoint without DTEM's metric is a mistake, not a reason to use keys."""
-    from edgemerge.models import get_config
+def _require_learned_metric(model_name: str, variant: str, plan, info) -> None:
+    """A learned-metric variant on a checkpoint without the metric is a mistake, not a reason to
+    fall back to the keys/tokens (without a checkpoint, the metric starts as today's)."""
+    from edgemerge.merge.patch import learned_metric_keys
 
-    depth = get_config(model_name).depths[0]
-    missing = [i for i in range(depth) if f"blocks.{i}.dtem_metric.weight" not in info.merge_state]
+    want = learned_metric_keys(model_name, plan)
+    missing = [k for k in want if k not in info.merge_state]
     if missing:
-        have = "no" if len(missing) == depth else f"no metric for blocks {missing[:4]} and"
-        raise EdgemergeError(f"--variant {variant} needs DTEM's learned metric, but {info.path} ({info.format} layout) "
-                             f"has {have} blocks.{{i}}.dtem_metric.* / attn.qkv.metric_layer.*; "
-                             f"use --variant tome, or train one with edgemerge train-metric")
+        have = "none of them" if len(missing) == len(want) else f"{len(want) - len(missing)} of {len(want)}"
+        raise EdgemergeError(f"--variant {variant} needs a learned merge metric ({missing[0].replace('.weight', '.*')} "
+                             f"...), but {info.path} ({info.format} layout) has {have} (DTEM files: "
+                             f"attn.qkv.metric_layer.*); train one with edgemerge train-metric, or use the "
+                             f"variant without it (tome / hq / fast)")
 
 
 def _randomize_norm_stats(model, seed: int) -> None:

@@ -9,10 +9,12 @@ from edgemerge.cli.options import resolution_option
 
 
 @main.command("train-metric")
-@click.option("--model", "-m", required=True, help="A vit-*/deit-* model.")
+@click.option("--model", "-m", required=True, help="A vit-*/deit-* (variant dtem) or segformer-* (a *-lm variant) model.")
 @click.option("--variant", "-v", default="dtem", show_default=True, help="A variant with a learned metric.")
 @click.option("--checkpoint", "-c", required=True, type=click.Path(), help="The frozen backbone's weights.")
 @click.option("--images", "-i", required=True, type=click.Path(), help="Folder of training images (no labels needed).")
+@click.option("--labels", type=click.Path(), default=None,
+              help="Segmentation label maps named like the images: adds cross-entropy to the distillation.")
 @click.option("--out", "-o", required=True, type=click.Path(), help="Run folder: checkpoint.pth, train_record.json, "
               "train_state.pth (rerun with the same options to resume).")
 @click.option("--steps", type=int, default=None, help="Optimizer steps, default: --epochs over the images.")
@@ -21,19 +23,20 @@ from edgemerge.cli.options import resolution_option
 @click.option("--lr", type=float, default=1e-4, show_default=True, help="AdamW, cosine to 1e-6 (DTEM's recipe).")
 @resolution_option("Input HxW, default: the model's.")
 @click.option("--seed", type=int, default=0, show_default=True)
-def train_metric(model: str, variant: str, checkpoint: str, images: str, out: str, steps: int | None, epochs: int,
-                 batch: int, lr: float, resolution: tuple[int, int] | None, seed: int) -> None:
+def train_metric(model: str, variant: str, checkpoint: str, images: str, labels: str | None, out: str,
+                 steps: int | None, epochs: int, batch: int, lr: float, resolution: tuple[int, int] | None,
+                 seed: int) -> None:
     """Train DTEM's merge metric with the backbone frozen (distillation against the unmerged model)."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from edgemerge.train import TrainOptions, train_metric as run
 
-    opts = TrainOptions(model=model, variant=variant, checkpoint=checkpoint, images=images, out=out, steps=steps,
-                        epochs=epochs, batch=batch, lr=lr, resolution=resolution, seed=seed)
+    opts = TrainOptions(model=model, variant=variant, checkpoint=checkpoint, images=images, labels=labels, out=out,
+                        steps=steps, epochs=epochs, batch=batch, lr=lr, resolution=resolution, seed=seed)
     console = Console(stderr=True)
-    with Progress(TextColumn("training metric"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
-                  TimeRemainingColumn(), console=console) as bar:
+    with Progress(TextColumn("training metric"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn(), console=console) as bar:
         task = bar.add_task("train", total=None, loss="-")
         record = run(opts, progress=lambda step, total, loss: bar.update(task, completed=step, total=total,
                                                                            loss=f"{loss:.4f}"))

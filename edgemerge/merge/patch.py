@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from edgemerge.errors import EdgemergeError
@@ -19,7 +20,7 @@ from edgemerge.merge.plan import (ALGMPlan, GridSite, MergePlan, NoPlan, Segform
                                   algm_global_count, algm_local_count, tome_count)
 from edgemerge.models.segformer import SegformerAttention
 from edgemerge.models.tokens import TokenState
-from edgemerge.models.vit import Block, VisionTransformer
+from edgemerge.models.vit import Attention, Block, VisionTransformer
 
 _ORIGINAL = "_em_original_class"
 
@@ -37,7 +38,7 @@ class SegformerPPAttention(SegformerAttention):
             return kv, None
         site = self.em_kv
         src, dst = core.grid(hw[0], hw[1], site.sy, site.sx)
-        kv, size = core.bipartite_match(kv, site.count(kv.shape[1]), src, dst).merge(kv)
+        kv, size = core.bipartite_match(self._metric("kv", kv), site.count(kv.shape[1]), src, dst).merge(kv)
         if not self.em_proportional or size is None:
             return kv, None
         return kv, size.log().transpose(1, 2)[:, None].to(kv.dtype)  # [B, 1, 1, Nkv]
@@ -57,8 +58,40 @@ class SegformerPPAttention(SegformerAttention):
             return x, lambda t: t
         site = self.em_q
         src, dst = core.grid(H, W, site.sy, site.sx)
-        fns = core.bipartite_match(x, site.count(N), src, dst)
+        fns = core.bipartite_match(self._metric("q", x), site.count(N), src, dst)
         return fns.merge(x)[0], fns.unmerge
+
+    def _metric(self, kind: str, tokens: Tensor) -> Tensor:
+        """The tokens themselves (Segformer++), or a learned projection of them (one MatMul)."""
+        learned = getattr(self, "dtem_metric", None)
+        return learned[kind](tokens) if learned is not None and kind in learned else tokens
+
+
+class FusedMetricAttention(Attention):
+    """DTEM's eval path: the learned metric shares attn.qkv's input, so one GEMM [C -> 3C + F]
+    computes both and the metric is returned where ToMe's keys were. The fused weight is made
+    when the model is patched (`fuse_metric`), as DTEM's `DTEMLinear.update()` does, so the
+    exported graph holds one weight initializer."""
+
+    dtem_metric: nn.Linear
+    em_fused_weight: Tensor  # non-persistent buffers: they follow .half()/.to() and stay out of state_dict
+    em_fused_bias: Tensor
+
+    def forward(self, x: Tensor, bias: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        y = F.linear(x, self.em_fused_weight, self.em_fused_bias)  # [B, N, 3C + F]
+        out, _ = self.attend(y[..., : self.qkv.out_features], bias)
+        return out, y[..., self.qkv.out_features:]
+
+
+@torch.no_grad()
+def fuse_metric(attn: Attention, metric: nn.Linear) -> None:
+    """Patch `attn` to compute q, k, v and the metric in one GEMM (undo with remove_merging)."""
+    qkv = attn.qkv
+    qkv_bias = qkv.bias if qkv.bias is not None else qkv.weight.new_zeros(qkv.out_features)
+    _swap(attn, FusedMetricAttention)
+    attn.register_buffer("em_fused_weight", torch.cat([qkv.weight, metric.weight]), persistent=False)
+    attn.register_buffer("em_fused_bias", torch.cat([qkv_bias, metric.bias]), persistent=False)
+    attn.dtem_metric = metric
 
 
 @dataclass
@@ -109,7 +142,7 @@ class MergingBlock(Block):
         else:
             src, dst = core.alternating(N, site.protect)
             if isinstance(site, ToMeSite):
-                metric = self.dtem_metric(normed) if hasattr(self, "dtem_metric") else keys
+                metric = keys  # ToMe's keys, or the learned metric FusedMetricAttention returns in their place
                 r = tome_count(site.r, N, site.protect)
                 proportional = site.proportional
             else:  # ALGM global: the metric is the tokens after the attention residual
@@ -134,7 +167,7 @@ def keys_projection(attn: nn.Module, dim: int) -> nn.Linear:
 
     Rows past the head size are zero, which changes no cosine, so a DTEM metric initialised here
     merges exactly what ToMe merges: training the metric can only start from the published
-    behaviour. A DTEM plan without a learned metric uses it too, so its graph has the metric's MatMul.
+    behaviour. A DTEM plan without a learned metric uses it too (its graph has the metric GEMM).
     """
     qkv: nn.Linear = attn.qkv
     C, h = qkv.in_features, attn.num_heads
@@ -149,6 +182,41 @@ def keys_projection(attn: nn.Module, dim: int) -> nn.Linear:
     proj.weight[:d] = w_k
     proj.bias[:d] = b_k
     return proj
+
+
+def segformer_metrics(attn: nn.Module, plan: SegformerPlan, stage: int, state: dict[str, Tensor],
+                      prefix: str) -> nn.ModuleDict:
+    """The learned metric of each site of one Segformer attention ("kv", "q"): the checkpoint's
+    (keys PREFIX{kv,q}.weight/bias), else Linear(C -> C) = identity, which is Segformer++'s metric."""
+    out = nn.ModuleDict()
+    C = attn.q.in_features
+    w0 = attn.q.weight
+    for kind, sites in (("kv", plan.kv), ("q", plan.q)):
+        if stage not in sites:
+            continue
+        proj = nn.Linear(C, C).to(w0.device, w0.dtype)
+        if prefix + kind + ".weight" in state:
+            proj.load_state_dict({"weight": state[prefix + kind + ".weight"], "bias": state[prefix + kind + ".bias"]})
+        else:
+            with torch.no_grad():
+                proj.weight.copy_(torch.eye(C))
+                proj.bias.zero_()
+        out[kind] = proj
+    return out
+
+
+def learned_metric_keys(model_name: str, plan: MergePlan) -> list[str]:
+    """The weight key of every learned metric `plan` reads from a checkpoint ([] if it reads none)."""
+    from edgemerge.models import get_config
+
+    cfg = get_config(model_name)
+    if isinstance(plan, ToMePlan) and plan.metric == "dtem":
+        return [f"blocks.{i}.dtem_metric.weight" for i in range(cfg.depths[0])]
+    if isinstance(plan, SegformerPlan) and plan.metric == "learned":
+        return [f"encoder.stages.{s - 1}.blocks.{b}.attn.dtem_metric.{kind}.weight"
+                for kind, sites in (("kv", plan.kv), ("q", plan.q)) for s in sorted(sites)
+                for b in range(cfg.depths[s - 1])]
+    return []
 
 
 def _swap(module: nn.Module, cls: type, **attrs) -> None:
@@ -178,9 +246,12 @@ def apply_merging(model: nn.Module, plan: MergePlan, *, dtem_state: dict[str, Te
         if stages is None:
             raise EdgemergeError("Segformer++ plans apply to Segformer models only")
         for s, stage in enumerate(stages, start=1):
-            for blk in stage.blocks:
+            for b, blk in enumerate(stage.blocks):
                 _swap(blk.attn, SegformerPPAttention, em_kv=plan.kv.get(s), em_q=plan.q.get(s),
                       em_pool=s in plan.q_pool, em_proportional=plan.proportional)
+                if plan.metric == "learned":
+                    blk.attn.dtem_metric = segformer_metrics(blk.attn, plan, s, dtem_state or {},
+                                                             f"encoder.stages.{s - 1}.blocks.{b}.attn.dtem_metric.")
         return model
     vit = _vit_of(model)
     protect = vit.num_prefix_tokens
@@ -196,7 +267,7 @@ def apply_merging(model: nn.Module, plan: MergePlan, *, dtem_state: dict[str, Te
                 proj.load_state_dict({"weight": w, "bias": dtem_state[key + "bias"]})
             else:
                 proj = keys_projection(blk.attn, plan.metric_dim)
-            blk.dtem_metric = proj
+            fuse_metric(blk.attn, proj)
         return model
     if isinstance(plan, ALGMPlan):
         adaptive = plan.mode == "adaptive"
@@ -221,6 +292,8 @@ def remove_merging(model: nn.Module) -> nn.Module:
                 del m.__dict__[k]
             if "dtem_metric" in m._modules:
                 del m._modules["dtem_metric"]
+            for k in [k for k in m._buffers if k.startswith("em_")]:
+                del m._buffers[k]
     return model
 
 

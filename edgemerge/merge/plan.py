@@ -20,7 +20,7 @@ else:  # pragma: no cover
 from edgemerge.errors import EdgemergeError
 
 VARIANTS = {
-    "segformer": ("none", "hq", "fast", "hq-pa", "fast-pa", "n2d"),
+    "segformer": ("none", "hq", "fast", "hq-pa", "fast-pa", "hq-lm", "fast-lm", "hq-pa-lm", "fast-pa-lm", "n2d"),
     "segmenter": ("none", "algm"),
     "vit": ("none", "tome", "dtem"),
     "deit": ("none", "tome", "dtem"),
@@ -45,6 +45,7 @@ class SegformerPlan:
     q: dict[int, GridSite] = field(default_factory=dict)
     q_pool: tuple[int, ...] = ()  # n2d: stages whose queries are 2x2-average-pooled
     proportional: bool = False  # log(size) on merged keys (Segformer++ does not use it)
+    metric: str = "tokens"  # "tokens" (Segformer++: cosine of the tokens) or "learned" (a Linear(C -> C) per site)
 
 
 @dataclass(frozen=True)
@@ -116,7 +117,7 @@ def get_plan(model: str, variant: str, *, calibration: dict[str, Any] | None = N
         pool = v.get("q_pool", {})
         return SegformerPlan(kv=_grid_sites(v.get("kv", {})), q=_grid_sites(v.get("q", {})),
                              q_pool=tuple(int(s) for s in pool.get("stages", [])),
-                             proportional=bool(v.get("proportional", False)))
+                             proportional=bool(v.get("proportional", False)), metric=v.get("metric", "tokens"))
     if family in ("vit", "deit"):
         return ToMePlan(r=int(v["r"]), metric=v.get("metric", "keys"), metric_dim=int(v.get("metric_dim", 64)))
     if family == "segmenter":

@@ -55,7 +55,8 @@ def soft_bipartite(metric: Tensor, r: int, src: Sequence[int], dst: Sequence[int
     return torch.zeros_like(scores).scatter_add(-1, idx, picked / cap)
 
 
-def soft_merge(x: Tensor, size: Tensor, assign: Tensor, src: Sequence[int], dst: Sequence[int]) -> tuple[Tensor, Tensor]:
+def soft_merge(x: Tensor, size: Tensor, assign: Tensor, src: Sequence[int],
+               dst: Sequence[int]) -> tuple[Tensor, Tensor]:
     """Apply assign [B, S, D]: destinations take the size-weighted soft mean, sources keep their
     features with size w * (1 - mass), clamped to [0, 1] in the forward pass (the mass cap can
     overshoot by rounding) and straight-through in the backward pass. -> (x [B, N, C], size [B, N]).
@@ -93,3 +94,41 @@ def hard_slots(assign: Tensor, src: Sequence[int], dst: Sequence[int], n: int) -
     slot[:, list(src)] = slot_src
     slot[:, list(dst)] = (S - r + torch.arange(D, device=assign.device)).expand(B, D)
     return slot.int()
+
+
+def soft_grid(metric: Tensor, r: int, src: Sequence[int], dst: Sequence[int], *, top_k: int = 3,
+              tau: float = 0.01) -> Tensor:
+    """Relaxed Segformer++ matching (destinations fixed: one per grid cell) -> assign [B, S, D].
+
+    Only "which r sources merge, into which destination" is soft: a gate on each source's best
+    score against the cut between the r-th and (r+1)-th best (the cut is a constant for the
+    gradient), times a softmax over the source's top_k destinations. Both sharpen to the hard
+    op's decision as tau -> 0. One pass, no r-step loop: Segformer's sites merge hundreds of tokens.
+    """
+    B, S, D = metric.shape[0], len(src), len(dst)
+    if r <= 0 or S == 0 or D == 0:
+        return metric.new_zeros(B, S, D, dtype=torch.float32)
+    m = _normalize(metric)
+    src_t = torch.as_tensor(list(src), device=metric.device)
+    dst_t = torch.as_tensor(list(dst), device=metric.device)
+    scores = m[:, src_t] @ m[:, dst_t].transpose(1, 2)  # [B, S, D]
+    top, idx = scores.topk(min(top_k, D), dim=-1)
+    best = top[..., 0]  # [B, S]
+    ranked = best.detach().sort(dim=-1, descending=True).values
+    cut = (ranked[:, r - 1] + ranked[:, r]) / 2 if r < S else ranked[:, -1] - 1
+    gate = torch.sigmoid((best - cut[:, None]) / tau)
+    dest = torch.softmax(top / tau, dim=-1)
+    return torch.zeros_like(scores).scatter_add(-1, idx, gate[..., None] * dest)
+
+
+def soft_unmerge(t: Tensor, assign: Tensor, src: Sequence[int], dst: Sequence[int]) -> Tensor:
+    """Soft TokenUnmerge of full-length t [B, N, C] after `soft_merge`: a source's output is its own
+    by its kept mass (straight-through clamp as in soft_merge) plus its destinations' by theirs."""
+    src_t = torch.as_tensor(list(src), device=t.device)
+    dst_t = torch.as_tensor(list(dst), device=t.device)
+    a = assign.to(t.dtype)
+    keep = 1 - a.sum(-1)
+    keep = keep + (keep.clamp(0, 1) - keep).detach()
+    out = t.clone()
+    out[:, src_t] = keep[..., None] * t[:, src_t] + a @ t[:, dst_t]
+    return out

@@ -54,8 +54,17 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
+EXTRA_KEY = "edgemerge_config_extra"  # beside `state_dict` in files edgemerge writes (train-metric)
+
+
 def _read_weights(path: Path) -> StateDict:
     """Tensors of a .safetensors / .pth / .bin file, unwrapped from training-state containers."""
+    return _read_weights_and_extra(path)[0]
+
+
+def _read_weights_and_extra(path: Path) -> tuple[StateDict, dict[str, Any]]:
+    """The tensors, and the model-config details edgemerge saved with them (eps, head variant, ...):
+    our own layout has no format to infer them from, so a file we write carries them."""
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -65,6 +74,7 @@ def _read_weights(path: Path) -> StateDict:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, random bytes, pickles we refuse, ...
         raise EdgemergeError(_one_line(f"not a readable checkpoint: {path} ({type(e).__name__}: {e})"[:300]))
+    extra = obj.get(EXTRA_KEY) if isinstance(obj, dict) and isinstance(obj.get(EXTRA_KEY), dict) else {}
     for wrapper in ("state_dict", "model", "module"):
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
             obj = obj[wrapper]
@@ -73,7 +83,26 @@ def _read_weights(path: Path) -> StateDict:
     state = {str(k).removeprefix("module."): v for k, v in obj.items() if isinstance(v, Tensor)}
     if not state:
         raise EdgemergeError(f"not a readable checkpoint: {path} holds no tensors")
-    return state
+    return state, extra
+
+
+def save_checkpoint(model: nn.Module, path: str | Path, extra_tensors: dict[str, Tensor] | None = None) -> None:
+    """Save `model` (and e.g. learned merge metrics) so that `load_checkpoint` rebuilds it exactly,
+    the format-specific numerics (LayerNorm eps, head variant) included. Written atomically."""
+    import os
+    import tempfile
+
+    state = dict(model.state_dict())
+    state.update(extra_tensors or {})
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save({"state_dict": state, EXTRA_KEY: dict(model.config.extra)}, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _read_hf_dir(path: Path) -> tuple[StateDict, dict[str, Any], Path]:
@@ -315,6 +344,7 @@ def load_checkpoint(name: str, path: str | Path, *, num_classes: int | None = No
     if not path.exists():
         raise EdgemergeError(f"checkpoint not found: {path}")
     hf_cfg: dict | None = None
+    saved_extra: dict[str, Any] = {}
     if path.is_dir():
         state, hf_cfg, weights_file = _read_hf_dir(path)
         fmt, family = "hf", str(hf_cfg.get("model_type", ""))
@@ -322,7 +352,7 @@ def load_checkpoint(name: str, path: str | Path, *, num_classes: int | None = No
             arch = ",".join(hf_cfg.get("architectures") or [family or "?"])
             raise EdgemergeError(f"unsupported Hugging Face architecture {arch} in {path}")
     else:
-        state, weights_file = _read_weights(path), path
+        (state, saved_extra), weights_file = _read_weights_and_extra(path), path
         fmt, family = _detect(state)
     if not _same_family(family, cfg.family):
         raise EdgemergeError(f"{path} holds a {family} checkpoint ({fmt} layout), not a {name} one")
@@ -331,7 +361,7 @@ def load_checkpoint(name: str, path: str | Path, *, num_classes: int | None = No
         raise EdgemergeError(f"checkpoint has a {extra['decoder']} decoder, but decoder={decoder!r} was asked")
     if num_classes is not None and num_classes != classes:
         raise EdgemergeError(f"checkpoint has {classes} classes, but num_classes={num_classes} was asked")
-    cfg = dataclasses.replace(cfg, num_classes=classes, extra={**cfg.extra, **extra})
+    cfg = dataclasses.replace(cfg, num_classes=classes, extra={**cfg.extra, **extra, **saved_extra})
     model = build_from_config(cfg)
     merge_state = _fit(model, ours, name)
     info = CheckpointInfo(path=path, format=fmt, sha256=sha256_file(weights_file), num_classes=classes,

@@ -52,8 +52,12 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: Tensor, bias: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        B, N, C = x.shape
-        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
+        return self.attend(self.qkv(x), bias)
+
+    def attend(self, qkv: Tensor, bias: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Attention from the qkv projection [B, N, 3C] (so a patch can compute it fused with more)."""
+        B, N, C = qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3
+        qkv = qkv.reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]  # [B, h, N, d]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         out = self.proj(out.transpose(1, 2).reshape(B, N, C))

@@ -1,13 +1,16 @@
-"""`edgemerge train-metric`: learn DTEM's merge metric with the backbone frozen.
+"""`edgemerge train-metric`: learn the merge metric of a plan's sites with the backbone frozen.
 
-Default loss without labels: distillation, KL(unmerged model's class scores || merged model's),
-on the same image; the merged model merges softly (edgemerge.merge.soft) so the loss has a
-gradient with respect to the metric. The metric starts as the projection that reproduces today's
-metric (the keys), so step 0 is the published behaviour and training can only move from it.
+Default loss without labels: distillation, KL(unmerged model's class scores || merged model's)
+on the same image; with `labels` (segmentation: label maps named like the images) plus the
+merged model's cross-entropy against them (values >= the class count are ignored). The merged
+model merges softly (edgemerge.merge.soft), so the loss has a gradient with respect to the
+metric. The metric starts as the projection that reproduces today's (the keys for ViT, the
+identity for Segformer++), so step 0 is the published behaviour and training moves from it.
 Recipe from DTEM's train.py: AdamW lr 1e-4, weight decay 1e-4 on weights only, gradient clip 5,
 cosine to 1e-6. The run is seeded (the batch of step s depends only on seed and s) and resumable
-(`train_state.pth` in --out); the result is `checkpoint.pth` (the input's weights plus
-`blocks.{i}.dtem_metric.*`, read by `export --checkpoint` and `validate`) and `train_record.json`.
+(`train_state.pth` in --out); the result is `checkpoint.pth` (the input's weights, the metric
+tensors and the model details the input's format implied, such as LayerNorm eps; read by
+`export --checkpoint` and `validate`) and `train_record.json`.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ class TrainOptions:
     checkpoint: str
     images: str
     out: str
+    labels: str | None = None  # segmentation label maps (same file names): adds the task loss
     steps: int | None = None  # optimizer steps; default: epochs over the images
     epochs: int = 1
     batch: int = 8
@@ -49,8 +53,47 @@ class TrainOptions:
     seed: int = 0
     save_every: int = 50
     top_k: int = 3
-    tau_score: float = 0.1
+    tau_score: float = 0.1  # ViT (DTEM): score and pick temperatures
     tau_pick: float = 0.1
+    tau_grid: float = 0.01  # Segformer++: gate and destination temperature (cosine units)
+
+
+@dataclass
+class _SoftModel:
+    """The trainable metrics of a plan, the soft-merged forward, and the metrics as checkpoint keys."""
+
+    params: nn.Module
+    forward: Callable[[Tensor, Any], Tensor]
+    state: Callable[[], dict[str, Tensor]]
+
+
+def _soft_model(model, plan, merge_state: dict[str, Tensor], opts: TrainOptions) -> _SoftModel:
+    from edgemerge.merge.patch import remove_merging
+    from edgemerge.merge.plan import SegformerPlan
+    from edgemerge.train.segformer import apply_soft_segformer, segformer_soft_metrics
+    from edgemerge.train.vit import soft_vit_forward
+
+    if isinstance(plan, SegformerPlan):
+        metrics = segformer_soft_metrics(model, plan, merge_state)
+
+        def forward(images: Tensor, stats) -> Tensor:
+            apply_soft_segformer(model, plan, metrics, tau=opts.tau_grid, top_k=opts.top_k, stats=stats)
+            try:
+                return model(images)
+            finally:
+                remove_merging(model)
+
+        def state() -> dict[str, Tensor]:
+            return {key.replace("/", ".") + name: v.detach().clone() for key, mod in metrics.items()
+                    for name, v in mod.state_dict().items()}
+
+        return _SoftModel(metrics, forward, state)
+    vit_metrics = _metrics_from(model, plan, merge_state)
+    return _SoftModel(vit_metrics,
+                      lambda images, stats: soft_vit_forward(model, vit_metrics, images, plan.r, top_k=opts.top_k,
+                                                             tau_score=opts.tau_score, tau_pick=opts.tau_pick,
+                                                             stats=stats),
+                      lambda: metric_state(vit_metrics))
 
 
 def distillation_loss(student: Tensor, teacher: Tensor) -> Tensor:
@@ -71,12 +114,31 @@ def _torch_save_atomic(obj: Any, path: Path) -> None:
         raise
 
 
-def _load_images(folder: str, cfg) -> Tensor:
+def _load_images(folder: str, cfg, labels: str | None) -> tuple[Tensor, Tensor | None]:
+    """Images [N, 3, H, W] normalised, and label maps [N, H, W] (nearest-resized) when asked."""
     from edgemerge.images import list_images, load_image, normalize
 
     H, W = cfg.resolution
     files = list_images(folder)
-    return torch.stack([torch.from_numpy(normalize(load_image(f, H, W)[None], cfg.mean, cfg.std)[0]) for f in files])
+    images = torch.stack([torch.from_numpy(normalize(load_image(f, H, W)[None], cfg.mean, cfg.std)[0]) for f in files])
+    if labels is None:
+        return images, None
+    if cfg.family != "segformer":
+        raise EdgemergeError(f"--labels takes per-pixel label maps, for segmentation models; {cfg.name} is a "
+                             f"{cfg.family} classifier (train it with distillation only)")
+    missing = [f.name for f in files if not (Path(labels) / f.name).is_file()]
+    if missing:
+        raise EdgemergeError(f"--labels {labels} has no label map for {missing[0]}"
+                             + (f" (+{len(missing) - 1} more)" if len(missing) > 1 else ""))
+    maps = [torch.from_numpy(load_image(Path(labels) / f.name, H, W, labels=True)) for f in files]
+    return images, torch.stack(maps)
+
+
+def task_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    """Cross-entropy of dense logits [B, K, h, w] upsampled to the labels [B, H, W]; >= K ignored."""
+    up = F.interpolate(logits.float(), size=labels.shape[-2:], mode="bilinear", align_corners=False)
+    target = torch.where(labels < logits.shape[1], labels, torch.full_like(labels, -100))
+    return F.cross_entropy(up, target, ignore_index=-100)
 
 
 def _metrics_from(model, plan, merge_state: dict[str, Tensor]) -> nn.ModuleList:
@@ -118,11 +180,11 @@ def _batch_of(step: int, n_images: int, batch: int, seed: int) -> Tensor:
     return torch.tensor(idx)
 
 
-def _hard_kl(model, plan, metrics, images: Tensor, teacher: Tensor) -> float:
-    """What inference does: hard ToMe merging on the current metric, KL to the unmerged model."""
+def _hard_kl(model, plan, metric_tensors: dict[str, Tensor], images: Tensor, teacher: Tensor) -> float:
+    """What inference does: hard merging on the current metric, KL to the unmerged model."""
     from edgemerge.merge.patch import apply_merging, remove_merging
 
-    apply_merging(model, plan, dtem_state=metric_state(metrics))
+    apply_merging(model, plan, dtem_state=metric_tensors)
     try:
         with torch.no_grad():
             return float(distillation_loss(model(images), teacher))
@@ -141,22 +203,25 @@ def _options_key(opts: TrainOptions, sha: str) -> dict[str, Any]:
 
 def train_metric(opts: TrainOptions, progress: Callable[[int, int, float], None] | None = None) -> dict[str, Any]:
     """Train every merge site's metric of `opts.variant`; returns the training record (also written)."""
-    from edgemerge.merge.plan import ToMePlan, get_plan
+    from edgemerge.merge.patch import learned_metric_keys
+    from edgemerge.merge.plan import get_plan
     from edgemerge.models import load_checkpoint
-    from edgemerge.train.vit import SoftStats, soft_vit_forward
+    from edgemerge.models.checkpoint import save_checkpoint
+    from edgemerge.train.vit import SoftStats
 
     plan = get_plan(opts.model, opts.variant)
-    if not (isinstance(plan, ToMePlan) and plan.metric == "dtem"):
+    if not learned_metric_keys(opts.model, plan):
         raise EdgemergeError(f"train-metric trains a learned merge metric; {opts.model}'s variant {opts.variant!r} "
-                             f"has none (ViT/DeiT: use --variant dtem)")
+                             f"has none (ViT/DeiT: --variant dtem; Segformer: a *-lm variant)")
     if opts.batch < 1 or (opts.steps is not None and opts.steps < 1) or opts.epochs < 1:
         raise EdgemergeError("--batch, --steps and --epochs must be >= 1")
     torch.manual_seed(opts.seed)
     model, info = load_checkpoint(opts.model, opts.checkpoint, resolution=opts.resolution)
     model.requires_grad_(False)
-    images = _load_images(opts.images, model.config)
+    images, label_maps = _load_images(opts.images, model.config, opts.labels)
     total = opts.steps if opts.steps is not None else opts.epochs * math.ceil(len(images) / opts.batch)
-    metrics = _metrics_from(model, plan, info.merge_state)
+    soft_model = _soft_model(model, plan, info.merge_state, opts)
+    metrics = soft_model.params
     decay = [p for p in metrics.parameters() if p.ndim > 1]
     no_decay = [p for p in metrics.parameters() if p.ndim <= 1]
     optimizer = torch.optim.AdamW([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}],
@@ -180,10 +245,10 @@ def train_metric(opts: TrainOptions, progress: Callable[[int, int, float], None]
 
     def evaluate() -> dict[str, float]:
         with torch.no_grad():
-            soft_logits = soft_vit_forward(model, metrics, images[held], plan.r, top_k=opts.top_k,
-                                           tau_score=opts.tau_score, tau_pick=opts.tau_pick)
+            soft_logits = torch.cat([soft_model.forward(images[i: i + opts.batch], None)
+                                     for i in range(0, held.stop, opts.batch)])
         return {"soft_kl": float(distillation_loss(soft_logits, teacher[held])),
-                "hard_kl": _hard_kl(model, plan, metrics, images[held], teacher[held])}
+                "hard_kl": _hard_kl(model, plan, soft_model.state(), images[held], teacher[held])}
 
     before = evaluate() if start == 0 else None
 
@@ -203,9 +268,10 @@ def train_metric(opts: TrainOptions, progress: Callable[[int, int, float], None]
             group["lr"] = _lr_at(step, total, opts.lr)
         idx = _batch_of(step, len(images), opts.batch, opts.seed)
         stats = SoftStats()
-        student = soft_vit_forward(model, metrics, images[idx], plan.r, top_k=opts.top_k, tau_score=opts.tau_score,
-                                   tau_pick=opts.tau_pick, stats=stats)
+        student = soft_model.forward(images[idx], stats)
         loss = distillation_loss(student, teacher[idx])
+        if label_maps is not None:
+            loss = loss + task_loss(student, label_maps[idx])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(metrics.parameters(), CLIP)
@@ -218,16 +284,19 @@ def train_metric(opts: TrainOptions, progress: Callable[[int, int, float], None]
             save(step + 1)
 
     after = evaluate()
-    state = {k: v for k, v in model.state_dict().items()}
-    state.update(metric_state(metrics))
-    _torch_save_atomic(state, out / CHECKPOINT_FILE)
-    record = {"model": opts.model, "variant": opts.variant, "plan": {"r": plan.r, "metric_dim": plan.metric_dim},
+    save_checkpoint(model, out / CHECKPOINT_FILE, soft_model.state())
+    from edgemerge.merge.plan import plan_dict
+
+    record = {"model": opts.model, "variant": opts.variant, "plan": plan_dict(plan),
               "options": key, "checkpoint_in": str(opts.checkpoint), "checkpoint_format": info.format,
               "images": len(images), "resolution": list(model.config.resolution), "steps": total,
-              "loss": "distillation: KL(unmerged || soft-merged) of the class scores",
+              "loss": "distillation: KL(unmerged || soft-merged) of the class scores (per pixel for segmentation)"
+                      + (" + cross-entropy against --labels" if opts.labels else ""),
+              "labels": str(opts.labels) if opts.labels else None,
               "optimizer": {"name": "AdamW", "lr": opts.lr, "min_lr": MIN_LR, "schedule": "cosine",
                             "weight_decay": opts.weight_decay, "weight_decay_on": "weights only", "clip": CLIP},
-              "relaxation": {"top_k": opts.top_k, "tau_score": opts.tau_score, "tau_pick": opts.tau_pick},
+              "relaxation": {"top_k": opts.top_k, "tau_score": opts.tau_score, "tau_pick": opts.tau_pick,
+                             "tau_grid": opts.tau_grid},
               "train_loss_first": losses[0] if losses else None, "train_loss_last": losses[-1] if losses else None,
               "losses": losses, "eval_images": held.stop, "eval_before": before, "eval_after": after,
               "picked_mass_last_step": [{"r": r, "mass": round(m, 4)} for r, m in zip(stats.counts, stats.mass)],

@@ -4,6 +4,9 @@ The sequence keeps its full length; `n` counts the active tokens (those a hard m
 which come first after each block's sort by size (DTEM's training loop). Attention is
 proportional (+ log size) as at inference, so a source whose size went to 0 disappears.
 The metric sees the block's normed input detached: its gradient comes only through the merge.
+Sources and destinations alternate as at inference (`core.alternating`, prefix tokens protected);
+DTEM's training loop alternates the other way round (odd positions are sources), which after the
+first sort by size is an equally arbitrary split.
 """
 
 from __future__ import annotations

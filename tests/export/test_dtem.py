@@ -3,6 +3,7 @@ variant without a learned metric is refused (with a checkpoint) or starts from t
 
 from __future__ import annotations
 
+import onnx
 import pytest
 import torch
 from click.testing import CliRunner
@@ -69,7 +70,7 @@ def test_dtem_metric_changes_the_merge_decisions(tmp_path):
     x = torch.randn(1, 3, *RES, generator=torch.Generator().manual_seed(2))
     learned, _, info = build_reference("vit-t", "dtem", checkpoint=str(path), resolution=RES)
     keys, _, _ = build_reference("vit-t", "tome", checkpoint=str(path), resolution=RES)
-    assert all(hasattr(blk, "dtem_metric") for blk in learned.blocks)
+    assert all(hasattr(blk.attn, "dtem_metric") for blk in learned.blocks)
     a, b = _slots(learned, x), _slots(keys, x)
     assert len(a) == len(b) > 1
     assert not torch.equal(a[0], b[0])  # same input to block 0: only the metric differs
@@ -110,13 +111,24 @@ def test_dtem_without_checkpoint_starts_from_the_keys():
     x = torch.randn(2, 3, *RES, generator=torch.Generator().manual_seed(3))
     dtem, _, _ = build_reference("vit-t", "dtem", resolution=RES)
     tome, _, _ = build_reference("vit-t", "tome", resolution=RES)
-    assert all(blk.dtem_metric.out_features == F for blk in dtem.blocks)
+    assert all(blk.attn.dtem_metric.out_features == F for blk in dtem.blocks)
     for a, b in zip(_slots(dtem, x), _slots(tome, x)):
         assert torch.equal(a, b)
 
 
+def _matmuls(path) -> list[onnx.NodeProto]:
+    return [n for n in onnx.load(path).graph.node if n.op_type == "MatMul"]
+
+
 @pytest.mark.slow
-def test_dtem_checkpoint_exports(tmp_path):
+def test_dtem_checkpoint_exports_with_the_metric_in_the_qkv_gemm(tmp_path):
+    """As DTEM's eval does: one GEMM [C -> 3C + F] per block, no MatMul more than ToMe's graph."""
     path, _ = _dtem_file(tmp_path, _timm_state())
     m = export_bundle(ExportOptions("vit-t", "dtem", checkpoint=str(path), resolution=RES, out=str(tmp_path / "b")))
     assert m["self_check"]["passed"] and m["checkpoint"]["format"] == "dtem"
+    export_bundle(ExportOptions("vit-t", "tome", checkpoint=str(path), resolution=RES, out=str(tmp_path / "t")))
+    dtem, tome = _matmuls(tmp_path / "b" / "model.onnx"), _matmuls(tmp_path / "t" / "model.onnx")
+    assert len(dtem) == len(tome)
+    proto = onnx.load(tmp_path / "b" / "model.onnx")
+    dims = {i.name: list(i.dims) for i in proto.graph.initializer}
+    assert sum(dims.get(n.input[1]) == [C, 3 * C + F] for n in dtem) == DEPTH

@@ -82,7 +82,7 @@ def test_apply_remove_round_trip(name, variant, resolution):
         assert merged.shape == want.shape
         assert not torch.equal(merged, want)  # the plan does something
         if variant == "dtem":
-            assert hasattr(model.blocks[0], "dtem_metric")
+            assert hasattr(model.blocks[0].attn, "dtem_metric")
         apply_merging(model, get_plan(name, variant), dtem_state=dtem_state)  # re-applying is idempotent
         assert torch.equal(model(x), merged)
         remove_merging(model)

@@ -90,3 +90,24 @@ def test_zero_count_is_the_identity():
     assign = soft.soft_bipartite(metric, 0, src, dst, protect=1)
     out, size = soft.soft_merge(x, torch.ones(2, N), assign, src, dst)
     assert torch.equal(out, x) and torch.equal(size, torch.ones(2, N))
+
+
+def test_soft_grid_tends_to_the_hard_grid_op():
+    """Segformer++'s relaxation: at low tau the same slots as the hard op on a grid split, and the
+    soft unmerge gives every token its hard slot's value."""
+    g = torch.Generator().manual_seed(7)
+    src, dst = core.grid(8, 8, 2, 2)
+    r = int(len(src) * 0.6)
+    metric = torch.randn(2, 64, F, generator=g)
+    hard = ops.match_bipartite_ref(metric, r, src, dst)
+    gaps = []
+    for tau in (1e-2, 1e-4, 1e-6):
+        assign = soft.soft_grid(metric, r, src, dst, tau=tau)
+        gaps.append(float((assign.sum(-1) - (hard[:, list(src)] >= len(src) - r).float()).abs().max()))
+    assert gaps[-1] < 1e-3 and gaps[0] > gaps[-1], gaps
+    assert torch.equal(soft.hard_slots(assign, src, dst, 64), hard)
+    x = torch.randn(2, 64, C, generator=g)
+    hard_x, _ = ops.token_merge_ref(x, torch.ones(2, 64, 1), hard, 64 - r)
+    soft_x, _ = soft.soft_merge(x, torch.ones(2, 64), assign, src, dst)
+    torch.testing.assert_close(soft.soft_unmerge(soft_x, assign, src, dst),
+                               ops.token_unmerge_ref(hard_x, hard), atol=1e-3, rtol=0)

@@ -98,8 +98,8 @@ def test_interrupted_run_resumes_to_the_same_metric(data, tmp_path):
     resumed = train_metric(_opts(data, tmp_path / "cut", save_every=2))
     whole = json.loads((tmp_path / "whole" / "train_record.json").read_text())
     assert resumed["losses"] == whole["losses"]
-    a = torch.load(tmp_path / "whole" / "checkpoint.pth", weights_only=True)
-    b = torch.load(tmp_path / "cut" / "checkpoint.pth", weights_only=True)
+    a = torch.load(tmp_path / "whole" / "checkpoint.pth", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "cut" / "checkpoint.pth", weights_only=True)["state_dict"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 

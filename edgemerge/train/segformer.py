@@ -1,0 +1,80 @@
+"""Segformer++ sites merged softly, for training their learned metric (keys/values and queries).
+
+Each attention's sites start from fresh tokens (sizes 1), so no state crosses blocks. Keys/values:
+the soft merge keeps all Nkv tokens and removes a merged one through the attention bias,
+log(size) with proportional attention, else log(min(size, 1)) - a destination counts once, as a
+hard-merged key does without proportional attention (train with what inference does). Queries:
+merged softly, attention on all of them, outputs unmerged softly.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from torch import Tensor, nn
+
+from edgemerge.merge import core, soft
+from edgemerge.merge.patch import _swap, segformer_metrics
+from edgemerge.merge.plan import GridSite, SegformerPlan
+from edgemerge.models.segformer import SegformerAttention
+from edgemerge.train.vit import SIZE_FLOOR, SoftStats
+
+
+class SoftSegformerAttention(SegformerAttention):
+    em_kv: GridSite | None
+    em_q: GridSite | None
+    em_proportional: bool
+    em_tau: float
+    em_top_k: int
+    em_stats: SoftStats | None
+
+    def _assign(self, kind: str, tokens: Tensor, site: GridSite, hw: tuple[int, int]):
+        src, dst = core.grid(hw[0], hw[1], site.sy, site.sx)
+        r = site.count(tokens.shape[1])
+        assign = soft.soft_grid(self.dtem_metric[kind](tokens.detach()), r, src, dst, top_k=self.em_top_k,
+                                tau=self.em_tau)
+        if self.em_stats is not None:
+            self.em_stats.counts.append(r)
+            self.em_stats.mass.append(float(assign.detach().sum((-1, -2)).mean()))
+        return assign, src, dst
+
+    def reduce_kv(self, kv: Tensor, hw: tuple[int, int]) -> tuple[Tensor, Tensor | None]:
+        if self.em_kv is None:
+            return kv, None
+        assign, src, dst = self._assign("kv", kv, self.em_kv, hw)
+        kv, size = soft.soft_merge(kv, kv.new_ones(kv.shape[:2]), assign, src, dst)
+        size = size.clamp_min(SIZE_FLOOR) if self.em_proportional else size.clamp(SIZE_FLOOR, 1.0)
+        return kv, size.log()[:, None, None, :].to(kv.dtype)  # [B, 1, 1, Nkv]
+
+    def reduce_queries(self, x: Tensor, hw: tuple[int, int]) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+        if self.em_q is None:
+            return x, lambda t: t
+        assign, src, dst = self._assign("q", x, self.em_q, hw)
+        merged, _ = soft.soft_merge(x, x.new_ones(x.shape[:2]), assign, src, dst)
+        return merged, lambda t: soft.soft_unmerge(t, assign, src, dst)
+
+
+def segformer_soft_metrics(model: nn.Module, plan: SegformerPlan, state: dict[str, Tensor]) -> nn.ModuleDict:
+    """Trainable metrics of every site, keyed by their checkpoint prefix (dots as '/')."""
+    out = nn.ModuleDict()
+    for s, stage in enumerate(model.encoder.stages, start=1):
+        for b, blk in enumerate(stage.blocks):
+            prefix = f"encoder.stages.{s - 1}.blocks.{b}.attn.dtem_metric."
+            metrics = segformer_metrics(blk.attn, plan, s, state, prefix)
+            if len(metrics):
+                out[prefix.replace(".", "/")] = metrics.float()
+    return out
+
+
+def apply_soft_segformer(model: nn.Module, plan: SegformerPlan, metrics: nn.ModuleDict, *, tau: float,
+                         top_k: int, stats: SoftStats | None = None) -> nn.Module:
+    """Swap every attention with a site for its soft version (undo with merge.remove_merging)."""
+    for s, stage in enumerate(model.encoder.stages, start=1):
+        for b, blk in enumerate(stage.blocks):
+            key = f"encoder/stages/{s - 1}/blocks/{b}/attn/dtem_metric/"
+            if key not in metrics:
+                continue
+            _swap(blk.attn, SoftSegformerAttention, em_kv=plan.kv.get(s), em_q=plan.q.get(s),
+                  em_proportional=plan.proportional, em_tau=tau, em_top_k=top_k, em_stats=stats)
+            blk.attn.dtem_metric = metrics[key]
+    return model
