@@ -125,21 +125,20 @@ def miou(conf: np.ndarray) -> float | None:
     return float((inter[valid] / union[valid]).mean())
 
 
-def same_groups(got: np.ndarray, want: np.ndarray) -> np.ndarray:
-    """Bool [.., N]: the token sits in a group of exactly the same tokens in both decisions.
+def first_merging_slot(kind: str, count: int, n: int, src: tuple | list | None = None) -> int:
+    """The first slot that tokens merge into, at a site of `n` tokens (docs/ops.md's layout): the
+    kept tokens are numbered first, in order; then bipartite's destinations (after the
+    len(src) - r kept sources) or window's merged windows (after the n - 4k kept tokens)."""
+    return n - 4 * count if kind == "window" else len(src) - count
 
-    Merge decisions are compared by the groups they form, not by slot numbers: slots number the
-    kept tokens in order, so one near-tie that swaps which source merges renumbers every later
-    slot, while it changes the groups of three tokens only. A token's group is the same when the
-    tokens sharing both its slots are all of its group on either side."""
-    got = np.asarray(got, np.int64).reshape(-1, np.shape(got)[-1])
-    want = np.asarray(want, np.int64).reshape(got.shape)
-    out = np.empty(got.shape, bool)
-    for i, (g, w) in enumerate(zip(got, want)):
-        _, cell, both = np.unique(g * (int(w.max()) + 1) + w, return_inverse=True, return_counts=True)
-        shared = both[cell]
-        out[i] = (shared == np.bincount(g)[g]) & (shared == np.bincount(w)[w])
-    return out.reshape(np.shape(want) if np.ndim(want) > 1 else out.shape)
+
+def same_fates(got: np.ndarray, want: np.ndarray, first_merging: int) -> np.ndarray:
+    """Bool [.., N]: the token met the same fate in both decisions: merged into the same slot, or
+    kept. Slot numbers alone are not comparable: kept tokens are numbered in order, so one
+    near-tie that swaps which source merges renumbers every later kept token; the merging slots
+    keep their numbers. A wrong matching still differs nearly everywhere."""
+    keep = lambda s: np.where(np.asarray(s, np.int64) >= first_merging, np.asarray(s, np.int64), -1)  # noqa: E731
+    return keep(got) == keep(want)
 
 
 def check(figures: dict, limits: dict[str, tuple[str, float]]) -> list[dict]:

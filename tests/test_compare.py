@@ -68,13 +68,15 @@ def test_bad_limits():
     assert C.bad_limit(atol=0.1, rtol=0.1, min_agreement=0.9) is None
 
 
-def test_merge_decisions_are_compared_by_group():
-    """One near-tie swaps which source merges: slot numbers shift for every later kept token, the
-    groups change for three tokens only (the destination and the two swapped sources)."""
-    want = np.array([[0, 1, 2, 0, 3, 4, 5, 6, 7, 8]])  # token 3 merged into token 0's slot
-    got = np.array([[0, 1, 2, 3, 4, 0, 5, 6, 7, 8]])   # token 5 instead: slots 3..5 renumbered
-    assert (got == want).mean() == 0.7
-    same = C.same_groups(got, want)
-    assert same.tolist() == [[False, True, True, False, True, False, True, True, True, True]]
-    wrong = np.array([[0, 0, 1, 1, 2, 2, 3, 3, 4, 4]])  # another matching altogether
-    assert C.same_groups(wrong, want).mean() < 0.5
+def test_merge_decisions_are_compared_by_fate():
+    """One near-tie swaps which source merges (bipartite: 6 sources, r = 2, destinations last):
+    every later kept source is renumbered, the fate changes for the two swapped sources only."""
+    first = C.first_merging_slot("bipartite", 2, 10, src=range(6))  # 4 kept sources: slots 0..3
+    want = np.array([[0, 1, 4, 2, 3, 5, 4, 5, 6, 7]])  # sources 2 and 5 merge (into 4 and 5)
+    got = np.array([[0, 1, 4, 2, 5, 3, 4, 5, 6, 7]])   # source 4 merges instead of source 5
+    assert first == 4 and (got == want).mean() == 0.8
+    same = C.same_fates(got, want, first)
+    assert same.tolist() == [[True, True, True, True, False, False, True, True, True, True]]
+    wrong = np.array([[4, 5, 0, 1, 2, 3, 4, 5, 6, 7]])  # another matching altogether
+    assert C.same_fates(wrong, want, first).mean() < 0.8
+    assert C.first_merging_slot("window", 3, 65) == 53

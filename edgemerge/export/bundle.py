@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 
 from edgemerge import __version__
-from edgemerge.compare import check, compare, describe, metrics, same_groups
+from edgemerge.compare import check, compare, describe, first_merging_slot, metrics, same_fates
 from edgemerge.errors import CheckFailed, EdgemergeError
 from edgemerge.manifest import MERGE_OPS, PRECISIONS, ExportOptions, parse_resolution  # noqa: F401  (re-exported)
 from edgemerge.files import check_output_dir, sha256_file
@@ -25,7 +25,7 @@ from edgemerge.graphs import merge_sites
 from edgemerge.reference import build_reference, prefix_tokens
 from edgemerge.identity import stamp
 from edgemerge.images import normalize, synthetic_images
-from edgemerge.merge.core import record_decisions
+from edgemerge.merge.core import observe, record_decisions
 
 FORBIDDEN_NATIVE = ("ScatterND",)  # and ScatterElements with a reduction, TopK with K > 3840
 # TopK's K: NvInfer.h v10.3.0 says "up to 3840", onnx-tensorrt docs/operators.md (release/10.1-GA,
@@ -166,10 +166,13 @@ def self_check(model, proto: onnx.ModelProto, batches: list[np.ndarray], ref_out
         if len(ort_slots) != len(unforced):
             raise CheckFailed(f"self-check failed: the ONNX graph has {len(ort_slots)} merge sites, "
                               f"PyTorch {len(unforced)}")
-        with torch.no_grad(), record_decisions() as own, replay_decisions([torch.from_numpy(s) for s in ort_slots]):
+        events = []  # PyTorch's own decision at every site, given ORT's before it
+        with torch.no_grad(), observe(lambda e: e.own is not None and events.append(e)), \
+                replay_decisions([torch.from_numpy(s) for s in ort_slots]):
             forced_out.append(model(torch.from_numpy(b)).numpy())
-        for got, want in zip(ort_slots, own):  # the same groups, not the same slot numbers
-            same = same_groups(got, want.numpy())
+        for got, e in zip(ort_slots, events):  # the same fate per token, not the same slot number
+            first = first_merging_slot(e.kind, e.count, got.shape[-1], e.args.get("src"))
+            same = same_fates(got, e.own.numpy(), first)
             same_tokens.append(float(np.mean(same)))
             same_sites.append(float(same.all()))
     judged = compare(np.concatenate(ort_out), np.concatenate(forced_out), "self-check", precision)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgemerge.compare import LIMITS, bad_limit, check, confusion, limits_for, metrics, miou, same_groups  # noqa: F401
+from edgemerge.compare import LIMITS, bad_limit, check, confusion, limits_for, metrics, miou, same_fates  # noqa: F401
 from edgemerge.errors import EdgemergeError
 
 # The comparison (figures, limits, near-ties) lives in edgemerge.compare; validate judges an
@@ -75,7 +75,8 @@ def slot_agreement(ref_slots: list[dict], got_slots: list[np.ndarray] | None) ->
             differing.append({"site": i, "kind": ref["kind"], "reason": "shape differs"})
             total_tokens += r.size
             continue
-        eq = same_groups(g, r)  # the same groups (slot numbers shift after a single near-tie swap)
+        # the same fate per token (kept slot numbers shift after a single near-tie swap)
+        eq = same_fates(g, r, ref["first_merging"]) if "first_merging" in ref else g == r
         same_tokens += int(eq.sum())
         total_tokens += r.size
         if eq.all():

@@ -13,6 +13,7 @@ from typing import Callable
 
 import numpy as np
 
+from edgemerge.compare import first_merging_slot
 from edgemerge.errors import EdgemergeError
 from edgemerge.reference import checked_checkpoint  # noqa: F401  (re-exported)
 from edgemerge.reference import reference_from_manifest as build_from_manifest  # noqa: F401
@@ -65,7 +66,8 @@ def record_merge_decisions():
             scores = core.bipartite_node_max(e.metric.float(), a["src"], a["dst"], a["protect"])
         else:
             scores = core.ops.window_scores(e.metric.float(), a["height"], a["width"], a["protect"])
-        calls.append({"kind": e.kind, "slot": e.slot.cpu().numpy(), "margin": gap(scores, e.count)})
+        calls.append({"kind": e.kind, "slot": e.slot.cpu().numpy(), "margin": gap(scores, e.count),
+                      "first_merging": first_merging_slot(e.kind, e.count, e.metric.shape[1], a.get("src"))})
 
     with core.observe(record):
         yield calls
@@ -90,5 +92,6 @@ def run_pytorch(model, batches: list[np.ndarray], progress: Callable[[int, int],
         kind = per_batch[0][i]["kind"]
         margins = [c[i]["margin"] for c in per_batch]
         sites.append({"kind": kind, "slot": np.concatenate([c[i]["slot"] for c in per_batch]),
-                      "margin": None if any(m is None for m in margins) else np.concatenate(margins)})
+                      "margin": None if any(m is None for m in margins) else np.concatenate(margins),
+                      "first_merging": per_batch[0][i]["first_merging"]})
     return outputs, sites
