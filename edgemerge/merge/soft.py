@@ -23,6 +23,14 @@ from edgemerge.merge.ops import _normalize
 EPS = torch.finfo(torch.float32).eps  # DTEM's floor for 1 - picked mass
 
 
+def _scores(metric: Tensor, src: Sequence[int], dst: Sequence[int]) -> Tensor:
+    """Cosine similarity of every source to every destination, [B, S, D]."""
+    m = _normalize(metric)
+    src_t = torch.as_tensor(list(src), device=metric.device)
+    dst_t = torch.as_tensor(list(dst), device=metric.device)
+    return m[:, src_t] @ m[:, dst_t].transpose(1, 2)
+
+
 def soft_bipartite(metric: Tensor, r: int, src: Sequence[int], dst: Sequence[int], protect: int = 0, *,
                    top_k: int = 3, tau_score: float = 0.1, tau_pick: float = 0.1) -> Tensor:
     """DTEM's relaxed top-r bipartite matching -> assign [B, S, D].
@@ -36,10 +44,7 @@ def soft_bipartite(metric: Tensor, r: int, src: Sequence[int], dst: Sequence[int
     B, S, D = metric.shape[0], len(src), len(dst)
     if r <= 0 or S == 0 or D == 0:
         return metric.new_zeros(B, S, D, dtype=torch.float32)
-    m = _normalize(metric)
-    src_t = torch.as_tensor(list(src), device=metric.device)
-    dst_t = torch.as_tensor(list(dst), device=metric.device)
-    scores = m[:, src_t] @ m[:, dst_t].transpose(1, 2)  # [B, S, D]
+    scores = _scores(metric, src, dst)  # [B, S, D]
     if protect:
         keep = torch.arange(S, device=metric.device) >= protect
         scores = scores.masked_fill(~keep[None, :, None], -torch.inf)
@@ -108,10 +113,7 @@ def soft_grid(metric: Tensor, r: int, src: Sequence[int], dst: Sequence[int], *,
     B, S, D = metric.shape[0], len(src), len(dst)
     if r <= 0 or S == 0 or D == 0:
         return metric.new_zeros(B, S, D, dtype=torch.float32)
-    m = _normalize(metric)
-    src_t = torch.as_tensor(list(src), device=metric.device)
-    dst_t = torch.as_tensor(list(dst), device=metric.device)
-    scores = m[:, src_t] @ m[:, dst_t].transpose(1, 2)  # [B, S, D]
+    scores = _scores(metric, src, dst)  # [B, S, D]
     top, idx = scores.topk(min(top_k, D), dim=-1)
     best = top[..., 0]  # [B, S]
     ranked = best.detach().sort(dim=-1, descending=True).values
