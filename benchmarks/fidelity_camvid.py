@@ -28,7 +28,8 @@ from PIL import Image
 
 from edgemerge.bench.runners import ort_session_options
 from edgemerge.errors import CheckFailed
-from edgemerge.export.bundle import ExportOptions, build_reference, export_bundle
+from edgemerge.export.bundle import ExportOptions, export_bundle
+from edgemerge.reference import build_reference
 from edgemerge.images import list_images, load_image, normalize
 from edgemerge.merge import get_plan, resolve
 from edgemerge.merge.flops import gflops

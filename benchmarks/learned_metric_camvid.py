@@ -30,7 +30,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fidelity_camvid import confusion, predict, scores  # noqa: E402
 
-from edgemerge.export.bundle import build_reference  # noqa: E402
+from edgemerge.reference import build_reference  # noqa: E402
 from edgemerge.images import list_images, load_image, normalize  # noqa: E402
 from edgemerge.merge.flops import gflops  # noqa: E402
 from edgemerge.models import get_config  # noqa: E402

@@ -9,7 +9,8 @@ import torch
 from click.testing import CliRunner
 
 from edgemerge.cli import main
-from edgemerge.export.bundle import ExportOptions, build_reference, export_bundle
+from edgemerge.export.bundle import ExportOptions, export_bundle
+from edgemerge.reference import build_reference
 from edgemerge.merge import core
 from edgemerge.models import build_model, load_checkpoint
 

@@ -109,7 +109,7 @@ def test_recorded_slots_match_the_plan():
 
 def test_vit_sites_compose_to_the_patch_grid():
     """ToMe: each site's groups live on the original patch grid and only grow block by block."""
-    from edgemerge.export.bundle import build_reference
+    from edgemerge.reference import build_reference
 
     model, _, _ = build_reference("vit-t", "tome", resolution=(64, 64))
     with record_merges(model) as sites, torch.no_grad():

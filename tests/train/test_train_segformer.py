@@ -13,7 +13,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from edgemerge.cli import main
-from edgemerge.export.bundle import ExportOptions, _randomize_norm_stats, build_reference, export_bundle
+from edgemerge.export.bundle import ExportOptions, export_bundle
+from edgemerge.reference import _randomize_norm_stats, build_reference
 from edgemerge.images import synthetic_images
 from edgemerge.merge import core
 from edgemerge.models import build_model
