@@ -398,7 +398,7 @@ def layers_path(plan_path: str | os.PathLike) -> Path:
 
 
 def write_record(plan_path: str | os.PathLike, record: BuildRecord) -> Path:
-    return atomic_write_bytes(record_path(plan_path), record.to_json().encode())
+    return atomic_write_bytes(record_path(plan_path), record.to_json().encode(), mode=0o644)
 
 
 def read_manifest(bundle: Path) -> dict:
@@ -469,7 +469,7 @@ def graph_for(bundle: Path, version: tuple[int, int, int], plugins: bool) -> tup
         stripped, dropped = strip_functions((bundle / "model.onnx").read_bytes())
         if dropped == 0:
             raise DeviceError("model.onnx carries no edgemerge functions to strip: re-export the bundle")
-        atomic_write_bytes(bundle / "model.trt.onnx", stripped)
+        atomic_write_bytes(bundle / "model.trt.onnx", stripped, mode=0o644)
         return "model.trt.onnx", STRIP
     native = bundle / "model.native.onnx"
     if not native.is_file():
@@ -482,7 +482,8 @@ def graph_for(bundle: Path, version: tuple[int, int, int], plugins: bool) -> tup
                 "without the plugin library the merge ops are built from their bodies, inlined; making "
                 "that graph here needs `pip install --no-deps edgemerge && pip install onnx onnxscript`, "
                 "or export with --merge-ops native") from None
-        atomic_write_bytes(native, inline_merge_ops(onnx.load(str(bundle / "model.onnx"))).SerializeToString())
+        atomic_write_bytes(native, inline_merge_ops(onnx.load(str(bundle / "model.onnx"))).SerializeToString(),
+                           mode=0o644)
     return native.name, NATIVE
 
 

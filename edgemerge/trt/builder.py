@@ -191,11 +191,11 @@ def build_engine(onnx_path: str | os.PathLike, out_path: str | os.PathLike | Non
     data = bytes(engine_bytes)
     seconds = time.perf_counter() - start
     info = engine_layer_info(trt, data)
-    atomic_write_bytes(layers_path(out), json.dumps(info, indent=1).encode())
+    atomic_write_bytes(layers_path(out), json.dumps(info, indent=1).encode(), mode=0o644)
     with device_errors():  # refuses a plugin build whose engine holds too few plugin layers
         layers = device_tool.inspect_layers(info, manifest, uses_plugins=uses_plugins,
                                             allow_body_only=allow_body_only)
-    atomic_write_bytes(out, data)
+    atomic_write_bytes(out, data, mode=0o644)
     with device_errors():
         record = device_tool.make_record(
             out, onnx_path, manifest, tensorrt_version=trt.__version__, plugins=label, plugins_sha256=lib_sha,

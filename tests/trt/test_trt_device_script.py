@@ -244,6 +244,10 @@ def test_stock_jetpack_run_builds_the_plugin_library(tmp_path, tag, version):
     proc, calls = run_script(bundle, version, python=str(isolated), fake_cmake=False,
                              env={"TENSORRT_ROOT": str(root), "LDFLAGS": "-Wl,--as-needed"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # -Wall -Wextra on our sources (TensorRT's headers are SYSTEM includes): no warning at all
+    warnings = [line for line in (proc.stdout + proc.stderr).splitlines() if "warning" in line.lower()
+                and "plugins/" in line]
+    assert not warnings, warnings[:5]
     lib = bundle / PLUGIN_LIB
     assert lib.is_file()
     dynamic = subprocess.run(["readelf", "-d", str(lib)], capture_output=True, text=True, check=True).stdout
