@@ -222,9 +222,14 @@ def count_plugin_layers(info, sites: dict[str, list[str]]) -> dict[str, int]:
     return {op: sum(1 for name in names if name in plugin_names) for op, names in sites.items()}
 
 
+def _summary(layers_and_sites: dict[str, tuple[int, int]]) -> str:
+    """'TokenMerge 12/12, TokenUnmerge 4/4' from {op: (plugin layers, merge sites)}."""
+    return ", ".join(f"{op} {k}/{n}" for op, (k, n) in sorted(layers_and_sites.items())) or "no merge sites"
+
+
 def plugin_layer_summary(counts: dict[str, int], sites: dict[str, list[str]]) -> str:
     """'TokenMerge 12/12, TokenUnmerge 4/4' (plugin layers / merge sites)."""
-    return ", ".join(f"{op} {counts.get(op, 0)}/{len(names)}" for op, names in sorted(sites.items())) or "no merge sites"
+    return _summary({op: (counts.get(op, 0), len(names)) for op, names in sites.items()})
 
 
 def check_plugin_layers(counts: dict[str, int], sites: dict[str, list[str]], *, allow_body_only: bool) -> None:
@@ -381,8 +386,13 @@ class BuildRecord:
         """'TokenMerge 12/12, ...' or why there is none."""
         if self.plugin_layers is None:
             return "not inspected (engine built without layer information)"
-        return ", ".join(f"{op} {v['plugin_layers']}/{v['sites']}" for op, v in sorted(self.plugin_layers.items())) \
-            or "no merge sites"
+        return _summary({op: (v["plugin_layers"], v["sites"]) for op, v in self.plugin_layers.items()})
+
+    def engine_build(self) -> dict:
+        """What the engine holds, for validate's and bench's reports: the merge ops as plugins, or
+        their bodies."""
+        return {"graph": self.graph, "plugins": self.plugins, "plugin_layers": self.plugin_layers,
+                "summary": self.plugin_summary()}
 
 
 def record_path(plan_path: str | os.PathLike) -> Path:

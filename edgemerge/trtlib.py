@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import importlib
-import re
 
+from edgemerge.device_tool import parse_version  # noqa: F401  (one parser for versions; re-exported)
 from edgemerge.errors import EdgemergeError
 
 MISSING_TRT = ("TensorRT is not installed: pip install 'edgemerge[trt]' "
@@ -17,14 +17,6 @@ def require_tensorrt():
         return importlib.import_module("tensorrt")
     except ImportError:  # also OSError-free: a broken libnvinfer surfaces as ImportError
         raise EdgemergeError(MISSING_TRT) from None
-
-
-def parse_version(text: str) -> tuple[int, int, int]:
-    """'10.3.0.30' -> (10, 3, 0); missing parts are 0."""
-    parts = [int(p) for p in re.findall(r"\d+", text)[:3]]
-    while len(parts) < 3:
-        parts.append(0)
-    return tuple(parts)  # type: ignore[return-value]
 
 
 def trt_version() -> tuple[int, int, int] | None:

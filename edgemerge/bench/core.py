@@ -351,9 +351,7 @@ def _timed(merged: Artifact, baseline: Artifact | None, backend: str, device: st
         if art.kind == "plan":  # what the engine holds: the merge ops as plugins, or their bodies
             from edgemerge.record import read_record
 
-            rec = read_record(art.path)
-            models[role]["engine_build"] = {"graph": rec.graph, "plugins": rec.plugins,
-                                            "plugin_layers": rec.plugin_layers, "summary": rec.plugin_summary()}
+            models[role]["engine_build"] = read_record(art.path).engine_build()
         if energy:
             models[role]["power"] = energy[role]
     report: dict[str, Any] = {

@@ -266,7 +266,7 @@ def export_bundle(opts: ExportOptions, progress: Callable[[str], None] = lambda 
     plan = get_plan(opts.model, opts.variant, calibration=calibration)
     from edgemerge.models import get_config
 
-    counts = resolve(opts.model, plan, opts.resolution or get_config(opts.model).resolution)
+    resolve(opts.model, plan, opts.resolution or get_config(opts.model).resolution)  # refuses before any work
     progress("building the PyTorch model")
     model, cfg, info = build_reference(opts.model, opts.variant, checkpoint=opts.checkpoint,
                                        resolution=opts.resolution, seed=opts.seed,

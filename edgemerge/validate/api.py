@@ -244,6 +244,4 @@ def _engine_build(art) -> dict | None:
     """What the engine holds, from its build record: the merge ops as plugins, or their bodies."""
     if art.kind != "engine":
         return None
-    rec = read_record(art.path)
-    return {"graph": rec.graph, "plugins": rec.plugins, "plugin_layers": rec.plugin_layers,
-            "summary": rec.plugin_summary()}
+    return read_record(art.path).engine_build()
