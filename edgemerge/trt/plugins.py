@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import ctypes
+import inspect
 import logging
 import os
 import re
@@ -193,23 +194,36 @@ def _current_arch() -> str:
 
 # ---- tensorrt.plugin registration --------------------------------------------------------------
 
-_ATTR_ANNOTATION = {"int": "int", "float": "float", "string": "str", "ints": "npt.NDArray[np.int32]"}
 _TRT_TYPE = {"float32": "FP32", "float16": "FP16", "int32": "INT32"}
 
 
-def _make_function(name: str, params: list[str], annotations: dict[str, str], returns: str | None,
-                   body: Any, namespace: dict) -> Any:
-    """A function named `name` whose signature is exactly `params` (what tensorrt.plugin inspects),
-    forwarding its arguments as keywords to `body`."""
-    sig = ", ".join(f"{p}: {annotations[p]}" if p in annotations else p for p in params)
-    ret = f" -> {returns}" if returns else ""
-    fwd = ", ".join(f"{p}={p}" for p in params)
-    code = f"def {name}({sig}){ret}:\n    return __body({fwd})\n"
-    ns = dict(namespace, __body=body)
-    # dont_inherit: this module's `from __future__ import annotations` would otherwise turn the
-    # annotations into strings, and tensorrt.plugin's issubclass checks need the classes.
-    exec(compile(code, f"<edgemerge plugin {name}>", "exec", dont_inherit=True), ns)  # noqa: S102 - from the op table
-    return ns[name]
+def _attr_annotation(kind: str) -> Any:
+    """The attribute types `tensorrt.plugin` serializes (`SERIALIZABLE_BUILTIN_TYPES` and
+    `numpy.typing.NDArray[dtype]` in plugin/_validate.py, v10.9.0 to v11.1)."""
+    import numpy as np
+    import numpy.typing as npt
+
+    return {"int": int, "float": float, "string": str, "ints": npt.NDArray[np.int32]}[kind]
+
+
+def _signed(name: str, params: list[str], annotations: dict[str, Any], returns: Any, body: Any) -> Any:
+    """A function whose signature is exactly `params` (what tensorrt.plugin inspects with
+    `inspect.signature`, which honours `__signature__`), passing its arguments to `body` as keywords.
+
+    tensorrt.plugin calls these functions positionally and by keyword (plugin/_plugin_class.py,
+    v10.15: `register_function(*input_descs, **attrs)`, `impl_function(*ins, *attrs, outputs,
+    stream=stream)`), so the arguments are bound against the signature before the call."""
+    sig = inspect.Signature(
+        [inspect.Parameter(p, inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                           annotation=annotations.get(p, inspect.Parameter.empty)) for p in params],
+        return_annotation=inspect.Signature.empty if returns is None else returns)
+
+    def function(*args: Any, **kwargs: Any) -> Any:
+        return body(**sig.bind(*args, **kwargs).arguments)
+
+    function.__signature__ = sig  # type: ignore[attr-defined]
+    function.__name__ = function.__qualname__ = name
+    return function
 
 
 def plugin_signatures(op: opspec.OpSpec) -> dict[str, list[str]]:
@@ -303,24 +317,19 @@ def _register_op(op: opspec.OpSpec, use_aot: bool, trtp, trt) -> None:
     tensorrt.plugin reads the functions' signatures: parameter names in a fixed order, annotations
     on register (mandatory) and on aot_impl's return (checked: (str|bytes, str|bytes,
     KernelLaunchParams, SymExprs)); so they are generated with exactly those."""
-    import numpy as np
-    import numpy.typing as npt
-    from typing import List, Tuple, Union
+    from typing import Tuple, Union
 
-    ns = {"trtp": trtp, "np": np, "npt": npt, "Tuple": Tuple, "List": List, "Union": Union}
     sigs = plugin_signatures(op)
-    ann = {p.name: "trtp.TensorDesc" for p in op.inputs}
-    ann.update({a.name: _ATTR_ANNOTATION[a.kind] for a in op.plugin_attributes()})
-    ret = "trtp.TensorDesc" if len(op.outputs) == 1 else f"Tuple[{', '.join(['trtp.TensorDesc'] * len(op.outputs))}]"
+    ann: dict[str, Any] = {p.name: trtp.TensorDesc for p in op.inputs}
+    ann.update({a.name: _attr_annotation(a.kind) for a in op.plugin_attributes()})
+    ret = trtp.TensorDesc if len(op.outputs) == 1 else Tuple[tuple([trtp.TensorDesc] * len(op.outputs))]
     base = op.name
 
-    desc = _make_function(f"{base}_desc", sigs["register"], ann, ret,
-                          lambda **a: _output_descs(trtp, trt, op, a), ns)
+    desc = _signed(f"{base}_desc", sigs["register"], ann, ret, lambda **a: _output_descs(trtp, trt, op, a))
     trtp.register(op.plugin_id)(desc)
 
     combo = autotune_combination(op)
-    tune = _make_function(f"{base}_autotune", sigs["autotune"], {}, None,
-                          lambda **a: [trtp.AutoTuneCombination(combo)], ns)
+    tune = _signed(f"{base}_autotune", sigs["autotune"], {}, None, lambda **a: [trtp.AutoTuneCombination(combo)])
     trtp.autotune(op.plugin_id)(tune)
 
     if use_aot:
@@ -338,8 +347,8 @@ def _register_op(op: opspec.OpSpec, use_aot: bool, trtp, trt) -> None:
             extra = trtp.SymIntExprs.from_tuple([trtp.SymInt32(dims[s]) for s in op.kernel.scalars])
             return name.encode(), ptx, params, extra
 
-        aot_ret = "Tuple[Union[str, bytes], Union[str, bytes], trtp.KernelLaunchParams, trtp.SymIntExprs]"
-        trtp.aot_impl(op.plugin_id)(_make_function(f"{base}_aot_impl", sigs["aot_impl"], {}, aot_ret, aot_body, ns))
+        aot_ret = Tuple[Union[str, bytes], Union[str, bytes], trtp.KernelLaunchParams, trtp.SymIntExprs]
+        trtp.aot_impl(op.plugin_id)(_signed(f"{base}_aot_impl", sigs["aot_impl"], {}, aot_ret, aot_body))
     else:
         def jit_body(**a):
             import torch
@@ -354,4 +363,4 @@ def _register_op(op: opspec.OpSpec, use_aot: bool, trtp, trt) -> None:
                 for o, r in zip(outs, results):
                     o.copy_(r)
 
-        trtp.impl(op.plugin_id)(_make_function(f"{base}_impl", sigs["impl"], {}, None, jit_body, ns))
+        trtp.impl(op.plugin_id)(_signed(f"{base}_impl", sigs["impl"], {}, None, jit_body))

@@ -99,19 +99,17 @@ def test_plugin_signatures_follow_table(name):
 def test_generated_register_function_has_table_signature():
     import inspect
 
-    from edgemerge.trt.plugins import _ATTR_ANNOTATION, _make_function
+    from edgemerge.trt.plugins import _signed
 
     op = opspec.OPS["TokenMatchBipartite"]
     params = plugin_signatures(op)["register"]
-    ann = {p.name: "TensorDesc" for p in op.inputs}
-    ann.update({a.name: _ATTR_ANNOTATION[a.kind] for a in op.plugin_attributes()})
-    import numpy as np
-    import numpy.typing as npt
-
-    fn = _make_function("desc", params, ann, "TensorDesc", lambda **a: sorted(a),
-                        {"TensorDesc": object, "np": np, "npt": npt})
-    assert list(inspect.signature(fn).parameters) == params
-    assert fn(1, 2, 3, 4, 5) == sorted(params)
+    fn = _signed("desc", params, {p: int for p in params}, float, lambda **a: sorted(a.items()))
+    sig = inspect.signature(fn)
+    assert list(sig.parameters) == params and sig.return_annotation is float
+    assert all(p.annotation is int for p in sig.parameters.values())
+    # called positionally and by keyword, as tensorrt.plugin does
+    assert fn(*range(len(params) - 1), **{params[-1]: 9}) == sorted(
+        zip(params, list(range(len(params) - 1)) + [9]))
 
 
 KERNELS = Path(__file__).resolve().parents[2] / "plugins" / "kernels"
