@@ -1,7 +1,7 @@
 """The CUDA kernels against PyTorch's own ops on the GPU, at the merge sites of a real plan.
 
 For every Segformer++ merge site of `--model/--variant/--resolution` (counts from
-`edgemerge.merge.plan.resolve`), times, with CUDA events, the plugin kernels (through the ctypes
+`edgemerge.merge.resolve`), times, with CUDA events, the plugin kernels (through the ctypes
 library the kernel tests build) and the PyTorch references of `edgemerge.merge.ops` on the same
 CUDA tensors. Reports the median time of each, the speed-up, and for TokenMerge / TokenUnmerge
 the bytes they must move (each input read once, each output written once) over the time,
@@ -30,7 +30,8 @@ sys.path.insert(0, str(REPO / "tests" / "plugins"))
 from conftest import build_capi, find_nvcc  # noqa: E402  (the kernel tests' ctypes build)
 
 from edgemerge.merge import core, ops  # noqa: E402
-from edgemerge.merge.plan import SegformerPlan, get_plan, resolve  # noqa: E402
+from edgemerge.merge import get_plan, resolve  # noqa: E402
+from edgemerge.merge.plan import SegformerPlan  # noqa: E402
 from edgemerge.models import get_config  # noqa: E402
 
 

@@ -22,7 +22,7 @@ from edgemerge.errors import CheckFailed, EdgemergeError
 from edgemerge.manifest import MERGE_OPS, PRECISIONS, ExportOptions, parse_resolution  # noqa: F401  (re-exported)
 from edgemerge.files import check_output_dir, sha256_file
 from edgemerge.graphs import merge_sites
-from edgemerge.reference import build_reference, prefix_tokens
+from edgemerge.reference import build_reference
 from edgemerge.identity import stamp
 from edgemerge.images import normalize, synthetic_images
 from edgemerge.merge.core import observe, record_decisions
@@ -272,7 +272,7 @@ def export_bundle(opts: ExportOptions, progress: Callable[[str], None] = lambda 
                                        resolution=opts.resolution, seed=opts.seed,
                                        num_classes=opts.num_classes, calibration=calibration)
     H, W = opts.resolution or cfg.resolution
-    counts = resolve(opts.model, plan, (H, W), protect=prefix_tokens(model))  # as built (DeiT: 2)
+    counts = resolve(model.config, plan, (H, W))  # the model as built (a checkpoint's DeiT: 2 prefix tokens)
     num_classes = info.num_classes if info else (opts.num_classes or cfg.num_classes)
     images = normalize(synthetic_images(opts.batch * N_REFERENCE, H, W, seed=opts.seed), cfg.mean, cfg.std)
     batches = [images[i * opts.batch:(i + 1) * opts.batch] for i in range(N_REFERENCE)]

@@ -147,6 +147,8 @@ def bipartite_match(metric: Tensor, r: int, src: tuple[int, ...], dst: tuple[int
 
 def window_match(metric: Tensor, height: int, width: int, k: int, protect: int = 0) -> MergeFns:
     """Merge the k most uniform 2x2 windows whole, 4 tokens -> 1 (ALGM's local step)."""
+    if height % 2 or width % 2:
+        raise ValueError(f"a {height}x{width} patch grid is not even (ALGM merges 2x2 windows)")
     args = {"height": height, "width": width, "protect": protect}
     capacity = (height // 2) * (width // 2)
     if k <= 0:

@@ -47,6 +47,8 @@ class SegformerPPAttention(SegformerAttention):
         B, N, C = x.shape
         H, W = hw
         if self.em_pool:  # n2d: 2x2 average pooling, nearest-neighbour restore
+            if H % 2 or W % 2:
+                raise ValueError(f"a {H}x{W} token grid is not even (n2d pools 2x2 cells)")
             pooled = x.reshape(B, H // 2, 2, W // 2, 2, C).mean(dim=(2, 4)).reshape(B, -1, C)
 
             def restore(t: Tensor) -> Tensor:

@@ -1,7 +1,6 @@
-"""Merge plans: variants as data (`export_configs/<model>.toml`), resolved to static counts.
-
-A variant is a small frozen spec; the same count functions serve the patched model (which calls
-them on static shapes) and `edgemerge plan` (which prints them), so the two cannot disagree.
+"""Merge plans: variants as data (`export_configs/<model>.toml`), and the count functions the
+patched model calls on static shapes. What a plan does at a resolution is read off the patched
+model itself: `edgemerge.merge.counts.resolve`.
 """
 
 from __future__ import annotations
@@ -175,116 +174,6 @@ def algm_local_count(fraction: float, grid_hw: tuple[int, int]) -> int:
 def algm_global_count(fraction: float, n: int, protect: int) -> int:
     n_src = (n + 1) // 2
     return _fraction_of(fraction, n_src - protect)
-
-
-def _check_divisible(name: str, hw: tuple[int, int], sy: int, sx: int) -> None:
-    if hw[0] % sy or hw[1] % sx:
-        raise EdgemergeError(f"{name}: a {hw[0]}x{hw[1]} token grid does not divide into {sy}x{sx} cells; "
-                             f"choose a resolution whose stage grids are multiples of the cell")
-
-
-def resolve(model: str, plan: MergePlan, resolution: tuple[int, int], protect: int = 1) -> dict[str, Any]:
-    """Per-stage (Segformer) or per-site (ViT) token counts for one input resolution; a resolution
-    the plan cannot divide is refused with the nearest ones that work (CamVid 360x480 -> 384x512).
-
-    `protect`: the ViT's prefix tokens (CLS, plus DeiT's distillation token: 2), which the model
-    a checkpoint builds decides; the spatial-reduction ratios come from the model's config.
-    tests/merge/test_counts_from_model.py runs every patched zoo model on the meta device and
-    checks these counts against the merges it makes."""
-    try:
-        return _resolve(model, plan, resolution, protect)
-    except EdgemergeError as e:
-        near = nearest_resolutions(model, plan, resolution)
-        if not near:
-            raise
-        raise EdgemergeError(f"{e}; nearest resolutions that work: " + ", ".join(f"{h}x{w}" for h, w in near)
-                             ) from None
-
-
-def nearest_resolutions(model: str, plan: MergePlan, resolution: tuple[int, int],
-                        search: int = 1024) -> list[tuple[int, int]]:
-    """The nearest working HxW at or above the request, then at or below it, in multiples of the
-    model's total stride (Segformer: 32) or patch size (each side searched alone: the plans'
-    conditions are per dimension)."""
-    import math
-
-    from edgemerge.models import get_config
-
-    cfg = get_config(model)
-    unit = math.prod(cfg.strides) if cfg.family == "segformer" else cfg.patch_size
-
-    def works(h: int, w: int) -> bool:
-        try:
-            _resolve(model, plan, (h, w))
-            return True
-        except EdgemergeError:
-            return False
-
-    def side(v: int, step: int) -> int | None:
-        start = (-(-v // unit) if step > 0 else v // unit) * unit
-        return next((c for c in range(start, start + step * search, step * unit) if c > 0 and works(c, c)), None)
-
-    H, W = resolution
-    out = []
-    for step in (1, -1):
-        h, w = side(H, step), side(W, step)
-        if h is not None and w is not None and works(h, w) and (h, w) not in out:
-            out.append((h, w))
-    return out
-
-
-def _resolve(model: str, plan: MergePlan, resolution: tuple[int, int], protect: int = 1) -> dict[str, Any]:
-    from edgemerge.models import get_config
-
-    cfg = get_config(model)
-    H, W = resolution
-    if cfg.family == "segformer":
-        stages, h, w = [], H, W
-        sr = tuple(cfg.extra.get("sr_ratios", (8, 4, 2, 1)))
-        for s, stride in enumerate(cfg.strides, start=1):
-            h, w = -(-h // stride), -(-w // stride)  # overlapping patch embeddings round up
-            n_q = h * w
-            kv_hw = (h // sr[s - 1], w // sr[s - 1])
-            n_kv = kv_hw[0] * kv_hw[1]
-            q_kept, kv_kept = n_q, n_kv
-            if isinstance(plan, SegformerPlan):
-                if s in plan.q_pool:
-                    if h % 2 or w % 2:
-                        raise EdgemergeError(f"n2d: stage {s} grid {h}x{w} is not even")
-                    q_kept = n_q // 4
-                elif s in plan.q:
-                    site = plan.q[s]
-                    _check_divisible(f"stage {s} queries", (h, w), site.sy, site.sx)
-                    q_kept = n_q - site.count(n_q)
-                if s in plan.kv:
-                    site = plan.kv[s]
-                    _check_divisible(f"stage {s} keys/values", kv_hw, site.sy, site.sx)
-                    kv_kept = n_kv - site.count(n_kv)
-            stages.append({"stage": s, "grid": [h, w], "blocks": cfg.depths[s - 1], "queries_in": n_q,
-                           "queries_kept": q_kept, "kv_in": n_kv, "kv_kept": kv_kept})
-        return {"stages": stages}
-    p = cfg.patch_size
-    if H % p or W % p:
-        raise EdgemergeError(f"resolution {H}x{W} is not a multiple of the patch size {p}")
-    grid_hw = (H // p, W // p)
-    n = protect + grid_hw[0] * grid_hw[1]
-    sites = []
-    depth = cfg.depths[0]
-    for i in range(depth):
-        kept = n
-        if isinstance(plan, ToMePlan):
-            kept = n - tome_count(plan.r, n, protect)
-        elif isinstance(plan, ALGMPlan) and i == plan.local_layer:
-            if grid_hw[0] % 2 or grid_hw[1] % 2:
-                raise EdgemergeError(f"ALGM: the {grid_hw[0]}x{grid_hw[1]} patch grid is not even")
-            kept = n - 3 * algm_local_count(plan.local_fraction, grid_hw)
-        elif isinstance(plan, ALGMPlan) and i == plan.global_layer:
-            kept = n - algm_global_count(plan.global_fraction, n, protect)
-        if kept != n or i == 0:
-            sites.append({"block": i, "tokens_in": n, "tokens_kept": kept})
-        n = kept
-    return {"sites": [s for s in sites if s["tokens_in"] != s["tokens_kept"]], "tokens_out": n,
-            "tokens_in": protect + grid_hw[0] * grid_hw[1]}
 
 
 def plan_dict(plan: MergePlan) -> dict[str, Any]:

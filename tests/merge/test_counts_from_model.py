@@ -1,6 +1,7 @@
-"""plan.resolve's counts (what the manifest and `edgemerge plan` report) are the merges the patched
-model makes: every zoo model and variant runs on the meta device (no weights, no compute) under
-merge/core.observe, and each merge it makes must be one resolve() reports."""
+"""resolve()'s counts (what the manifest and `edgemerge plan` report, read through the merge hooks
+of a meta-device copy) are the merges the matching makes: every zoo model and variant runs on the
+meta device (no weights, no compute) under merge/core.observe, the other channel, and each merge
+it makes must be one resolve() reports."""
 
 from collections import Counter
 from dataclasses import replace
@@ -9,7 +10,8 @@ import pytest
 import torch
 
 from edgemerge.merge import apply_merging, core, get_plan
-from edgemerge.merge.plan import load_variants, resolve
+from edgemerge.merge import resolve
+from edgemerge.merge.plan import load_variants
 from edgemerge.models import list_models
 from edgemerge.models.registry import build_from_config, configure
 from edgemerge.reference import prefix_tokens
@@ -31,8 +33,8 @@ def merges_on_meta(cfg, variant: str) -> tuple[list[tuple[int, int]], int]:
     return merges, prefix_tokens(model)
 
 
-def expected(cfg, variant: str, protect: int) -> list[tuple[int, int]]:
-    counts = resolve(cfg.name, get_plan(cfg.name, variant), cfg.resolution, protect=protect)
+def expected(cfg, variant: str) -> list[tuple[int, int]]:
+    counts = resolve(cfg, get_plan(cfg.name, variant), cfg.resolution)
     if "sites" in counts:
         return [(s["tokens_in"], s["tokens_kept"]) for s in counts["sites"]]
     out = []
@@ -47,8 +49,8 @@ def expected(cfg, variant: str, protect: int) -> list[tuple[int, int]]:
 @pytest.mark.parametrize("model,variant", CASES, ids=[f"{m}-{v}" for m, v in CASES])
 def test_resolved_counts_are_the_models(model, variant):
     cfg = configure(model)
-    merges, protect = merges_on_meta(cfg, variant)
-    want = expected(cfg, variant, protect)
+    merges, _ = merges_on_meta(cfg, variant)
+    want = expected(cfg, variant)
     if "sites" in resolve(model, get_plan(model, variant), cfg.resolution):
         assert merges == want
     else:
@@ -58,8 +60,8 @@ def test_resolved_counts_are_the_models(model, variant):
 def test_a_distilled_deit_protects_two_tokens():
     """DeiT with its distillation token (from a checkpoint): two protected tokens change r's clamp
     and every count after it; resolve() must follow the model, not assume CLS alone."""
-    cfg = configure("deit-t")
-    cfg = replace(cfg, extra={**cfg.extra, "distilled": True})
+    zoo = configure("deit-t")
+    cfg = replace(zoo, extra={**zoo.extra, "distilled": True})
     merges, protect = merges_on_meta(cfg, "tome")
-    assert protect == 2 and merges == expected(cfg, "tome", protect)
-    assert merges != expected(cfg, "tome", 1)
+    assert protect == 2 and merges == expected(cfg, "tome")
+    assert merges != expected(zoo, "tome")
