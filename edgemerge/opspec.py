@@ -67,6 +67,7 @@ class OpSpec:
     inputs: tuple[Port, ...]
     outputs: tuple[Port, ...]
     kernel: KernelABI | None
+    torch_op: str = ""  # the torch.library op (`torch.ops.edgemerge.<torch_op>`) the exporter translates
 
     @property
     def plugin_id(self) -> str:
@@ -83,6 +84,7 @@ OPS: dict[str, OpSpec] = {
     for op in (
         OpSpec(
             name="TokenMatchBipartite",
+            torch_op="match_bipartite",
             attributes=(Attr("r", "int"), Attr("src", "ints"), Attr("dst", "ints"),
                         Attr("protect", "int"), _NS),
             inputs=(Port("metric", ("float32",), ("B", "N", "C")),),
@@ -91,6 +93,7 @@ OPS: dict[str, OpSpec] = {
         ),
         OpSpec(
             name="TokenMatchWindow",
+            torch_op="match_window",
             attributes=(Attr("height", "int"), Attr("width", "int"), Attr("k", "int"),
                         Attr("protect", "int"), _NS),
             inputs=(Port("metric", ("float32",), ("B", "N", "C")),),
@@ -99,6 +102,7 @@ OPS: dict[str, OpSpec] = {
         ),
         OpSpec(
             name="TokenMerge",
+            torch_op="token_merge",
             attributes=(Attr("num_out", "int"), _NS),
             inputs=(Port("x", FLOAT_TYPES, ("B", "N", "C")),
                     Port("size", FLOAT_TYPES, ("B", "N", "1"), like="x"),
@@ -119,6 +123,7 @@ OPS: dict[str, OpSpec] = {
         ),
         OpSpec(
             name="TokenUnmerge",
+            torch_op="token_unmerge",
             attributes=(_NS,),
             inputs=(Port("merged", FLOAT_TYPES, ("B", "M", "C")),
                     Port("slot", ("int32",), ("B", "N"))),

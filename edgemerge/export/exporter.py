@@ -1,7 +1,7 @@
 """PyTorch -> ONNX: merge ops as `edgemerge` nodes with their function bodies, or inlined.
 
 torch's dynamo exporter sees each merge op as one opaque `torch.ops.edgemerge.*` call; the
-translation table below writes it as a node in the `edgemerge` domain whose op_type is the
+translation table below, derived from the op spec (edgemerge/opspec.py), writes it as a node in the `edgemerge` domain whose op_type is the
 TensorRT plugin name, with `plugin_namespace` and its static counts as attributes. `finalize`
 then adds the model-local functions (plugin mode) or inlines them (native mode).
 """
@@ -9,10 +9,12 @@ then adds the model-local functions (plugin mode) or inlines them (native mode).
 from __future__ import annotations
 
 import copy
+import inspect
 import io
 import logging
 import warnings
 from contextlib import redirect_stderr, redirect_stdout
+from typing import Any, Callable
 
 import onnx
 import onnxscript
@@ -24,33 +26,42 @@ from edgemerge.merge import ops as _ops  # noqa: F401  (registers torch.ops.edge
 from edgemerge.errors import EdgemergeError
 from edgemerge.export.fp16 import keep_fp32
 from edgemerge.graphs import inline_merge_ops, name_merge_sites, reserved_names
+from edgemerge.opspec import OPS, OpSpec
 
 _E = onnxscript.values.Opset(F.DOMAIN, F.DOMAIN_VERSION)
 _NS = F.PLUGIN_NAMESPACE
 
 
-def _match_bipartite(metric, r: int, src, dst, protect: int):
-    return _E.TokenMatchBipartite(metric, r=r, src=list(src), dst=list(dst), protect=protect, plugin_namespace=_NS)
+def _translation(spec: OpSpec) -> Callable[..., Any]:
+    """The exporter's translation of `torch.ops.edgemerge.<spec.torch_op>`: one node in the
+    `edgemerge` domain named as the plugin, the op's inputs, its plugin attributes and
+    `plugin_namespace`.
+
+    The exporter matches a translation's parameters to the torch op's arguments through its
+    signature (names; `int` annotations mark attributes), so the signature is the spec's: inputs,
+    then plugin attributes, as the torch ops in merge/ops.py declare them (tests/export/
+    test_functions.py checks both against the spec)."""
+    ins = [p.name for p in spec.inputs]
+    attrs = spec.plugin_attributes()
+    params = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in ins]
+    params += [inspect.Parameter(a.name, inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                 annotation=int if a.kind == "int" else inspect.Parameter.empty) for a in attrs]
+    sig = inspect.Signature(params)
+    node = getattr(_E, spec.name)
+    outputs = {"_outputs": len(spec.outputs)} if len(spec.outputs) > 1 else {}
+
+    def translate(*args: Any, **kwargs: Any) -> Any:
+        bound = sig.bind(*args, **kwargs).arguments
+        values = {a.name: list(bound[a.name]) if a.kind == "ints" else bound[a.name] for a in attrs}
+        return node(*(bound[n] for n in ins), **values, plugin_namespace=_NS, **outputs)
+
+    translate.__signature__ = sig  # type: ignore[attr-defined]
+    translate.__annotations__ = {a.name: int for a in attrs if a.kind == "int"}
+    translate.__name__ = translate.__qualname__ = f"_{spec.torch_op}"
+    return translate
 
 
-def _match_window(metric, height: int, width: int, k: int, protect: int):
-    return _E.TokenMatchWindow(metric, height=height, width=width, k=k, protect=protect, plugin_namespace=_NS)
-
-
-def _token_merge(x, size, slot, num_out: int):
-    return _E.TokenMerge(x, size, slot, num_out=num_out, plugin_namespace=_NS, _outputs=2)
-
-
-def _token_unmerge(merged, slot):
-    return _E.TokenUnmerge(merged, slot, plugin_namespace=_NS)
-
-
-TRANSLATIONS = {
-    torch.ops.edgemerge.match_bipartite.default: _match_bipartite,
-    torch.ops.edgemerge.match_window.default: _match_window,
-    torch.ops.edgemerge.token_merge.default: _token_merge,
-    torch.ops.edgemerge.token_unmerge.default: _token_unmerge,
-}
+TRANSLATIONS = {getattr(torch.ops.edgemerge, spec.torch_op).default: _translation(spec) for spec in OPS.values()}
 
 
 class IOCast(nn.Module):

@@ -17,6 +17,7 @@ import torch
 from edgemerge.export.bundle import native_problems
 from edgemerge.export.functions import OPS, function_proto, one_op_model
 from edgemerge.graphs import BODY_PREFIX
+from edgemerge.opspec import OPS as SPEC_OPS
 from edgemerge.merge import core, ops
 
 
@@ -302,3 +303,19 @@ def test_match_bodies_partial_ties_scrambled():
         ref = ops.match_window_ref(torch.from_numpy(tok), 6, 6, k).numpy()
         for (got,) in _run_both(_scramble_ties(model), {"metric": tok}):
             np.testing.assert_array_equal(got, ref, err_msg=f"k={k}")
+
+
+@pytest.mark.parametrize("name", sorted(SPEC_OPS))
+def test_torch_op_and_translation_follow_the_spec(name):
+    """The torch op (merge/ops.py) takes the spec's inputs then plugin attributes, the exporter's
+    translation has that signature, and its node is the spec's (an `edgemerge` node per op)."""
+    import inspect
+
+    from edgemerge.export.exporter import TRANSLATIONS
+
+    spec = SPEC_OPS[name]
+    want = [p.name for p in spec.inputs] + [a.name for a in spec.plugin_attributes()]
+    torch_op = getattr(torch.ops.edgemerge, spec.torch_op).default
+    assert [a.name for a in torch_op._schema.arguments] == want
+    assert len(torch_op._schema.returns) == len(spec.outputs)
+    assert list(inspect.signature(TRANSLATIONS[torch_op]).parameters) == want
