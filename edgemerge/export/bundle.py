@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -19,7 +20,7 @@ import onnx
 from edgemerge import __version__
 from edgemerge.compare import check, compare, describe, first_merging_slot, metrics, same_fates
 from edgemerge.errors import CheckFailed, EdgemergeError
-from edgemerge.manifest import MERGE_OPS, PRECISIONS, ExportOptions, parse_resolution  # noqa: F401  (re-exported)
+from edgemerge.manifest import MERGE_OPS, PRECISIONS, ExportOptions, Manifest, parse_resolution  # noqa: F401  (re-exported)
 from edgemerge.files import check_output_dir, sha256_file
 from edgemerge.graphs import merge_sites
 from edgemerge.reference import build_reference
@@ -234,16 +235,44 @@ def default_out(opts: ExportOptions) -> Path:
     return Path("-".join(parts))
 
 
+@dataclass
+class _Reference:
+    """What step 1 leaves for the others: the PyTorch model and its outputs on the reference inputs."""
+
+    model: Any
+    cfg: Any
+    info: Any  # CheckpointInfo | None
+    plan: Any
+    calibration: dict | None
+    counts: dict[str, Any]
+    resolution: tuple[int, int]
+    num_classes: int
+    batches: list[np.ndarray]
+    outputs: list[np.ndarray]
+    slots: list[list[np.ndarray]]
+
+
 def export_bundle(opts: ExportOptions, progress: Callable[[str], None] = lambda s: None, *,
                   build_engine: Callable | None = None) -> dict[str, Any]:
-    """Write the bundle for `opts` and return its manifest; raises EdgemergeError on any failure."""
-    import torch
+    """Write the bundle for `opts` and return its manifest; raises EdgemergeError on any failure.
 
-    from edgemerge.export.exporter import IOCast, finalize, torch_to_onnx
-    from edgemerge.merge import get_plan, resolve
-    from edgemerge.merge.plan import load_calibration, plan_dict
-    from edgemerge.merge.flops import gflops
+    Every option and the output folder are checked before any work; the bundle is written aside
+    and renamed into place, so a failure leaves nothing half-written."""
+    out = _check_options(opts, build_engine)
+    replaced = (out / "manifest.json").is_file()
+    ref = _reference(opts, progress)                       # 1. PyTorch
+    proto = _export_graph(opts, ref, progress)             # 2. ONNX
+    progress("checking the graph (onnx.checker, static shapes, ops)")
+    check_graph(proto, opts.merge_ops)                     # 3. self-check
+    progress("checking ONNX Runtime against PyTorch")
+    figures = self_check(ref.model, proto, ref.batches, ref.outputs, ref.slots, opts.precision)
+    progress("writing the bundle")                         # 4. the bundle
+    manifest = _write_bundle(out, opts, ref, proto, figures, progress, build_engine)
+    return {**manifest.to_dict(), "bundle": str(out), "replaced": replaced}  # not in manifest.json: what this run did
 
+
+def _check_options(opts: ExportOptions, build_engine: Callable | None) -> Path:
+    """Refuse bad options, an unwritable output and an impossible --engine before any work."""
     if opts.precision not in PRECISIONS:
         raise EdgemergeError(f"unknown precision {opts.precision!r}; known: {', '.join(PRECISIONS)}")
     if opts.merge_ops not in MERGE_OPS:
@@ -255,17 +284,24 @@ def export_bundle(opts: ExportOptions, progress: Callable[[str], None] = lambda 
         raise EdgemergeError(f"seed must be >= 0, got {opts.seed}")
     out = Path(opts.out) if opts.out else default_out(opts)
     _check_writable(out)
-    replaced = (out / "manifest.json").is_file()
     if opts.engine:
         if build_engine is None:
             raise EdgemergeError("--engine needs a TensorRT builder (edgemerge.trt.build_engine; `edgemerge export` passes it)")
         check_engine_possible(opts.plugins)  # before the export, not after it
+    return out
 
-    # 1. the PyTorch reference (checks model, variant, resolution and checkpoint first)
-    calibration = load_calibration(opts.calibration)
-    plan = get_plan(opts.model, opts.variant, calibration=calibration)
+
+def _reference(opts: ExportOptions, progress: Callable[[str], None]) -> _Reference:
+    """The PyTorch model (model, variant, resolution and checkpoint checked first) and its outputs
+    and merge decisions on the reference inputs: one forward per input, reused by the self-check."""
+    import torch
+
+    from edgemerge.merge import get_plan, resolve
+    from edgemerge.merge.plan import load_calibration
     from edgemerge.models import get_config
 
+    calibration = load_calibration(opts.calibration)
+    plan = get_plan(opts.model, opts.variant, calibration=calibration)
     resolve(opts.model, plan, opts.resolution or get_config(opts.model).resolution)  # refuses before any work
     progress("building the PyTorch model")
     model, cfg, info = build_reference(opts.model, opts.variant, checkpoint=opts.checkpoint,
@@ -273,72 +309,83 @@ def export_bundle(opts: ExportOptions, progress: Callable[[str], None] = lambda 
                                        num_classes=opts.num_classes, calibration=calibration)
     H, W = opts.resolution or cfg.resolution
     counts = resolve(model.config, plan, (H, W))  # the model as built (a checkpoint's DeiT: 2 prefix tokens)
-    num_classes = info.num_classes if info else (opts.num_classes or cfg.num_classes)
     images = normalize(synthetic_images(opts.batch * N_REFERENCE, H, W, seed=opts.seed), cfg.mean, cfg.std)
     batches = [images[i * opts.batch:(i + 1) * opts.batch] for i in range(N_REFERENCE)]
-    ref_out, ref_slots = [], []
+    outputs, slots = [], []
     with torch.no_grad():
         for b in batches:
-            with record_decisions() as slots:
-                ref_out.append(model(torch.from_numpy(b)).numpy())
-            ref_slots.append([s.numpy() for s in slots])
+            with record_decisions() as decided:
+                outputs.append(model(torch.from_numpy(b)).numpy())
+            slots.append([s.numpy() for s in decided])
+    num_classes = info.num_classes if info else (opts.num_classes or cfg.num_classes)
+    return _Reference(model, cfg, info, plan, calibration, counts, (H, W), num_classes, batches, outputs, slots)
 
-    # 2. export and finish the graph
+
+def _export_graph(opts: ExportOptions, ref: _Reference, progress: Callable[[str], None]) -> onnx.ModelProto:
+    """torch -> ONNX, the merge ops finished (functions or inlined), stamped with what it is."""
+    import torch
+
+    from edgemerge.export.exporter import IOCast, finalize, torch_to_onnx
+
     progress(f"exporting ONNX (opset {opts.opset}, {opts.precision}, merge ops {opts.merge_ops})")
-    dtype = torch.float16 if opts.precision == "fp16" else torch.float32
-    export_model = IOCast(model, dtype) if opts.precision == "fp16" else model
-    proto = torch_to_onnx(export_model, torch.from_numpy(batches[0]), opts.opset,
+    export_model = IOCast(ref.model, torch.float16) if opts.precision == "fp16" else ref.model
+    proto = torch_to_onnx(export_model, torch.from_numpy(ref.batches[0]), opts.opset,
                           optimize=opts.merge_ops == "plugin")  # native: optimized once, after inlining
     proto = finalize(proto, merge_ops=opts.merge_ops, precision=opts.precision)
+    H, W = ref.resolution
     stamp(proto, {"model": opts.model, "variant": opts.variant, "resolution": [H, W], "batch": opts.batch,
-                  "precision": opts.precision, "merge_ops": opts.merge_ops, "num_classes": num_classes,
-                  "seed": opts.seed, "checkpoint": None if info is None else {"sha256": info.sha256},
-                  "calibration": calibration})  # what validate cross-checks the manifest against
-    model_bytes = proto.SerializeToString()
-    if len(model_bytes) >= 2 ** 31:
+                  "precision": opts.precision, "merge_ops": opts.merge_ops, "num_classes": ref.num_classes,
+                  "seed": opts.seed, "checkpoint": None if ref.info is None else {"sha256": ref.info.sha256},
+                  "calibration": ref.calibration})  # what validate cross-checks the manifest against
+    if proto.ByteSize() >= 2 ** 31:
         raise EdgemergeError("the model is over 2 GB; external-data bundles are not supported yet")
+    return proto
 
-    # 3. self-check: the file as TensorRT/ORT will read it, and ORT against PyTorch
-    progress("checking the graph (onnx.checker, static shapes, ops)")
-    check_graph(proto, opts.merge_ops)
-    progress("checking ONNX Runtime against PyTorch")
-    figures = self_check(model, proto, batches, ref_out, ref_slots, opts.precision)
 
-    # 4. the bundle, written aside and renamed into place
-    progress("writing the bundle")
-    plan_json = {"model": opts.model, "variant": opts.variant, "resolution": [H, W], "plan": plan_dict(plan),
-                 **counts, "gflops": gflops(opts.model, opts.variant, (H, W), calibration=calibration)}
+def _manifest(opts: ExportOptions, ref: _Reference, proto: onnx.ModelProto, onnx_sha256: str,
+              figures: dict) -> Manifest:
+    from edgemerge.merge.flops import gflops
+    from edgemerge.merge.plan import plan_dict
+
+    H, W = ref.resolution
+    inputs, outputs = _io(proto)
+    info = ref.info
+    return Manifest(
+        format=1, model=opts.model, family=ref.cfg.family, variant=opts.variant,
+        resolution=[H, W], batch=opts.batch, precision=opts.precision,
+        merge_ops=opts.merge_ops, opset=opts.opset,
+        plan={"model": opts.model, "variant": opts.variant, "resolution": [H, W], "plan": plan_dict(ref.plan),
+              **ref.counts, "gflops": gflops(opts.model, opts.variant, (H, W), calibration=ref.calibration)},
+        inputs=inputs, outputs=outputs, mean=list(ref.cfg.mean), std=list(ref.cfg.std),
+        num_classes=ref.num_classes,
+        checkpoint=None if info is None else {"path": str(Path(info.path).resolve()), "format": info.format,
+                                              "sha256": info.sha256},
+        seed=opts.seed, calibration=ref.calibration, onnx_sha256=onnx_sha256,
+        custom_ops=sorted({n.op_type for n in proto.graph.node if n.domain == "edgemerge"}),
+        merge_sites=merge_sites(proto),  # op -> node names: the plugin layers a plugin engine must hold
+        reference={"file": "reference.npz", "inputs": N_REFERENCE,
+                   "images": f"synthetic_images(n={opts.batch * N_REFERENCE}, seed={opts.seed})"},
+        versions=_versions(), self_check=figures,
+        files=["model.onnx", "manifest.json", "reference.npz"])
+
+
+def _write_bundle(out: Path, opts: ExportOptions, ref: _Reference, proto: onnx.ModelProto, figures: dict,
+                  progress: Callable[[str], None], build_engine: Callable | None) -> Manifest:
+    """model.onnx, reference.npz, manifest.json and the engine or device script, written in a
+    temporary folder beside `out` and renamed into place (an old bundle is swapped out)."""
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     except OSError as e:
         raise EdgemergeError(f"output directory {out.resolve().parent} is not writable ({e.strerror})") from None
     try:
         onnx_path = tmp / "model.onnx"
-        onnx_path.write_bytes(model_bytes)
-        np.savez(tmp / "reference.npz", **{f"input_{i}": b for i, b in enumerate(batches)},
-                 **{f"output_{i}": o for i, o in enumerate(ref_out)})
-        inputs, outputs = _io(proto)
-        manifest = {
-            "format": 1, "model": opts.model, "family": cfg.family, "variant": opts.variant,
-            "resolution": [H, W], "batch": opts.batch, "precision": opts.precision,
-            "merge_ops": opts.merge_ops, "opset": opts.opset, "plan": plan_json,
-            "inputs": inputs, "outputs": outputs, "mean": list(cfg.mean), "std": list(cfg.std),
-            "num_classes": num_classes,
-            "checkpoint": None if info is None else {"path": str(Path(info.path).resolve()), "format": info.format,
-                                                     "sha256": info.sha256},
-            "seed": opts.seed, "calibration": calibration,
-            "onnx_sha256": sha256_file(onnx_path),
-            "custom_ops": sorted({n.op_type for n in proto.graph.node if n.domain == "edgemerge"}),
-            # op -> node names: the plugin layers a plugin engine must hold (checked at build)
-            "merge_sites": merge_sites(proto),
-            "reference": {"file": "reference.npz", "inputs": N_REFERENCE,
-                          "images": f"synthetic_images(n={opts.batch * N_REFERENCE}, seed={opts.seed})"},
-            "versions": _versions(), "self_check": figures,
-            "files": ["model.onnx", "manifest.json", "reference.npz"],
-        }
-        _write_json(tmp / "manifest.json", manifest)
+        onnx_path.write_bytes(proto.SerializeToString())
+        np.savez(tmp / "reference.npz", **{f"input_{i}": b for i, b in enumerate(ref.batches)},
+                 **{f"output_{i}": o for i, o in enumerate(ref.outputs)})
+        manifest = _manifest(opts, ref, proto, sha256_file(onnx_path), figures)
+        _write_json(tmp / "manifest.json", manifest.to_dict())
         _finish_engine_or_script(tmp, manifest, opts, progress, build_engine)
-        _write_json(tmp / "manifest.json", manifest)
+        _write_json(tmp / "manifest.json", manifest.to_dict())
         os.chmod(tmp, 0o755)
         _replace_dir(tmp, out)
     except OSError as e:
@@ -347,12 +394,10 @@ def export_bundle(opts: ExportOptions, progress: Callable[[str], None] = lambda 
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    manifest["bundle"] = str(out)
-    manifest["replaced"] = replaced  # not in manifest.json: what this run did
     return manifest
 
 
-def _finish_engine_or_script(tmp: Path, manifest: dict, opts: ExportOptions, progress,
+def _finish_engine_or_script(tmp: Path, manifest: Manifest, opts: ExportOptions, progress,
                              build_engine: Callable | None) -> None:
     """Build the engine when TensorRT and a GPU are here (and asked for), else the device script."""
     from edgemerge import device_script
