@@ -80,6 +80,9 @@ def validate(artifact, images, labels, num, atol, rtol, min_agreement, localize,
         lab = report["labels"]
         table.add_row("mIoU PyTorch / artifact", f"{_fmt(lab['miou_reference'])} / {_fmt(lab['miou_artifact'])}",
                       f"diff {_fmt(lab['miou_difference'])}", "")
+        if lab.get("miou_unmerged") is not None and report["model"]["variant"] != "none":
+            table.add_row("mIoU unmerged PyTorch", _fmt(lab["miou_unmerged"]),
+                          f"merging costs {_fmt(lab['miou_cost_of_merging'])}", "[dim]info[/]")
     Console().print(table)
     loc = report.get("localize")
     if loc and loc.get("first_divergent"):

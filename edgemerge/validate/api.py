@@ -132,6 +132,8 @@ def validate_artifact(path: str | Path, *, images: str | Path | None = None, lab
     got_pred = got.argmax(1) if got.ndim == 4 else None
     num_classes = int(manifest.get("num_classes") or ref.shape[1])
     warnings, label_figs = _label_figures(inp, ref_pred, got_pred, num_classes)
+    if label_figs is not None and ref_kind == "pytorch":
+        label_figs.update(_cost_of_merging(manifest, inp, label_figs, num_classes, progress))
     merge = _merge_decisions(art, ref_sites, got_slots, slot_names)
     consistency = _consistency(art, ref_kind, inp, ref_out, stored)
     report = {
@@ -215,6 +217,21 @@ def _label_figures(inp, ref_pred, got_pred, num_classes: int) -> tuple[list[str]
                "note": "evaluated at the logits' resolution; labels resized nearest-neighbour; "
                        f"values >= {num_classes} (and 255) ignored"}
     return [w] if w else [], figures
+
+
+def _cost_of_merging(manifest, inp, label_figs: dict, num_classes: int, progress) -> dict:
+    """The unmerged model's mIoU on the same images (one more PyTorch pass, variant `none` at the
+    bundle's settings and checkpoint), so what merging costs is one command."""
+    if manifest["variant"] == "none":
+        return {"miou_unmerged": label_figs["miou_reference"], "miou_cost_of_merging": 0.0}
+    progress("rebuilding the unmerged PyTorch model (variant none) for its mIoU")
+    model = R.build_from_manifest(manifest, variant="none")
+    out, _ = R.run_pytorch(model, inp.batches, progress=counter(progress, "PyTorch unmerged: batch"))
+    pred = np.concatenate(out).argmax(1)
+    unmerged = M.miou(M.confusion(pred, M.resize_labels(inp.labels, *pred.shape[1:]), num_classes))
+    merged = label_figs["miou_reference"]
+    return {"miou_unmerged": unmerged,
+            "miou_cost_of_merging": None if unmerged is None or merged is None else unmerged - merged}
 
 
 def _merge_decisions(art, ref_sites, got_slots, slot_names) -> dict:

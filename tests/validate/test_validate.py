@@ -306,6 +306,29 @@ def test_images_and_labels(bundles, tmp_path):
     assert 0 <= lab["miou_reference"] <= 1 and 0 <= lab["miou_artifact"] <= 1
     assert lab["miou_difference"] == pytest.approx(lab["miou_artifact"] - lab["miou_reference"])
     assert abs(lab["miou_difference"]) < 1e-3  # a correct fp32 export predicts what PyTorch predicts
+    # the cost of merging in the same command: the unmerged model (variant none) on the same images
+    assert "mIoU unmerged PyTorch" in res.stdout and "merging costs" in res.stdout
+    assert lab["miou_unmerged"] == pytest.approx(_unmerged_miou(bundles["fp32-plugin"], images, labels))
+    assert lab["miou_cost_of_merging"] == pytest.approx(lab["miou_unmerged"] - lab["miou_reference"])
+
+
+def _unmerged_miou(bundle: Path, images: Path, labels: Path) -> float:
+    """Built here without validate's code: segformer-b0 `none`, same seed and resolution."""
+    import torch
+
+    from edgemerge.compare import confusion, miou
+    from edgemerge.manifest import read_manifest
+    from edgemerge.reference import build_reference
+    from edgemerge.validate.inputs import folder_inputs
+
+    m = read_manifest(bundle)
+    model, _, _ = build_reference("segformer-b0", "none", resolution=RES, seed=m.seed)
+    inp = folder_inputs(m, images, labels)
+    with torch.no_grad():
+        pred = model(torch.from_numpy(np.concatenate(inp.batches))).numpy().argmax(1)
+    from edgemerge.validate.metrics import resize_labels
+
+    return miou(confusion(pred, resize_labels(inp.labels, *pred.shape[1:]), m.num_classes))
 
 
 @pytest.fixture(scope="module")
