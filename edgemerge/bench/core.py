@@ -218,8 +218,7 @@ def unmerged_artifact(merged: Artifact, backend: str, workdir: Path,
                 (kept.manifest.get("checkpoint") or {}).get("sha256") == (ck or {}).get("sha256"):
             progress(f"reusing the unmerged baseline in {out}")
             return kept
-    opts = m.export_options(variant="none", out=str(out), engine=backend == "trt",
-                            plugins=plugins[0] if plugins else None)
+    opts = m.export_options(variant="none", out=str(out), engine=backend == "trt", plugins=plugins)
     if exporter is None:
         raise EdgemergeError("--unmerged exports the baseline: it needs an exporter (edgemerge.export.export_bundle)")
     workdir.mkdir(parents=True, exist_ok=True)
