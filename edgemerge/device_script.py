@@ -73,8 +73,15 @@ def build_script(manifest: dict, *, onnx_fp16: bool | None = None) -> str:
     precision = manifest.get("precision", "fp32")
     fp16_typed = (precision == "fp16") if onnx_fp16 is None else onnx_fp16
     uses_plugins = manifest.get("merge_ops", "plugin") == "plugin"
+    lines = (_preamble(manifest, precision, uses_plugins) + _plugins_and_graph(uses_plugins)
+             + _typing(precision, fp16_typed) + _engine_record_validate())
+    return "\n".join(lines)
+
+
+def _preamble(manifest: dict, precision: str, uses_plugins: bool) -> list[str]:
+    """What the script needs and reads, and the TensorRT version that every later step depends on."""
     name = f"{manifest.get('model', 'model')} {manifest.get('variant', '')}".strip()
-    lines = [
+    return [
         "#!/usr/bin/env bash",
         f"# Build the TensorRT engine for {name} ({precision}, merge ops: {manifest.get('merge_ops', 'plugin')})",
         "# on the device it will run on. Written by `edgemerge export`; runs in its own directory.",
@@ -105,8 +112,12 @@ def build_script(manifest: dict, *, onnx_fp16: bool | None = None) -> str:
         'echo "TensorRT $TRT_VERSION"',
         "",
     ]
+
+
+def _plugins_and_graph(uses_plugins: bool) -> list[str]:
+    """Steps 1-2: the plugin library (when the merge ops are plugins) decides which graph trtexec must parse."""
     if uses_plugins:
-        lines += [
+        lines = [
             "# 1. The plugin library, from the sources this bundle carries (plugins/).",
             "CUDACXX=${CUDACXX:-/usr/local/cuda/bin/nvcc}",
             "ALLOW_BODY_ONLY=${ALLOW_BODY_ONLY:-0}",
@@ -138,11 +149,14 @@ def build_script(manifest: dict, *, onnx_fp16: bool | None = None) -> str:
             f'GRAPH=$(python3 {TOOL} graph --trt-version "$TRT_VERSION" --plugins "$PLUGINS")',
         ]
     else:
-        lines += [f'GRAPH=$(python3 {TOOL} graph --trt-version "$TRT_VERSION" --plugins no)',
-                  "PLUGIN_ARGS=() RECORD_ARGS=()"]
-    lines += [
-        'GRAPH_FILE=${GRAPH%% *} GRAPH_KIND=${GRAPH#* }',
-        'echo "graph: $GRAPH_FILE ($GRAPH_KIND)"',
+        lines = [f'GRAPH=$(python3 {TOOL} graph --trt-version "$TRT_VERSION" --plugins no)',
+                 "PLUGIN_ARGS=() RECORD_ARGS=()"]
+    return lines + ['GRAPH_FILE=${GRAPH%% *} GRAPH_KIND=${GRAPH#* }', 'echo "graph: $GRAPH_FILE ($GRAPH_KIND)"']
+
+
+def _typing(precision: str, fp16_typed: bool) -> list[str]:
+    """Step 3's flags: precision lives in the ONNX, and each TensorRT major reads it differently (see build_script)."""
+    lines = [
         "",
         "# 3. The engine. Precision lives in the ONNX; TensorRT 11 is always strongly typed.",
         "PRECISION_ARGS=() TYPING_ARGS=()",
@@ -160,8 +174,13 @@ def build_script(manifest: dict, *, onnx_fp16: bool | None = None) -> str:
         ]
     else:
         lines += ["# fp32 bundle: no precision flag, an fp32 engine."]
+    return lines
+
+
+def _engine_record_validate() -> list[str]:
+    """Steps 3-5: the trtexec line, the build record that checks the plugins made it in, then validate."""
     arr = lambda n: f'${{{n}[@]+"${{{n}[@]}}"}}'  # noqa: E731  (an empty array under set -u)
-    lines += [
+    return [
         " ".join(['"$TRTEXEC"', '--onnx="$GRAPH_FILE"', arr("PLUGIN_ARGS"), "--saveEngine=model.plan",
                   "--noTF32", "--profilingVerbosity=detailed", "--exportLayerInfo=model.plan.layers.json",
                   "--skipInference", arr("PRECISION_ARGS")]),
@@ -180,7 +199,6 @@ def build_script(manifest: dict, *, onnx_fp16: bool | None = None) -> str:
         "fi",
         "",
     ]
-    return "\n".join(lines)
 
 
 def write_build_script(bundle_dir: str | os.PathLike, manifest: dict) -> Path:

@@ -42,7 +42,7 @@ class ExportOptions:
     num_classes: int | None = None
     calibration: str | None = None
     engine: bool = False
-    plugins: str | None = None
+    plugins: list[str] | None = None  # C++ plugin libraries for --engine
     extra: dict[str, Any] = field(default_factory=dict)
 
 

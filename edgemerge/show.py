@@ -20,7 +20,7 @@ import io
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -67,6 +67,25 @@ class _Recorder:
         self.sites: list[MergeSite] = []
         self.context: dict | None = None
 
+    def run_as(self, module: str, kind: str, grid: tuple[int, int] | None, fn: Callable, *args):
+        """`fn(*args)` with its site named, so the matching events it raises know where they come from."""
+        self.context = {"module": module, "kind": kind, "grid": grid}
+        try:
+            return fn(*args)
+        finally:
+            self.context = None
+
+    def on_match(self, e) -> None:
+        """A matching event inside a Segformer site: its slots are the site's groups (ViT sites record their own)."""
+        ctx = self.context
+        if ctx is None or ctx["kind"] == "tokens" or e.slot is None:
+            return
+        slot = e.slot[0].detach().cpu().numpy().astype(np.int64)
+        h, w = ctx["grid"]
+        if slot.shape[0] == h * w:  # Segformer sites have no prefix tokens
+            self.sites.append(MergeSite(ctx["module"], ctx["kind"], (h, w), slot, e.metric.shape[1],
+                                        int(slot.max()) + 1))
+
 
 @contextlib.contextmanager
 def record_merges(model) -> Iterator[list[MergeSite]]:
@@ -79,49 +98,33 @@ def record_merges(model) -> Iterator[list[MergeSite]]:
     from edgemerge.merge import core, patch
 
     rec = _Recorder()
-    names = {id(m): n for n, m in model.named_modules()}
     vit = None
     with contextlib.suppress(EdgemergeError):
         vit = patch._vit_of(model)
+    hooks = _recording_hooks(rec, {id(m): n for n, m in model.named_modules()}, vit)
+    with _swapped(hooks), core.observe(rec.on_match):
+        yield rec.sites
+
+
+def _recording_hooks(rec: _Recorder, names: dict[int, str], vit) -> dict[tuple[type, str], Callable]:
+    """The merge hooks of the patched classes, each naming its site around the original (looked up before the swap)."""
+    from edgemerge.merge import patch
 
     orig_kv, orig_q = patch.SegformerPPAttention.reduce_kv, patch.SegformerPPAttention.reduce_queries
     orig_tokens = patch.MergingBlock.reduce_tokens
 
-    def record_slot(e: core.MatchEvent) -> None:
-        ctx = rec.context
-        if ctx is None or ctx["kind"] == "tokens" or e.slot is None:
-            return
-        slot = e.slot[0].detach().cpu().numpy().astype(np.int64)
-        h, w = ctx["grid"]
-        if slot.shape[0] == h * w:  # Segformer sites have no prefix tokens
-            rec.sites.append(MergeSite(ctx["module"], ctx["kind"], (h, w), slot, e.metric.shape[1], int(slot.max()) + 1))
-
     def reduce_kv(self, kv, hw):
-        rec.context = {"module": names.get(id(self), "?"), "kind": "kv", "grid": tuple(hw)}
-        try:
-            return orig_kv(self, kv, hw)
-        finally:
-            rec.context = None
+        return rec.run_as(names.get(id(self), "?"), "kv", tuple(hw), orig_kv, self, kv, hw)
 
     def reduce_queries(self, x, hw):
-        rec.context = {"module": names.get(id(self), "?"), "kind": "queries", "grid": tuple(hw)}
-        try:
-            out = orig_q(self, x, hw)
-        finally:
-            rec.context = None
+        out = rec.run_as(names.get(id(self), "?"), "queries", tuple(hw), orig_q, self, x, hw)
         if self.em_pool:  # n2d: 2x2 average pooling is a fixed grouping
-            H, W = hw
-            i, j = np.mgrid[0:H, 0:W]
-            slot = ((i // 2) * (W // 2) + j // 2).reshape(-1)
-            rec.sites.append(MergeSite(names.get(id(self), "?"), "pool", (H, W), slot, H * W, (H // 2) * (W // 2)))
+            rec.sites.append(_pool_site(names.get(id(self), "?"), hw))
         return out
 
     def reduce_tokens(self, x, state, keys, normed):
-        rec.context = {"module": names.get(id(self), "?"), "kind": "tokens", "grid": None}
-        try:
-            x_out, state_out = orig_tokens(self, x, state, keys, normed)
-        finally:
-            rec.context = None
+        x_out, state_out = rec.run_as(names.get(id(self), "?"), "tokens", None, orig_tokens, self, x, state, keys,
+                                      normed)
         if vit is not None and state_out.source is not None and state_out.source is not state.source:
             p = vit.num_prefix_tokens
             source = state_out.source[0].detach().cpu().numpy().astype(np.int64)[p:]
@@ -129,14 +132,30 @@ def record_merges(model) -> Iterator[list[MergeSite]]:
                                        x.shape[1], x_out.shape[1]))
         return x_out, state_out
 
-    patch.SegformerPPAttention.reduce_kv, patch.SegformerPPAttention.reduce_queries = reduce_kv, reduce_queries
-    patch.MergingBlock.reduce_tokens = reduce_tokens
+    return {(patch.SegformerPPAttention, "reduce_kv"): reduce_kv,
+            (patch.SegformerPPAttention, "reduce_queries"): reduce_queries,
+            (patch.MergingBlock, "reduce_tokens"): reduce_tokens}
+
+
+def _pool_site(module: str, hw) -> MergeSite:
+    """n2d pools 2x2 without matching, so its groups are fixed by the grid alone."""
+    H, W = hw
+    i, j = np.mgrid[0:H, 0:W]
+    slot = ((i // 2) * (W // 2) + j // 2).reshape(-1)
+    return MergeSite(module, "pool", (H, W), slot, H * W, (H // 2) * (W // 2))
+
+
+@contextlib.contextmanager
+def _swapped(hooks: dict[tuple[type, str], Callable]) -> Iterator[None]:
+    """Class attributes replaced while open, and put back however the block ends (the classes are shared)."""
+    originals = {(cls, name): getattr(cls, name) for cls, name in hooks}
+    for (cls, name), fn in hooks.items():
+        setattr(cls, name, fn)
     try:
-        with core.observe(record_slot):
-            yield rec.sites
+        yield
     finally:
-        patch.SegformerPPAttention.reduce_kv, patch.SegformerPPAttention.reduce_queries = orig_kv, orig_q
-        patch.MergingBlock.reduce_tokens = orig_tokens
+        for (cls, name), fn in originals.items():
+            setattr(cls, name, fn)
 
 
 def select_sites(sites: list[MergeSite]) -> list[MergeSite]:

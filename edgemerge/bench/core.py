@@ -218,8 +218,7 @@ def unmerged_artifact(merged: Artifact, backend: str, workdir: Path,
                 (kept.manifest.get("checkpoint") or {}).get("sha256") == (ck or {}).get("sha256"):
             progress(f"reusing the unmerged baseline in {out}")
             return kept
-    opts = m.export_options(variant="none", out=str(out), engine=backend == "trt",
-                            plugins=plugins[0] if plugins else None)
+    opts = m.export_options(variant="none", out=str(out), engine=backend == "trt", plugins=plugins)
     if exporter is None:
         raise EdgemergeError("--unmerged exports the baseline: it needs an exporter (edgemerge.export.export_bundle)")
     workdir.mkdir(parents=True, exist_ok=True)
@@ -313,47 +312,72 @@ def run_bench(opts: BenchOptions, progress: Callable[[str], None] = lambda s: No
 
 def _timed(merged: Artifact, baseline: Artifact | None, backend: str, device: str, opts: BenchOptions,
            power: str | None, progress: Callable[[str], None]) -> dict[str, Any]:
+    """Load, warm up and time the models, then report; every runner started is stopped, whatever fails."""
     arts = {"merged": merged} if baseline is None else {"merged": merged, "baseline": baseline}
     feed = bench_inputs(merged, opts.seed, backend)
-    runners, memory = {}, {}
+    runners: dict = {}
     try:
-        for role, art in arts.items():  # load + warm up one at a time, so each peak is its own
-            progress(f"loading and warming up {role}: {art.label} ({backend}, {device})")
-            runner = make_runner(art, backend, device, opts)
-            with PeakMemory(device, backend) as mem:
-                runner.activate()
-                runners[role] = runner
-                for _ in range(opts.warmup):
-                    runner.infer(feed, check_inputs=False)
-            memory[role] = engine_memory(runner, art) if backend == "trt" else mem.result
-        times: dict[str, list[float]] = {role: [] for role in runners}
-        progress(f"timing {opts.iters} iterations{' interleaved' if baseline is not None else ''}")
-        start = time.perf_counter()
-        for _ in range(opts.iters):
-            for role, runner in runners.items():
-                runner.infer(feed, check_inputs=False)
-                times[role].append(float(runner.last_inference_time()))
-        wall = time.perf_counter() - start
+        memory = _load_and_warm_up(arts, feed, backend, device, opts, progress, runners)
+        times, wall = _interleaved_times(runners, feed, opts.iters, progress)
         energy = _measure_power(runners, feed, power, times, progress) if power else None
     finally:
         for runner in runners.values():
             runner.deactivate()
-
     batch = merged.input_spec()[1][0]
-    models = {}
-    for role, art in arts.items():
-        models[role] = {"label": art.label, "path": str(art.path), "model": art.manifest["model"],
-                        "variant": art.manifest["variant"], "precision": art.manifest.get("precision"),
-                        "resolution": art.manifest["resolution"], "batch": batch,
-                        "latency_ms": latency_stats(times[role], batch), "memory": memory[role],
-                        "gflops": (art.gflops or {}).get("merged"), "raw_ms": [t * 1e3 for t in times[role]]}
-        models[role]["throughput_ips"] = models[role]["latency_ms"]["throughput_ips"]
-        if art.kind == "plan":  # what the engine holds: the merge ops as plugins, or their bodies
-            from edgemerge.record import read_record
+    models = {role: _model_result(art, times[role], memory[role], batch, energy[role] if energy else None)
+              for role, art in arts.items()}
+    return _report(merged, baseline, backend, device, opts, models, batch, wall, energy)
 
-            models[role]["engine_build"] = read_record(art.path).engine_build()
-        if energy:
-            models[role]["power"] = energy[role]
+
+def _load_and_warm_up(arts: dict[str, Artifact], feed: dict, backend: str, device: str, opts: BenchOptions,
+                      progress: Callable[[str], None], runners: dict) -> dict[str, dict]:
+    """One at a time, so each memory peak is its own; `runners` fills as they start, so the caller can stop them."""
+    memory = {}
+    for role, art in arts.items():
+        progress(f"loading and warming up {role}: {art.label} ({backend}, {device})")
+        runner = make_runner(art, backend, device, opts)
+        with PeakMemory(device, backend) as mem:
+            runner.activate()
+            runners[role] = runner
+            for _ in range(opts.warmup):
+                runner.infer(feed, check_inputs=False)
+        memory[role] = engine_memory(runner, art) if backend == "trt" else mem.result
+    return memory
+
+
+def _interleaved_times(runners: dict, feed: dict, iters: int,
+                       progress: Callable[[str], None]) -> tuple[dict[str, list[float]], float]:
+    """The models in alternation, so that clock boosts and throttling hit all alike: (seconds per role, wall)."""
+    times: dict[str, list[float]] = {role: [] for role in runners}
+    progress(f"timing {iters} iterations{' interleaved' if len(runners) > 1 else ''}")
+    start = time.perf_counter()
+    for _ in range(iters):
+        for role, runner in runners.items():
+            runner.infer(feed, check_inputs=False)
+            times[role].append(float(runner.last_inference_time()))
+    return times, time.perf_counter() - start
+
+
+def _model_result(art: Artifact, times: list[float], memory: dict, batch: int, energy: dict | None) -> dict[str, Any]:
+    """One model's part of bench.json: what it is, next to how fast it ran."""
+    result = {"label": art.label, "path": str(art.path), "model": art.manifest["model"],
+              "variant": art.manifest["variant"], "precision": art.manifest.get("precision"),
+              "resolution": art.manifest["resolution"], "batch": batch,
+              "latency_ms": latency_stats(times, batch), "memory": memory,
+              "gflops": (art.gflops or {}).get("merged"), "raw_ms": [t * 1e3 for t in times]}
+    result["throughput_ips"] = result["latency_ms"]["throughput_ips"]
+    if art.kind == "plan":  # what the engine holds: the merge ops as plugins, or their bodies
+        from edgemerge.record import read_record
+
+        result["engine_build"] = read_record(art.path).engine_build()
+    if energy:
+        result["power"] = energy
+    return result
+
+
+def _report(merged: Artifact, baseline: Artifact | None, backend: str, device: str, opts: BenchOptions,
+            models: dict[str, dict], batch: int, wall: float, energy: dict | None) -> dict[str, Any]:
+    """The whole of bench.json: the models, the ratios between them and what they ran on."""
     report: dict[str, Any] = {
         "artifact": str(merged.path), "baseline": None if baseline is None else str(baseline.path),
         "baseline_kind": None if baseline is None else ("unmerged (exported by bench)" if opts.unmerged else "given"),

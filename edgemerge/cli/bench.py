@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from edgemerge.cli import check_output_file, main, progress_reporter
+from edgemerge.cli.options import json_option, plugins_option
 
 
 @main.command()
@@ -23,40 +24,45 @@ from edgemerge.cli import check_output_file, main, progress_reporter
               help="Keep the --unmerged baseline bundle here (reused when its settings match); default: a temp dir.")
 @click.option("--threads", default=None, type=int, help="CPU threads (default: all cores).")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Seed of the synthetic input.")
-@click.option("--plugins", type=click.Path(), default=None, help="Plugin library for the engines (trt).")
-@click.option("--json", "json_out", type=click.Path(), default=None,
-              help="Report JSON (default: bench.json next to ARTIFACT, in its bundle directory).")
+@plugins_option
+@click.option("--report", "report_path", type=click.Path(), default=None,
+              help="Report JSON file (default: bench.json next to ARTIFACT, in its bundle directory).")
 @click.option("--plot", type=click.Path(), default=None,
-              help="Latency plot PNG (default: the JSON path with .png, so bench.png in the bundle).")
+              help="Latency plot PNG (default: the report path with .png, so bench.png in the bundle).")
 @click.option("--power", is_flag=True, help="Jetson: board power from tegrastats, energy per frame.")
-def bench(artifact, baseline, unmerged, baseline_dir, backend, device, iters, warmup, threads, seed, plugins, json_out, plot,
-          power) -> None:
+@json_option
+def bench(artifact, baseline, unmerged, baseline_dir, backend, device, iters, warmup, threads, seed, plugins,
+          report_path, plot, power, as_json) -> None:
     """Time ARTIFACT (and its baseline, interleaved): latency percentiles, throughput, memory, speed-up.
 
     ARTIFACT is a bundle directory, its model.onnx or its model.plan; bench.json and bench.png go
-    into that bundle directory unless --json / --plot say otherwise.
+    into that bundle directory unless --report / --plot say otherwise. With --json, stdout is the
+    report JSON alone (the files are still written).
     """
     from pathlib import Path
 
     from edgemerge.bench import BenchOptions, json_bytes, plot_bytes, run_bench, summary_lines
     from edgemerge.files import write_files
 
-    if json_out is None:  # beside the artifact, not wherever the command happens to run
+    if report_path is None:  # beside the artifact, not wherever the command happens to run
         where = Path(artifact) if Path(artifact).is_dir() else Path(artifact).parent
-        json_out = where / "bench.json"
-    jpath = check_output_file(json_out, "bench report")  # before the timing, not after it
-    ppath = check_output_file(plot or Path(json_out).with_suffix(".png"), "latency plot")
+        report_path = where / "bench.json"
+    jpath = check_output_file(report_path, "bench report")  # before the timing, not after it
+    ppath = check_output_file(plot or Path(report_path).with_suffix(".png"), "latency plot")
     opts = BenchOptions(artifact=artifact, baseline=baseline, unmerged=unmerged, backend=backend, device=device,
                         iters=iters, warmup=warmup, power=power, seed=seed, threads=threads,
-                        plugins=[plugins] if plugins else None, workdir=baseline_dir,
+                        plugins=list(plugins) or None, workdir=baseline_dir,
                         load_engine=_load_engine, exporter=_export)
     with progress_reporter("benchmarking") as report_progress:
         report = run_bench(opts, progress=report_progress)
     write_files([(jpath, json_bytes(report)), (ppath, plot_bytes(report))])  # both or neither
-    for line in summary_lines(report):
-        click.echo(line)
-    click.echo(f"report: {jpath.resolve()}")  # say where, absolute, whichever default applied
-    click.echo(f"plot:   {ppath.resolve()}")
+    if as_json:  # stdout is the report alone, so that it pipes; where the files went goes to stderr
+        click.echo(json_bytes(report).decode(), nl=False)
+    else:
+        for line in summary_lines(report):
+            click.echo(line)
+    click.echo(f"report: {jpath.resolve()}", err=as_json)  # say where, absolute, whichever default applied
+    click.echo(f"plot:   {ppath.resolve()}", err=as_json)
 
 
 def _load_engine(path, plugins=None):

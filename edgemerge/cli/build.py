@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from edgemerge.cli import main
+from edgemerge.cli.options import plugins_option
 
 # What a user without TensorRT needs to hear: it needs an NVIDIA GPU, and how to get it from a
 # source checkout (the README installs with `pip install -e .`) or on a Jetson.
@@ -45,8 +46,7 @@ def tensorrt_importable() -> bool:
 @click.option("--out", "--save-engine", "out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Engine path (default: model.plan in the bundle; --save-engine as in trtexec); "
                    "the record is <out>.json.")
-@click.option("--plugins", "plugins", multiple=True, type=click.Path(dir_okay=False),
-              help="C++ plugin library (libedgemerge_plugins.so); default: Python plugins on TensorRT >= 10.6.")
+@plugins_option
 @click.option("--workspace", "workspace_mib", type=click.IntRange(min=1), default=None,
               help="Builder workspace limit in MiB.")
 @click.option("--timing-cache", type=click.Path(dir_okay=False, path_type=Path), default=None,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from edgemerge.cli import main, progress_reporter
-from edgemerge.cli.options import resolution_option
+from edgemerge.cli.options import plugins_option, resolution_option
 
 
 @main.command()
@@ -23,7 +23,7 @@ from edgemerge.cli.options import resolution_option
 @click.option("--calibration", type=click.Path(), default=None, help="ALGM counts from `edgemerge calibrate`.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Seed of random weights and check inputs.")
 @click.option("--engine", is_flag=True, help="Also build the TensorRT engine (needs TensorRT and a GPU).")
-@click.option("--plugins", type=click.Path(), default=None, help="Plugin library for --engine.")
+@plugins_option
 @click.option("--out", "-o", type=click.Path(), default=None,
               help="Bundle directory, default: MODEL-VARIANT plus what differs from the defaults "
                    "(-fp16, -HxW, -native, -bN); an existing bundle there is replaced, and said so.")
@@ -37,7 +37,7 @@ def export(model, variant, checkpoint, resolution, batch, precision, merge_ops, 
     console = Console(stderr=True)
     opts = ExportOptions(model=model, variant=variant, checkpoint=checkpoint, resolution=resolution,
                          batch=batch, precision=precision, merge_ops=merge_ops, opset=opset, out=out, seed=seed,
-                         num_classes=num_classes, calibration=calibration, engine=engine, plugins=plugins)
+                         num_classes=num_classes, calibration=calibration, engine=engine, plugins=list(plugins) or None)
     with progress_reporter("exporting") as report:
         manifest = export_bundle(opts, progress=report, build_engine=_build_engine if engine else None)
     if checkpoint is None:  # after the export, so that bad input stays a one-line error

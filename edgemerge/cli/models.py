@@ -7,10 +7,11 @@ import json
 import click
 
 from edgemerge.cli import main
+from edgemerge.cli.options import json_option
 
 
 @main.command()
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of a table.")
+@json_option
 def models(as_json: bool) -> None:
     """List every zoo model and its merge variants."""
     from edgemerge.merge.plan import load_variants

@@ -7,7 +7,7 @@ import json
 import click
 
 from edgemerge.cli import main
-from edgemerge.cli.options import resolution_option
+from edgemerge.cli.options import json_option, resolution_option
 
 
 @main.command()
@@ -15,7 +15,7 @@ from edgemerge.cli.options import resolution_option
 @click.option("--variant", "-v", required=True, help="Merge variant, e.g. hq, fast, n2d, tome, algm, none.")
 @resolution_option("Input HxW, default: the model's.")
 @click.option("--calibration", type=click.Path(), default=None, help="ALGM counts from `edgemerge calibrate`.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option
 def plan(model: str, variant: str, resolution: tuple[int, int] | None, calibration: str | None, as_json: bool) -> None:
     """Tokens in and kept per stage / merge site, and GFLOPs merged vs unmerged."""
     from edgemerge.merge import get_plan, resolve

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from edgemerge.cli import main, progress_reporter
+from edgemerge.cli.options import plugins_option
 from edgemerge.validate.api import _fmt
 
 
@@ -33,7 +34,7 @@ MERGE_NOTE = ("merge sites identical: the fraction of merge sites where every to
 @click.option("--rows", type=click.IntRange(min=1), default=3, show_default=True,
               help="Inputs drawn in report.png, one row each: image, ground truth (with --labels), PyTorch, "
                    "the artifact, their disagreement; a class legend below.")
-@click.option("--plugins", type=click.Path(), default=None, help="Plugin library for an engine.")
+@plugins_option
 @click.option("--reference", type=click.Choice(["auto", "pytorch", "stored"]), default="auto", show_default=True,
               help="pytorch: rebuild the model from the manifest; stored: the bundle's reference.npz; "
                    "auto: PyTorch when torch is installed.")
@@ -49,7 +50,7 @@ def validate(artifact, images, labels, num, atol, rtol, min_agreement, localize,
     with progress_reporter("validating") as report_progress:
         report = validate_artifact(artifact, images=images, labels=labels, num=num, atol=atol, rtol=rtol,
                                    min_agreement=min_agreement, localize=localize, out=out,
-                                   plugins=[plugins] if plugins else None, reference=reference, rows=rows,
+                                   plugins=list(plugins) or None, reference=reference, rows=rows,
                                    progress=report_progress, load_engine=_load_engine, exporter=_export)
     a = report["artifact"]
     table = Table(title=f"{a['kind']} ({a['precision']}) vs {report['reference']['kind']}, "

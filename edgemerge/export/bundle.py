@@ -70,7 +70,7 @@ def check_opset(opset: int) -> None:
                              ) from None
 
 
-def check_engine_possible(plugins: str | None) -> None:
+def check_engine_possible(plugins: list[str] | None) -> None:
     """--engine needs TensorRT and a GPU here (and the plugin library, when named): say so before exporting."""
     from edgemerge.record import current_environment
 
@@ -78,8 +78,9 @@ def check_engine_possible(plugins: str | None) -> None:
     if env.gpu_name is None:
         raise EdgemergeError("--engine builds the TensorRT engine here, but no GPU is visible: export without "
                              "--engine and run the bundle's build_on_device.sh on the target")
-    if plugins is not None and not Path(plugins).is_file():
-        raise EdgemergeError(f"plugin library {plugins} not found")
+    for lib in plugins or ():
+        if not Path(lib).is_file():
+            raise EdgemergeError(f"plugin library {lib} not found")
 
 
 def check_graph(model: onnx.ModelProto, merge_ops: str) -> None:
@@ -404,7 +405,7 @@ def _finish_engine_or_script(tmp: Path, manifest: Manifest, opts: ExportOptions,
 
     if opts.engine:
         progress("building the TensorRT engine")
-        build_engine(tmp / "model.onnx", tmp / "model.plan", plugins=[opts.plugins] if opts.plugins else None)
+        build_engine(tmp / "model.onnx", tmp / "model.plan", plugins=opts.plugins)
         manifest["files"] += ["model.plan", "model.plan.json"]
         return
     if device_script.copy_plugin_sources(tmp) is not None:

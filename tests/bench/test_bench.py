@@ -58,7 +58,7 @@ def _check_report(report: dict, roles: tuple[str, ...], iters: int) -> None:
 def test_bench_onnxruntime_unmerged(bundle, tmp_path):
     jpath, ppath = tmp_path / "bench.json", tmp_path / "lat.png"
     result = CliRunner().invoke(main, ["bench", str(bundle), "--unmerged", "--iters", "4", "--warmup", "1",
-                                       "--json", str(jpath), "--plot", str(ppath)])
+                                       "--report", str(jpath), "--plot", str(ppath)])
     assert result.exit_code == 0, result.output
     report = json.loads(jpath.read_text())
     _check_report(report, ("merged", "baseline"), 4)
@@ -78,7 +78,7 @@ def test_bench_onnxruntime_unmerged(bundle, tmp_path):
 def test_bench_torch_backend_cpu(bundle, tmp_path):
     jpath = tmp_path / "t.json"
     result = CliRunner().invoke(main, ["bench", str(bundle), "--backend", "torch", "--unmerged", "--iters", "2",
-                                       "--warmup", "1", "--json", str(jpath)])
+                                       "--warmup", "1", "--report", str(jpath)])
     assert result.exit_code == 0, result.output
     report = json.loads(jpath.read_text())
     _check_report(report, ("merged", "baseline"), 2)
@@ -90,7 +90,7 @@ def test_bench_torch_backend_cpu(bundle, tmp_path):
 def test_bench_explicit_baseline_and_onnx_file(bundle, tmp_path):
     jpath = tmp_path / "b.json"
     result = CliRunner().invoke(main, ["bench", str(bundle / "model.onnx"), "--baseline", str(bundle),
-                                       "--iters", "2", "--warmup", "0", "--json", str(jpath)])
+                                       "--iters", "2", "--warmup", "0", "--report", str(jpath)])
     assert result.exit_code == 0, result.output
     report = json.loads(jpath.read_text())
     _check_report(report, ("merged", "baseline"), 2)
@@ -117,7 +117,7 @@ def test_bench_unmerged_reuses_a_kept_baseline(bundle, tmp_path):
     unmerged["onnx_sha256"] = hashlib.sha256((kept / "model.onnx").read_bytes()).hexdigest()
     (kept / "manifest.json").write_text(json.dumps(unmerged))
     result = CliRunner().invoke(main, ["bench", str(bundle), "--unmerged", "--baseline-dir", str(tmp_path),
-                                       "--iters", "2", "--json", str(tmp_path / "r.json")])
+                                       "--iters", "2", "--report", str(tmp_path / "r.json")])
     assert result.exit_code == 0, result.output
     assert "reusing the unmerged baseline" in result.output
     report = json.loads((tmp_path / "r.json").read_text())
@@ -126,11 +126,23 @@ def test_bench_unmerged_reuses_a_kept_baseline(bundle, tmp_path):
 
 def test_bench_without_baseline_has_no_ratio(bundle, tmp_path):
     jpath = tmp_path / "one.json"
-    result = CliRunner().invoke(main, ["bench", str(bundle), "--iters", "2", "--json", str(jpath)])
+    result = CliRunner().invoke(main, ["bench", str(bundle), "--iters", "2", "--report", str(jpath)])
     assert result.exit_code == 0, result.output
     report = json.loads(jpath.read_text())
     _check_report(report, ("merged",), 2)
     assert report["speedup_p50"] is None and report["baseline"] is None
+
+
+def test_bench_json_flag_prints_the_report(bundle, tmp_path):
+    """--json as in every command: stdout is the report alone; the files are written all the same."""
+    jpath = tmp_path / "r.json"
+    result = CliRunner().invoke(main, ["bench", str(bundle), "--iters", "2", "--warmup", "0",
+                                       "--report", str(jpath), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    _check_report(report, ("merged",), 2)
+    assert report == json.loads(jpath.read_text()) and (tmp_path / "r.png").is_file()
+    assert f"report: {jpath.resolve()}" in result.stderr
 
 
 def test_bench_artifact_without_manifest_exits_2(bundle, tmp_path):
@@ -175,7 +187,7 @@ def test_bench_power_with_fake_tegrastats(bundle, tmp_path):
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     jpath = tmp_path / "p.json"
     env = {"PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}"}
-    result = CliRunner(env=env).invoke(main, ["bench", str(bundle), "--power", "--iters", "2", "--json", str(jpath)])
+    result = CliRunner(env=env).invoke(main, ["bench", str(bundle), "--power", "--iters", "2", "--report", str(jpath)])
     assert result.exit_code == 0, result.output
     power = json.loads(jpath.read_text())["models"]["merged"]["power"]
     assert power["mean_mw"] == pytest.approx(6000.0)
@@ -237,7 +249,7 @@ def test_bench_trt_path_with_onnxruntime_standing_in(bundle, tmp_path, monkeypat
                                  "--layers", str(b / "model.plan.layers.json"), "--plugins", str(lib)]) == 0
     jpath = tmp_path / "bench.json"
     result = CliRunner().invoke(main, ["bench", str(merged), "--backend", "trt", "--baseline", str(base),
-                                       "--iters", "3", "--warmup", "1", "--json", str(jpath),
+                                       "--iters", "3", "--warmup", "1", "--report", str(jpath),
                                        "--plot", str(tmp_path / "lat.png")])
     assert result.exit_code == 0, result.output
     report = json.loads(jpath.read_text())

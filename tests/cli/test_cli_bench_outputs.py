@@ -44,10 +44,10 @@ def test_bench_defaults_go_into_the_bundle(tmp_path, monkeypatch, no_timing, whi
     assert f"plot:   {(b / 'bench.png').resolve()}\n" in res.stdout
 
 
-def test_bench_json_option_still_decides(tmp_path, no_timing):
+def test_bench_report_option_still_decides(tmp_path, no_timing):
     b = tmp_path / "bundle"
     b.mkdir()
-    res = run_cli("bench", b, "--json", tmp_path / "out" / "r.json")
+    res = run_cli("bench", b, "--report", tmp_path / "out" / "r.json")
     assert res.exit_code == 0, res.output
     assert (tmp_path / "out" / "r.json").is_file() and (tmp_path / "out" / "r.png").is_file()
     assert not (b / "bench.json").exists()

@@ -1,4 +1,4 @@
-"""Output files of `bench --json`, `show -o` and `calibrate -o`: checked before the work starts (one
+"""Output files of `bench --report`, `show -o` and `calibrate -o`: checked before the work starts (one
 line, exit 2) and written all or nothing (a full disk leaves no file, no temp file, no folder)."""
 
 from __future__ import annotations
@@ -94,19 +94,19 @@ def test_bench_json_unwritable(bundle, unwritable, monkeypatch):
 
     monkeypatch.setattr(bench, "run_bench", lambda *a, **k: (_ for _ in ()).throw(
         AssertionError("the benchmark ran before the output was refused")))
-    msg = one_line_error(run_cli("bench", bundle, "--json", unwritable / "bench.json"))
+    msg = one_line_error(run_cli("bench", bundle, "--report", unwritable / "bench.json"))
     assert "bench report" in msg and "not writable" in msg
 
 
 @pytest.mark.slow
 def test_bench_plot_below_a_file(bundle, tmp_path):
     (tmp_path / "afile").write_text("x")
-    msg = one_line_error(run_cli("bench", bundle, "--json", tmp_path / "b.json", "--plot", tmp_path / "afile" / "p.png"))
+    msg = one_line_error(run_cli("bench", bundle, "--report", tmp_path / "b.json", "--plot", tmp_path / "afile" / "p.png"))
     assert "latency plot" in msg and "afile is not a directory" in msg
 
 
 @pytest.mark.slow
 def test_bench_full_disk_leaves_nothing(bundle, tmp_path, full_disk):
-    res = run_cli("bench", bundle, "--iterations", "2", "--warmup", "0", "--json", tmp_path / "out" / "b.json")
+    res = run_cli("bench", bundle, "--iterations", "2", "--warmup", "0", "--report", tmp_path / "out" / "b.json")
     assert "No space left on device" in one_line_error(res, after_work=True)
     assert tree(tmp_path) == []
