@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
-from edgemerge.device_tool import sha256_file  # noqa: F401  (one hash for the package and the device script)
+from edgemerge.device_tool import sha256_file, write_beside  # noqa: F401  (one hash and one write for the package and the device script)
 from edgemerge.errors import EdgemergeError
 
 
@@ -65,23 +65,15 @@ def write_files(files: Sequence[tuple[str | os.PathLike, bytes]], mode: int | No
     """
     paths = [Path(p) for p, _ in files]
     created = [top for top in {_first_missing(p.parent) for p in paths} if top is not None]
-    temps: list[tuple[str, Path]] = []
+    temps: list[str] = []
     path = paths[0] if paths else Path()
     try:
         for path, (_, data) in zip(paths, files):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-            temps.append((tmp, path))
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            if mode is not None:
-                os.chmod(tmp, mode)
-        for tmp, path in temps:
+            write_beside(path, data, mode, temps)
+        for tmp, path in zip(temps, paths):
             os.replace(tmp, path)
     except BaseException as e:
-        for tmp, _ in temps:
+        for tmp in temps:
             Path(tmp).unlink(missing_ok=True)
         for top in created:
             shutil.rmtree(top, ignore_errors=True)

@@ -30,3 +30,11 @@ def one_line_error(res, code: int = 2, *, after_work: bool = False) -> str:
 def tree(folder: Path) -> list[str]:
     """Every path under `folder` (hidden temp files included), to assert nothing was left behind."""
     return sorted(str(p.relative_to(folder)) for p in Path(folder).rglob("*"))
+
+
+def refuse_work(monkeypatch, module, name: str, what: str) -> None:
+    """Make `module.name` fail the test when called: a refusal must come before that work starts."""
+    def started(*a, **k):
+        raise AssertionError(f"{what} started before the input was refused")
+
+    monkeypatch.setattr(module, name, started)

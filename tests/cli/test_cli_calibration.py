@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from cli_helpers import one_line_error, run_cli, tree
+from cli_helpers import one_line_error, refuse_work, run_cli, tree
 
 CAL_T = {"model": "segmenter-vit-t", "resolution": [64, 64], "quantile": 0.5,
          "local_fraction": 0.25, "global_fraction": 0.1}
@@ -34,8 +34,7 @@ def test_calibration_of_another_model(tmp_path):
 def test_calibration_of_another_family_refused_before_export(tmp_path, monkeypatch):
     from edgemerge.export import bundle
 
-    monkeypatch.setattr(bundle, "build_reference", lambda *a, **k: (_ for _ in ()).throw(
-        AssertionError("the export started before the calibration was refused")))
+    refuse_work(monkeypatch, bundle, "build_reference", "the export")
     cal = _cal(tmp_path)
     msg = one_line_error(run_cli("export", "-m", "segformer-b0", "-v", "fast", "-r", "128x128",
                                  "--calibration", cal, "-o", tmp_path / "b"))

@@ -7,17 +7,14 @@ import importlib.util
 
 import pytest
 
-from cli_helpers import one_line_error, run_cli, tree
+from cli_helpers import one_line_error, refuse_work, run_cli, tree
 from edgemerge.errors import EdgemergeError
 from edgemerge.export import bundle
 
 
 @pytest.fixture
 def no_export(monkeypatch):
-    def started(*a, **k):
-        raise AssertionError("the export started before the input was refused")
-
-    monkeypatch.setattr(bundle, "build_reference", started)
+    refuse_work(monkeypatch, bundle, "build_reference", "the export")
 
 
 @pytest.mark.parametrize("opset, words", [("99", "opsets 17..25"), ("26", "opsets 17..25"), ("16", "too old")])

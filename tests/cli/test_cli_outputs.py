@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cli_helpers import one_line_error, run_cli, tree
+from cli_helpers import one_line_error, refuse_work, run_cli, tree
 from edgemerge.images import synthetic_images
 from edgemerge.merge import calibrate as calibrate_mod
 
@@ -24,10 +24,7 @@ def image_dir(tmp_path_factory):
 
 @pytest.fixture
 def no_calibration(monkeypatch):
-    def started(*a, **k):
-        raise AssertionError("the calibration ran before the output was refused")
-
-    monkeypatch.setattr(calibrate_mod, "calibrate", started)
+    refuse_work(monkeypatch, calibrate_mod, "calibrate", "the calibration")
 
 
 def test_calibrate_unwritable_refused_before_the_run(image_dir, unwritable, no_calibration):
@@ -57,8 +54,7 @@ def _show(image, out, *extra):
 def test_show_unwritable(image_dir, unwritable, monkeypatch):
     import edgemerge.export.bundle as bundle
 
-    monkeypatch.setattr(bundle, "build_reference", lambda *a, **k: (_ for _ in ()).throw(
-        AssertionError("the model was built before the output was refused")))
+    refuse_work(monkeypatch, bundle, "build_reference", "building the model")
     msg = one_line_error(_show(image_dir / "img0.png", unwritable / "merges.png"))
     assert "not writable" in msg
 

@@ -8,7 +8,7 @@ import pytest
 pytest.importorskip("onnxruntime")
 pytest.importorskip("polygraphy")
 
-from cli_helpers import one_line_error, run_cli, tree  # noqa: E402
+from cli_helpers import one_line_error, refuse_work, run_cli, tree  # noqa: E402
 
 from edgemerge.export.bundle import ExportOptions, export_bundle  # noqa: E402
 from edgemerge.validate import reference  # noqa: E402
@@ -26,10 +26,7 @@ def bundle(tmp_path_factory):
 @pytest.fixture
 def no_work(monkeypatch):
     """Fail the test when validation gets as far as rebuilding the model: refusals come first."""
-    def started(*a, **k):
-        raise AssertionError("the work started before the input was refused")
-
-    monkeypatch.setattr(reference, "build_from_manifest", started)
+    refuse_work(monkeypatch, reference, "build_from_manifest", "the work")
 
 
 def test_out_is_an_existing_file(bundle, tmp_path, no_work):
