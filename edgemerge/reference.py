@@ -24,7 +24,7 @@ def build_reference(model_name: str, variant: str, *, checkpoint: str | None = N
     import torch
 
     from edgemerge.merge import apply_merging, get_plan
-    from edgemerge.models import build_model, get_config, load_checkpoint
+    from edgemerge.models import build_model, deployed_form, get_config, load_checkpoint
 
     cfg = get_config(model_name)
     plan = get_plan(model_name, variant, calibration=calibration, mode=mode)
@@ -38,6 +38,7 @@ def build_reference(model_name: str, variant: str, *, checkpoint: str | None = N
     if info is not None:
         _require_learned_metric(model_name, variant, plan, info)
     apply_merging(model, plan, dtem_state=info.merge_state if info else None)
+    deployed_form(model)  # what is exported is what the reference runs
     return model.eval(), cfg, info
 
 

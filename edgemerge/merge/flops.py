@@ -43,10 +43,11 @@ def count_gflops(model: torch.nn.Module, resolution: tuple[int, int], batch: int
 def gflops(model_name: str, variant: str, resolution: tuple[int, int], *, calibration: dict | None = None) -> dict:
     """{'merged': G, 'unmerged': G, 'ratio': unmerged / merged} for batch 1 at `resolution`."""
     from edgemerge.merge import apply_merging, get_plan
-    from edgemerge.models import build_model
+    from edgemerge.models import build_model, deployed_form
 
     with torch.device("meta"):
         model = build_model(model_name, resolution=resolution)
+    deployed_form(model)  # FLOPs of what is exported
     unmerged = count_gflops(model, resolution)
     apply_merging(model, get_plan(model_name, variant, calibration=calibration))
     merged = count_gflops(model, resolution)

@@ -4,10 +4,11 @@
     model, info = load_checkpoint("segformer-b5", "ckpt_dir") # HF dir, mmseg/NVlabs/timm/Segmenter .pth
 """
 
-from edgemerge.models.registry import ModelConfig, build_model, count_params, get_config, list_models
+from edgemerge.models.registry import ModelConfig, build_model, count_params, deployed_form, get_config, list_models
 from edgemerge.models.tokens import TokenState
 from edgemerge.models.checkpoint import CheckpointInfo, load_checkpoint
 
 __all__ = [
-    "CheckpointInfo", "ModelConfig", "TokenState", "load_checkpoint", "build_model", "count_params", "get_config", "list_models",
+    "CheckpointInfo", "ModelConfig", "TokenState", "load_checkpoint", "build_model", "count_params", "deployed_form",
+    "get_config", "list_models",
 ]

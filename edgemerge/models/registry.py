@@ -264,3 +264,12 @@ def build_model(name: str, *, num_classes: int | None = None, resolution: tuple[
 
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def deployed_form(model: nn.Module) -> nn.Module:
+    """The form that is exported and that references run: Segformer's decode head folded (exact
+    up to rounding; see SegformerHead.fold), for merged models and unmerged baselines alike."""
+    fold = getattr(model, "fold_decoder", None)
+    if fold is not None:
+        fold()
+    return model

@@ -167,9 +167,38 @@ class SegformerHead(nn.Module):
         self.fuse = nn.Conv2d(width * len(in_dims), width, 1, bias=False)
         self.bn = nn.BatchNorm2d(width)
         self.classifier = nn.Conv2d(width, num_classes, 1)
+        self.folded = False
+
+    @torch.no_grad()
+    def fold(self) -> bool:
+        """Fold each stage's projection, its slice of the fuse conv and the BN after it into one
+        C_s -> width product per stage, run at the stage's own resolution before upsampling.
+
+        Exact in real arithmetic: bilinear upsampling is linear per channel with weights that sum
+        to 1, so it commutes with a 1x1 conv and a bias, and BN in eval is an affine map. The
+        fuse conv over 4 x width channels at 1/4 of the input is most of a small Segformer's FLOPs
+        (b0 at 384x512: 6.4 of 12.2 GFLOPs); folded, it disappears, for the merged model and its
+        unmerged baseline alike. Not with mmsegmentation's per-stage BN + ReLU (not linear): then
+        nothing changes and this returns False. The folded tensors are non-persistent buffers
+        (state_dict and checkpoints are unchanged); call again after loading other weights."""
+        if self.linear_c_bn is not None:
+            return False
+        n, width = len(self.linear_c), self.fuse.weight.shape[0]
+        fuse = self.fuse.weight[:, :, 0, 0]  # [width, n * width], stages concatenated last first
+        scale = self.bn.weight / torch.sqrt(self.bn.running_var + self.bn.eps)
+        shift = self.bn.bias - self.bn.running_mean * scale
+        for i, lin in enumerate(self.linear_c):
+            block = scale[:, None] * fuse[:, (n - 1 - i) * width:(n - i) * width]
+            bias = block @ lin.bias if lin.bias is not None else torch.zeros_like(shift)
+            self.register_buffer(f"folded_weight_{i}", block @ lin.weight, persistent=False)
+            self.register_buffer(f"folded_bias_{i}", bias + (shift if i == 0 else 0), persistent=False)
+        self.folded = True
+        return True
 
     def forward(self, feats: list[Tensor]) -> Tensor:
         size = (feats[0].shape[2], feats[0].shape[3])  # 1/4 of the input
+        if self.folded and not self.training:
+            return self.classifier(F.relu(self._folded(feats, size)))
         outs = []
         for i, f in enumerate(feats):
             B, _, h, w = f.shape
@@ -179,6 +208,18 @@ class SegformerHead(nn.Module):
             outs.append(F.interpolate(y, size=size, mode="bilinear", align_corners=False))
         x = F.relu(self.bn(self.fuse(torch.cat(outs[::-1], dim=1))))  # [B, D, H/4, W/4]
         return self.classifier(x)  # [B, K, H/4, W/4]
+
+    def _folded(self, feats: list[Tensor], size: tuple[int, int]) -> Tensor:
+        """sum over stages of upsample(f_s W_s^T + b_s): the fuse conv's output, BN applied."""
+        x = None
+        for i, f in enumerate(feats):
+            B, _, h, w = f.shape
+            y = F.linear(f.flatten(2).transpose(1, 2), getattr(self, f"folded_weight_{i}"),
+                         getattr(self, f"folded_bias_{i}")).transpose(1, 2).reshape(B, -1, h, w)
+            if (h, w) != size:
+                y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
+            x = y if x is None else x + y
+        return x
 
 
 class Segformer(nn.Module):
@@ -193,6 +234,10 @@ class Segformer(nn.Module):
                                       embed_eps=embed_eps, block_eps=block_eps)
         self.decode_head = SegformerHead(widths, decoder_width, num_classes, head_stage_norm, head_stage_bias)
         self.num_classes = num_classes
+
+    def fold_decoder(self) -> bool:
+        """See SegformerHead.fold: the deployed form of the head (export, validate, bench)."""
+        return self.decode_head.fold()
 
     def forward(self, images: Tensor) -> Tensor:
         return self.decode_head(self.encoder(images))

@@ -132,3 +132,60 @@ def test_config_json_decides_details(tmp_path, hf_dir):
     (tmp_path / "c" / "config.json").write_text(json.dumps(cfg))
     model, info = load_checkpoint(name, tmp_path / "c", resolution=(128, 128))
     assert info.num_classes == 11 and model.config.resolution == (128, 128)
+
+
+# --- the folded decode head (the deployed form) ----------------------------------------------------
+
+@pytest.mark.parametrize("name,res", [("segformer-b0", (96, 160)), ("segformer-b2", (64, 64))])
+def test_folded_head_computes_the_same_logits(name, res):
+    """Projections, fuse conv and BN folded into one product per stage before upsampling: the
+    same logits up to rounding, with the state dict untouched."""
+    torch.manual_seed(0)
+    model = build_model(name, resolution=res)
+    randomize(model)
+    keys = set(model.state_dict())
+    x = torch.randn(2, 3, *res)
+    with torch.no_grad():
+        want = model(x)
+        assert model.fold_decoder()
+        got = model(x)
+    assert set(model.state_dict()) == keys  # checkpoints are written and read as before
+    assert (got - want).abs().max() <= 1e-5 * (want.max() - want.min())
+
+
+def test_fold_is_refused_with_stage_norm_and_changes_nothing():
+    """mmseg's per-stage BN + ReLU is not linear: nothing to fold."""
+    import dataclasses
+
+    from edgemerge.models.registry import build_from_config
+
+    cfg = get_config("segformer-b0")
+    model = build_from_config(dataclasses.replace(cfg, extra={**cfg.extra, "head_stage_norm": True}))
+    randomize(model)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        want = model(x)
+        assert not model.fold_decoder()
+        assert torch.equal(model(x), want)
+
+
+def test_folded_head_removes_the_fuse_conv_flops():
+    """b0 at 384x512: the fuse conv over 4 x 256 channels at 1/4 resolution is 6.4 GFLOPs."""
+    from edgemerge.merge.flops import count_gflops
+
+    with torch.device("meta"):
+        plain = build_model("segformer-b0", resolution=(384, 512))
+        folded = build_model("segformer-b0", resolution=(384, 512))
+    folded.fold_decoder()
+    assert count_gflops(plain, (384, 512)) - count_gflops(folded, (384, 512)) > 6.0
+
+
+def test_training_mode_uses_the_unfolded_head():
+    """BN folds only with its running statistics: in training the head runs as built."""
+    torch.manual_seed(0)
+    model = build_model("segformer-b0", resolution=(64, 64))
+    model.fold_decoder()
+    model.train()
+    x = torch.randn(2, 3, 64, 64)
+    model.decode_head.folded_weight_0.fill_(float("nan"))  # would poison a folded forward
+    assert torch.isfinite(model(x)).all()
