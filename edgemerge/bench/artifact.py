@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgemerge.errors import EdgemergeError
+from edgemerge.identity import check_manifest
 from edgemerge.manifest import Manifest, read_manifest
 
 MANIFEST = "manifest.json"
@@ -56,6 +57,9 @@ def read_artifact(path: str | Path) -> Artifact:
     if suffix not in (".onnx", ".plan", ".engine"):
         raise EdgemergeError(f"{p}: not a bundle directory, .onnx or .plan file")
     manifest = read_manifest(p)
+    onnx_path = p.parent / "model.onnx"  # a plan's bundle too: its manifest must still describe the export
+    if onnx_path.is_file():
+        check_manifest(manifest, onnx_path, p.parent / MANIFEST)  # a manifest edited after export
     return Artifact(p, "onnx" if suffix == ".onnx" else "plan", manifest)
 
 

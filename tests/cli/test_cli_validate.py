@@ -109,6 +109,23 @@ def test_edited_manifest_detected(bundle, tmp_path, no_work, changes, words):
     assert not (edited / "validate_report").exists()
 
 
+@pytest.mark.parametrize("changes, words", [
+    ({"variant": "hq"}, "variant 'hq' in the manifest, 'fast' in model.onnx"),
+    ({"resolution": [256, 256]}, "resolution [256, 256] in the manifest"),
+])
+def test_bench_refuses_an_edited_manifest(bundle, tmp_path, monkeypatch, changes, words):
+    """bench trusts the manifest as validate does (input shape, label, the --unmerged baseline): the
+    same check, before anything is loaded or timed."""
+    from edgemerge.bench import core
+
+    refuse_work(monkeypatch, core, "make_runner", "the benchmark")
+    edited = _edited_copy(bundle, tmp_path / "edited", **changes)
+    before = tree(tmp_path)
+    msg = one_line_error(run_cli("bench", edited, "--unmerged", "--baseline-dir", tmp_path / "base"))
+    assert words in msg and "edited after export" in msg
+    assert tree(tmp_path) == before
+
+
 def test_polygraphy_stays_silent(bundle, tmp_path):
     """Without the stamp an edited resolution reaches ONNX Runtime: edgemerge says so in its one
     line; polygraphy prints neither its [!] lines nor its 'colored' module notice."""
