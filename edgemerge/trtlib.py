@@ -7,8 +7,9 @@ import importlib
 from edgemerge.device_tool import parse_version  # noqa: F401  (one parser for versions; re-exported)
 from edgemerge.errors import EdgemergeError
 
-MISSING_TRT = ("TensorRT is not installed: pip install 'edgemerge[trt]' "
-               "(on Jetson it comes with JetPack)")
+# The README installs from a source checkout (pip install -e .), where 'edgemerge[trt]' means nothing.
+MISSING_TRT = ("TensorRT is not installed here (it needs an NVIDIA GPU with its CUDA driver): in a source "
+               "checkout run pip install -e '.[trt]' on the GPU machine; on Jetson it comes with JetPack")
 
 
 def require_tensorrt():

@@ -41,6 +41,7 @@ def test_engine_without_tensorrt_refused_before_export(tmp_path, no_export):
     msg = one_line_error(run_cli("export", "-m", "segformer-b0", "-v", "fast", "-r", "128x128", "--engine",
                                  "-o", tmp_path / "b"))
     assert "TensorRT is not installed" in msg
+    assert "pip install -e '.[trt]'" in msg and "NVIDIA GPU" in msg  # fits the README's source checkout
     assert tree(tmp_path) == []
 
 
@@ -53,3 +54,19 @@ def test_engine_without_gpu_refused_before_export(tmp_path, no_export, monkeypat
                                  "-o", tmp_path / "b"))
     assert "no GPU is visible" in msg and "build_on_device.sh" in msg
     assert tree(tmp_path) == []
+
+
+def test_ctrl_c_while_writing_the_bundle_exits_130_and_leaves_nothing(tmp_path, monkeypatch):
+    """Interrupted once the temporary bundle folder exists (the device script being written):
+    exit 130, one line, neither the bundle nor its temporary folder left."""
+    from edgemerge import device_script
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(device_script, "write_build_script", interrupted)
+    res = run_cli("export", "-m", "segformer-b0", "-v", "fast", "-r", "128x128", "-o", tmp_path / "b")
+    assert res.exit_code == 130, res.output
+    assert res.stderr.splitlines()[-1] == "edgemerge: interrupted" and "error" not in res.stderr
+    assert all(ln.startswith("edgemerge: ") for ln in res.stderr.splitlines())  # progress, then that line
+    assert "Traceback" not in res.output and tree(tmp_path) == []
