@@ -58,3 +58,22 @@ def test_ctrl_c_during_calibrate_exits_130(tmp_path):
     assert proc.returncode == 130, rest
     assert lines == ["edgemerge: interrupted"], rest
     assert tree(tmp_path) == [p for p in tree(tmp_path) if p.startswith("images")]  # no out/, no temp file
+
+
+def test_progress_on_a_terminal_is_rich_without_file_line(capsys, monkeypatch):
+    """On a terminal: rich's live status and a logged line per step, none with rich's file:line
+    suffix (`export.py:42`); otherwise the plain `edgemerge: ...` lines above."""
+    import re
+
+    from rich.console import Console
+
+    from edgemerge.cli import progress_reporter
+
+    monkeypatch.setattr(Console, "is_terminal", property(lambda self: True))
+    with progress_reporter("calibrating") as report:
+        report("calibrating: image 1/2")
+        report("calibrating: image 2/2")
+    err = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\]8;[^\x1b]*\x1b\\", "", capsys.readouterr().err)  # no ANSI, no links
+    assert "calibrating: image 1/2" in err and "calibrating: image 2/2" in err
+    assert "edgemerge: calibrating" not in err  # the live display, not the plain lines
+    assert not re.search(r"\w+\.py:\d+", err), err
