@@ -22,7 +22,7 @@ from edgemerge.cli.options import json_option, plugins_option
               help="Untimed iterations per model first (a count of iterations, not trtexec's milliseconds).")
 @click.option("--baseline-dir", type=click.Path(file_okay=False), default=None,
               help="Keep the --unmerged baseline bundle here (reused when its settings match); default: a temp dir.")
-@click.option("--threads", default=None, type=int, help="CPU threads (default: all cores).")
+@click.option("--threads", default=None, type=click.IntRange(min=1), help="CPU threads (default: all cores).")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Seed of the synthetic input.")
 @plugins_option
 @click.option("--report", "report_path", type=click.Path(), default=None,

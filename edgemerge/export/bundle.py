@@ -283,6 +283,10 @@ def _check_options(opts: ExportOptions, build_engine: Callable | None) -> Path:
         raise EdgemergeError(f"batch must be >= 1, got {opts.batch}")
     if opts.seed < 0:
         raise EdgemergeError(f"seed must be >= 0, got {opts.seed}")
+    if opts.num_classes is not None and opts.num_classes < 1:
+        raise EdgemergeError(f"num_classes must be >= 1, got {opts.num_classes}")
+    if opts.checkpoint is not None and not Path(opts.checkpoint).exists():  # before "building the model"
+        raise EdgemergeError(f"checkpoint not found: {opts.checkpoint}")
     out = Path(opts.out) if opts.out else default_out(opts)
     _check_writable(out)
     if opts.engine:

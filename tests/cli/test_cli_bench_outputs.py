@@ -73,3 +73,22 @@ def test_bench_plot_iterations_on_integer_ticks(iters):
         assert list(drift.lines[0].get_xdata()) == list(range(1, iters + 1))  # numbered from 1
     finally:
         plt.close(fig)
+
+
+@pytest.mark.parametrize("flag", ["--iterations", "--iters"])
+def test_bench_takes_trtexecs_iterations(tmp_path, no_timing, flag):
+    b = tmp_path / "bundle"
+    b.mkdir()
+    res = run_cli("bench", b, flag, "7", "--warmup", "2")
+    assert res.exit_code == 0, res.output
+    assert (no_timing[-1].iters, no_timing[-1].warmup) == (7, 2)
+
+
+@pytest.mark.parametrize("threads", ["0", "-1"])
+def test_bench_threads_below_one_refused(tmp_path, no_timing, threads):
+    from cli_helpers import one_line_error, tree
+
+    b = tmp_path / "bundle"
+    b.mkdir()
+    assert "--threads" in one_line_error(run_cli("bench", b, "--threads", threads))
+    assert no_timing == [] and tree(tmp_path) == ["bundle"]

@@ -59,3 +59,18 @@ def test_calibration_that_is_not_an_object(tmp_path):
     path.write_text("[0.25, 0.1]")
     assert "no local_fraction" in one_line_error(run_cli("plan", "-m", "segmenter-vit-t", "-v", "algm",
                                                          "--calibration", path))
+
+
+@pytest.mark.parametrize("model, fields, words", [
+    ("segmenter-vit-s", {}, "made for segmenter-vit-t, not segmenter-vit-s"),  # vit-t's file for vit-s
+    ("segmenter-vit-t", {"local_fraction": None, "global_fraction": None}, "no local_fraction"),
+])
+def test_export_refuses_the_calibration_before_exporting(tmp_path, monkeypatch, model, fields, words):
+    from edgemerge.export import bundle
+
+    refuse_work(monkeypatch, bundle, "build_reference", "the export")
+    cal = _cal(tmp_path, **fields)
+    msg = one_line_error(run_cli("export", "-m", model, "-v", "algm", "-r", "64x64", "--calibration", cal,
+                                 "-o", tmp_path / "b"))
+    assert words in msg
+    assert tree(tmp_path) == ["cal.json"]

@@ -70,3 +70,16 @@ def test_ctrl_c_while_writing_the_bundle_exits_130_and_leaves_nothing(tmp_path, 
     assert res.stderr.splitlines()[-1] == "edgemerge: interrupted" and "error" not in res.stderr
     assert all(ln.startswith("edgemerge: ") for ln in res.stderr.splitlines())  # progress, then that line
     assert "Traceback" not in res.output and tree(tmp_path) == []
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--num-classes", "0"], "num_classes must be >= 1, got 0"),
+    (["--checkpoint", "missing.pth"], "checkpoint not found: "),
+])
+def test_bad_model_options_refused_before_any_progress(tmp_path, no_export, args, words):
+    """One line, not 'building the PyTorch model' and then the error."""
+    args = [str(tmp_path / a) if a.endswith(".pth") else a for a in args]
+    msg = one_line_error(run_cli("export", "-m", "segformer-b0", "-v", "fast", "-r", "128x128", *args,
+                                 "-o", tmp_path / "b"))
+    assert words in msg
+    assert tree(tmp_path) == []
