@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from edgemerge.cli import check_output_file, counter, main, progress_reporter
@@ -39,5 +41,5 @@ def calibrate(model: str, images: str, checkpoint: str | None, resolution: tuple
     for row in summary(result):
         table.add_row(row["site"], *(f"{row[k]:.3f}" for k in ("min", "median", "max", "kept")))
     console.print(table)
-    console.print(f"wrote {path}; use it with `edgemerge plan|export --model {model} --variant algm "
+    console.print(f"wrote {Path(path).resolve()}; use it with `edgemerge plan|export --model {model} --variant algm "
                   f"--calibration {path}`")

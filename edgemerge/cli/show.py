@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from edgemerge.cli import main
@@ -31,5 +33,5 @@ def show(model, variant, image, checkpoint, resolution, site, all_sites, seed, o
     if checkpoint is None:  # after the run, so that bad input stays a one-line error
         click.echo(f"note: no --checkpoint: {model} has RANDOM weights (seed {seed}); the merges show the "
                    "mechanism, not what a trained model does", err=True)
-    for path, s in written:
-        click.echo(f"{path}: {s.name}")
+    for path, s in written:  # absolute: the default lands in the current directory, say which
+        click.echo(f"{Path(path).resolve()}: {s.name}")

@@ -177,3 +177,12 @@ def test_caption_is_below_the_image_and_holds_the_legend(size):
     assert (strip == GROUP_COLOURS[0].astype(np.uint8)).all(axis=-1).sum() >= 64  # the merged swatch
     assert (strip == (200, 200, 200)).all(axis=-1).sum() >= 30  # the unmerged swatch's grey border
     assert (strip[:, :, 0] < 60).sum() > 50  # text
+
+
+def test_show_says_where_the_default_output_went(image, tmp_path, monkeypatch):
+    """The default `merges.png` lands in the current directory: the path printed is absolute."""
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["show", "--model", "segformer-b0", "--variant", "fast", "--image", str(image),
+                                       "--resolution", "128x128"])
+    assert result.exit_code == 0, result.output
+    assert f"{(tmp_path / 'merges.png').resolve()}: " in result.stdout
