@@ -9,6 +9,7 @@ static token counts.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -44,29 +45,34 @@ class SegformerPPAttention(SegformerAttention):
         return kv, size.log().transpose(1, 2)[:, None].to(kv.dtype)  # [B, 1, 1, Nkv]
 
     def reduce_queries(self, x: Tensor, hw: tuple[int, int]):
-        B, N, C = x.shape
-        H, W = hw
         if self.em_pool:  # n2d: 2x2 average pooling, nearest-neighbour restore
-            if H % 2 or W % 2:
-                raise ValueError(f"a {H}x{W} token grid is not even (n2d pools 2x2 cells)")
-            pooled = x.reshape(B, H // 2, 2, W // 2, 2, C).mean(dim=(2, 4)).reshape(B, -1, C)
-
-            def restore(t: Tensor) -> Tensor:
-                t = t.reshape(B, H // 2, 1, W // 2, 1, C).expand(B, H // 2, 2, W // 2, 2, C)
-                return t.reshape(B, N, C)
-
-            return pooled, restore
+            return pool_queries(x, hw)
         if self.em_q is None:
             return x, lambda t: t
         site = self.em_q
-        src, dst = core.grid(H, W, site.sy, site.sx)
-        fns = core.bipartite_match(self._metric("q", x), site.count(N), src, dst)
+        src, dst = core.grid(hw[0], hw[1], site.sy, site.sx)
+        fns = core.bipartite_match(self._metric("q", x), site.count(x.shape[1]), src, dst)
         return fns.merge(x)[0], fns.unmerge
 
     def _metric(self, kind: str, tokens: Tensor) -> Tensor:
         """The tokens themselves (Segformer++), or a learned projection of them (one MatMul)."""
         learned = getattr(self, "dtem_metric", None)
         return learned[kind](tokens) if learned is not None and kind in learned else tokens
+
+
+def pool_queries(x: Tensor, hw: tuple[int, int]) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+    """n2d's queries: 2x2 average pooling, and the nearest-neighbour restore of the outputs."""
+    B, N, C = x.shape
+    H, W = hw
+    if H % 2 or W % 2:
+        raise ValueError(f"a {H}x{W} token grid is not even (n2d pools 2x2 cells)")
+    pooled = x.reshape(B, H // 2, 2, W // 2, 2, C).mean(dim=(2, 4)).reshape(B, -1, C)
+
+    def restore(t: Tensor) -> Tensor:
+        t = t.reshape(B, H // 2, 1, W // 2, 1, C).expand(B, H // 2, 2, W // 2, 2, C)
+        return t.reshape(B, N, C)
+
+    return pooled, restore
 
 
 class FusedMetricAttention(Attention):

@@ -18,12 +18,6 @@ else:  # pragma: no cover
 
 from edgemerge.errors import EdgemergeError
 
-VARIANTS = {
-    "segformer": ("none", "hq", "fast", "hq-pa", "fast-pa", "hq-lm", "fast-lm", "hq-pa-lm", "fast-pa-lm", "n2d"),
-    "segmenter": ("none", "algm"),
-    "vit": ("none", "tome", "dtem"),
-    "deit": ("none", "tome", "dtem"),
-}
 
 
 @dataclass(frozen=True)

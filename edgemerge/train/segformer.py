@@ -14,7 +14,7 @@ from typing import Callable
 from torch import Tensor, nn
 
 from edgemerge.merge import core, soft
-from edgemerge.merge.patch import _swap, segformer_metrics
+from edgemerge.merge.patch import _swap, pool_queries, segformer_metrics
 from edgemerge.merge.plan import GridSite, SegformerPlan
 from edgemerge.models.segformer import SegformerAttention
 from edgemerge.train.vit import SIZE_FLOOR, SoftStats
@@ -23,6 +23,7 @@ from edgemerge.train.vit import SIZE_FLOOR, SoftStats
 class SoftSegformerAttention(SegformerAttention):
     em_kv: GridSite | None
     em_q: GridSite | None
+    em_pool: bool
     em_proportional: bool
     em_tau: float
     em_top_k: int
@@ -47,6 +48,8 @@ class SoftSegformerAttention(SegformerAttention):
         return kv, size.log()[:, None, None, :].to(kv.dtype)  # [B, 1, 1, Nkv]
 
     def reduce_queries(self, x: Tensor, hw: tuple[int, int]) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+        if self.em_pool:  # pooled queries have no metric: the same fixed op as at inference
+            return pool_queries(x, hw)
         if self.em_q is None:
             return x, lambda t: t
         assign, src, dst = self._assign("q", x, self.em_q, hw)
@@ -75,6 +78,6 @@ def apply_soft_segformer(model: nn.Module, plan: SegformerPlan, metrics: nn.Modu
             if key not in metrics:
                 continue
             _swap(blk.attn, SoftSegformerAttention, em_kv=plan.kv.get(s), em_q=plan.q.get(s),
-                  em_proportional=plan.proportional, em_tau=tau, em_top_k=top_k, em_stats=stats)
+                  em_pool=s in plan.q_pool, em_proportional=plan.proportional, em_tau=tau, em_top_k=top_k, em_stats=stats)
             blk.attn.dtem_metric = metrics[key]
     return model

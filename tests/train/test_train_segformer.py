@@ -109,3 +109,19 @@ def test_labels_add_the_task_loss(data, tmp_path):
                                     "-i", str(data / "img"), "--labels", str(labels), "-o", str(tmp_path / "c"),
                                     "--steps", "1", "-r", "128x128"])
     assert res.exit_code == 2 and "no label map for" in res.output
+
+
+def test_pooled_query_stages_pool_in_training_as_at_inference():
+    """xfast-pa-lm pools stage 1-2 queries (no metric there): the soft forward pools them too, so
+    the kv metrics of those stages train under what inference runs."""
+    from edgemerge.merge import get_plan
+    from edgemerge.train.segformer import apply_soft_segformer, segformer_soft_metrics
+
+    torch.manual_seed(0)
+    model = build_model("segformer-b0", resolution=(64, 64)).eval()
+    plan = get_plan("segformer-b0", "xfast-pa-lm")
+    apply_soft_segformer(model, plan, segformer_soft_metrics(model, plan, {}), tau=0.01, top_k=3)
+    x = torch.randn(1, 16 * 16, 32)
+    pooled, restore = model.encoder.stages[0].blocks[0].attn.reduce_queries(x, (16, 16))
+    assert pooled.shape == (1, 64, 32) and restore(pooled).shape == x.shape
+    assert torch.allclose(pooled[0, 0], x[0, [0, 1, 16, 17]].mean(0))
