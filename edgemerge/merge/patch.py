@@ -153,10 +153,11 @@ class MergingBlock(Block):
                 metric = keys  # ToMe's keys, or the learned metric FusedMetricAttention returns in their place
                 r = tome_count(site.r, N, site.protect)
                 proportional = site.proportional
-            else:  # ALGM global: the metric is the tokens after the attention residual
-                metric = x
+            else:  # ALGM global: the tokens after the attention residual, or a learned projection of them
+                learned = getattr(self, "dtem_metric", None)
+                metric = x if learned is None else learned(x)
                 if site.adaptive:
-                    node_max = core.bipartite_node_max(x, src, dst, site.protect)[:, site.protect:]
+                    node_max = core.bipartite_node_max(metric, src, dst, site.protect)[:, site.protect:]
                     cut = node_max.mean(-1, keepdim=True) + node_max.std(-1, keepdim=True) / max(site.layer, 1)
                     r = int((node_max >= cut).sum(-1).min())
                 else:
@@ -192,6 +193,19 @@ def keys_projection(attn: nn.Module, dim: int) -> nn.Linear:
     return proj
 
 
+def identity_or_state(dim: int, state: dict[str, Tensor], key: str, like: Tensor) -> nn.Linear:
+    """A learned metric Linear(dim -> dim): the checkpoint's (KEY weight/bias), else the identity,
+    which is the metric of the site without one (so training starts from the published behaviour)."""
+    proj = nn.Linear(dim, dim).to(like.device, like.dtype)
+    if key + "weight" in state:
+        proj.load_state_dict({"weight": state[key + "weight"], "bias": state[key + "bias"]})
+    else:
+        with torch.no_grad():
+            proj.weight.copy_(torch.eye(dim))
+            proj.bias.zero_()
+    return proj
+
+
 def segformer_metrics(attn: nn.Module, plan: SegformerPlan, stage: int, state: dict[str, Tensor],
                       prefix: str) -> nn.ModuleDict:
     """The learned metric of each site of one Segformer attention ("kv", "q"): the checkpoint's
@@ -202,14 +216,7 @@ def segformer_metrics(attn: nn.Module, plan: SegformerPlan, stage: int, state: d
     for kind, sites in (("kv", plan.kv), ("q", plan.q)):
         if stage not in sites:
             continue
-        proj = nn.Linear(C, C).to(w0.device, w0.dtype)
-        if prefix + kind + ".weight" in state:
-            proj.load_state_dict({"weight": state[prefix + kind + ".weight"], "bias": state[prefix + kind + ".bias"]})
-        else:
-            with torch.no_grad():
-                proj.weight.copy_(torch.eye(C))
-                proj.bias.zero_()
-        out[kind] = proj
+        out[kind] = identity_or_state(C, state, f"{prefix}{kind}.", w0)
     return out
 
 
@@ -220,6 +227,8 @@ def learned_metric_keys(model_name: str, plan: MergePlan) -> list[str]:
     cfg = get_config(model_name)
     if isinstance(plan, ToMePlan) and plan.metric == "dtem":
         return [f"blocks.{i}.dtem_metric.weight" for i in range(cfg.depths[0])]
+    if isinstance(plan, ALGMPlan) and plan.metric == "learned":
+        return [f"encoder.blocks.{plan.global_layer}.dtem_metric.weight"]
     if isinstance(plan, SegformerPlan) and plan.metric == "learned":
         return [f"encoder.stages.{s - 1}.blocks.{b}.attn.dtem_metric.{kind}.weight"
                 for kind, sites in (("kv", plan.kv), ("q", plan.q)) for s in sorted(sites)
@@ -286,6 +295,11 @@ def apply_merging(model: nn.Module, plan: MergePlan, *, dtem_state: dict[str, Te
               em_site=WindowSite(tuple(vit.grid_size), plan.local_fraction, plan.threshold, adaptive, protect))
         _swap(vit.blocks[plan.global_layer], MergingBlock,
               em_site=GlobalSite(plan.global_fraction, plan.global_layer, adaptive, protect))
+        if plan.metric == "learned":
+            prefix = next(n for n, m in model.named_modules() if m is vit)
+            key = f"{prefix + '.' if prefix else ''}blocks.{plan.global_layer}.dtem_metric."
+            vit.blocks[plan.global_layer].dtem_metric = identity_or_state(vit.pos_embed.shape[-1], dtem_state or {}, key,
+                                                                          vit.pos_embed)
         return model
     raise EdgemergeError(f"unsupported plan {plan!r}")
 

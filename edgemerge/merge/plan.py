@@ -57,6 +57,7 @@ class ALGMPlan:
     local_fraction: float  # static mode: fraction of 2x2 windows merged
     global_fraction: float  # static mode: fraction of mergeable sources merged
     mode: str = "static"  # "static" (exportable) or "adaptive" (paper, PyTorch only)
+    metric: str = "tokens"  # global site: "tokens" (ALGM) or "learned" (a Linear(C -> C) on them)
 
 
 @dataclass(frozen=True)
@@ -119,7 +120,7 @@ def get_plan(model: str, variant: str, *, calibration: dict[str, Any] | None = N
                         threshold=float(v["threshold"]),
                         local_fraction=float(cal.get("local_fraction", v["local_fraction"])),
                         global_fraction=float(cal.get("global_fraction", v["global_fraction"])),
-                        mode=mode or "static")
+                        mode=mode or "static", metric=v.get("metric", "tokens"))
     raise EdgemergeError(f"no merging method for family {family}")
 
 

@@ -21,7 +21,7 @@ class DecoderLinear(nn.Module):
         super().__init__()
         self.head = nn.Linear(dim, num_classes)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, bias: Tensor | None = None) -> Tensor:
         return self.head(x)  # [B, N, K]
 
 
@@ -32,11 +32,12 @@ class DecoderAttention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, bias: Tensor | None = None) -> Tensor:
         B, N, C = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]  # [B, h, N, d]
-        return self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, N, C))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        return self.proj(out.transpose(1, 2).reshape(B, N, C))
 
 
 class DecoderBlock(nn.Module):
@@ -47,8 +48,8 @@ class DecoderBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=eps)
         self.mlp = Mlp(dim, hidden)
 
-    def forward(self, x: Tensor) -> Tensor:
-        x = x + self.attn(self.norm1(x))
+    def forward(self, x: Tensor, bias: Tensor | None = None) -> Tensor:
+        x = x + self.attn(self.norm1(x), bias)
         return x + self.mlp(self.norm2(x))
 
 
@@ -70,11 +71,15 @@ class MaskTransformer(nn.Module):
         self.proj_classes = nn.Parameter(d_model**-0.5 * torch.randn(d_model, d_model))
         self.mask_norm = nn.LayerNorm(num_classes, eps=eps)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, bias: Tensor | None = None) -> Tensor:
+        """`bias` [B, 1, 1, N]: an additive attention bias on the patch tokens as keys (the soft
+        training of a merge metric removes merged tokens with it); None at inference."""
         x = self.proj_dec(x)  # [B, N, D]
         x = torch.cat([x, self.cls_emb.expand(x.shape[0], -1, -1)], dim=1)  # [B, N + K, D]
+        if bias is not None:  # the class embeddings count fully
+            bias = torch.cat([bias, bias.new_zeros(*bias.shape[:-1], self.n_cls)], dim=-1)
         for blk in self.blocks:
-            x = blk(x)
+            x = blk(x, bias)
         x = self.decoder_norm(x)
         patches, classes = x[:, : -self.n_cls] @ self.proj_patch, x[:, -self.n_cls :] @ self.proj_classes
         # Cosine similarity in fp32 (a no-op in fp32 models): mask_norm divides by the spread of
@@ -110,6 +115,12 @@ class Segmenter(nn.Module):
         p = self.encoder.num_prefix_tokens
         dec_dtype = next(self.decoder.parameters()).dtype
         scores = self.decoder(tokens[:, p:].to(dec_dtype)).float()  # [B, N', K]; fp32 from here
+        return self.masks(scores, state, (H, W))
+
+    def masks(self, scores: Tensor, state, hw: tuple[int, int]) -> Tensor:
+        """Per-token class scores [B, N', K] -> logits [B, K, H, W]: unmerged through the state's
+        `source` (one gather), laid on the patch grid, upsampled to the input."""
+        B, (H, W), p = scores.shape[0], hw, self.encoder.num_prefix_tokens
         if state.source is not None:  # unmerge: original patch -> index of the token holding it
             index = (state.source[:, p:] - p).unsqueeze(-1).expand(-1, -1, scores.shape[-1])
             scores = scores.gather(1, index)  # [B, N, K]

@@ -69,10 +69,12 @@ class _SoftModel:
 
 def _soft_model(model, plan, merge_state: dict[str, Tensor], opts: TrainOptions) -> _SoftModel:
     from edgemerge.merge.patch import remove_merging
-    from edgemerge.merge.plan import SegformerPlan
+    from edgemerge.merge.plan import ALGMPlan, SegformerPlan
     from edgemerge.train.segformer import apply_soft_segformer, segformer_soft_metrics
     from edgemerge.train.vit import soft_vit_forward
 
+    if isinstance(plan, ALGMPlan):
+        return _soft_segmenter(model, plan, merge_state, opts)
     if isinstance(plan, SegformerPlan):
         metrics = segformer_soft_metrics(model, plan, merge_state)
 
@@ -94,6 +96,31 @@ def _soft_model(model, plan, merge_state: dict[str, Tensor], opts: TrainOptions)
                                                              tau_score=opts.tau_score, tau_pick=opts.tau_pick,
                                                              stats=stats),
                       lambda: metric_state(vit_metrics))
+
+
+def _soft_segmenter(model, plan, merge_state: dict[str, Tensor], opts: TrainOptions) -> _SoftModel:
+    """ALGM's global site: one Linear(C -> C) on the tokens (the checkpoint's, else the identity)."""
+    import dataclasses
+
+    from edgemerge.merge.patch import apply_merging, identity_or_state, remove_merging
+    from edgemerge.train.segmenter import soft_segmenter_forward
+
+    key = f"encoder.blocks.{plan.global_layer}.dtem_metric."
+    metric = identity_or_state(model.encoder.pos_embed.shape[-1], merge_state, key, model.encoder.pos_embed).float()
+    hard = dataclasses.replace(plan, metric="tokens")  # the global block's own merge is bypassed
+
+    def forward(images: Tensor, stats) -> Tensor:
+        apply_merging(model, hard)
+        try:
+            return soft_segmenter_forward(model, plan, metric, images, top_k=opts.top_k, tau_score=opts.tau_score,
+                                          tau_pick=opts.tau_pick, stats=stats)
+        finally:
+            remove_merging(model)
+
+    def state() -> dict[str, Tensor]:
+        return {key + name: v.detach().clone() for name, v in metric.state_dict().items()}
+
+    return _SoftModel(nn.ModuleDict({"global": metric}), forward, state)
 
 
 def distillation_loss(student: Tensor, teacher: Tensor) -> Tensor:
@@ -212,7 +239,7 @@ def train_metric(opts: TrainOptions, progress: Callable[[int, int, float], None]
     plan = get_plan(opts.model, opts.variant)
     if not learned_metric_keys(opts.model, plan):
         raise EdgemergeError(f"train-metric trains a learned merge metric; {opts.model}'s variant {opts.variant!r} "
-                             f"has none (ViT/DeiT: --variant dtem; Segformer: a *-lm variant)")
+                             f"has none (ViT/DeiT: --variant dtem; Segformer: a *-lm variant; Segmenter: algm-lm)")
     if opts.batch < 1 or (opts.steps is not None and opts.steps < 1) or opts.epochs < 1:
         raise EdgemergeError("--batch, --steps and --epochs must be >= 1")
     torch.manual_seed(opts.seed)
