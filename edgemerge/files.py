@@ -9,7 +9,8 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
-from edgemerge.device_tool import sha256_file, write_beside  # noqa: F401  (one hash and one write for the package and the device script)
+# One hash and one atomic write for the package and the device script (sha256_file is re-exported).
+from edgemerge.device_tool import sha256_file, write_beside  # noqa: F401
 from edgemerge.errors import EdgemergeError
 
 

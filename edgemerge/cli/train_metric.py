@@ -9,7 +9,8 @@ from edgemerge.cli.options import resolution_option
 
 
 @main.command("train-metric")
-@click.option("--model", "-m", required=True, help="A vit-*/deit-* (variant dtem), segformer-* (a *-lm variant) or segmenter-vit-* (algm-lm) model.")
+@click.option("--model", "-m", required=True,
+              help="A vit-*/deit-* (variant dtem), segformer-* (a *-lm variant) or segmenter-vit-* (algm-lm) model.")
 @click.option("--variant", "-v", default="dtem", show_default=True, help="A variant with a learned metric.")
 @click.option("--checkpoint", "-c", required=True, type=click.Path(), help="The frozen backbone's weights.")
 @click.option("--images", "-i", required=True, type=click.Path(), help="Folder of training images (no labels needed).")

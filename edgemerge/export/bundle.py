@@ -6,7 +6,6 @@ failure anywhere (bad input, a failed self-check) leaves no bundle behind.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -215,10 +214,6 @@ def _versions() -> dict[str, str]:
             "onnxruntime": onnxruntime.__version__}
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
-
-
 def default_out(opts: ExportOptions) -> Path:
     """MODEL-VARIANT, plus whatever differs from the defaults (fp16, HxW, native ops, batch), so
     that a native or 128x128 export does not replace the plugin/512x512 one."""
@@ -388,9 +383,9 @@ def _write_bundle(out: Path, opts: ExportOptions, ref: _Reference, proto: onnx.M
         np.savez(tmp / "reference.npz", **{f"input_{i}": b for i, b in enumerate(ref.batches)},
                  **{f"output_{i}": o for i, o in enumerate(ref.outputs)})
         manifest = _manifest(opts, ref, proto, sha256_file(onnx_path), figures)
-        _write_json(tmp / "manifest.json", manifest.to_dict())
+        (tmp / "manifest.json").write_text(manifest.to_json())
         _finish_engine_or_script(tmp, manifest, opts, progress, build_engine)
-        _write_json(tmp / "manifest.json", manifest.to_dict())
+        (tmp / "manifest.json").write_text(manifest.to_json())
         os.chmod(tmp, 0o755)
         _replace_dir(tmp, out)
     except OSError as e:

@@ -1,8 +1,9 @@
 """PyTorch -> ONNX: merge ops as `edgemerge` nodes with their function bodies, or inlined.
 
 torch's dynamo exporter sees each merge op as one opaque `torch.ops.edgemerge.*` call; the
-translation table below, derived from the op spec (edgemerge/opspec.py), writes it as a node in the `edgemerge` domain whose op_type is the
-TensorRT plugin name, with `plugin_namespace` and its static counts as attributes. `finalize`
+translation table below, derived from the op spec (edgemerge/opspec.py), writes it as a node in
+the `edgemerge` domain whose op_type is the TensorRT plugin name, with `plugin_namespace` and its
+static counts as attributes. `finalize`
 then adds the model-local functions (plugin mode) or inlines them (native mode).
 """
 

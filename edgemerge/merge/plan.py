@@ -19,7 +19,6 @@ else:  # pragma: no cover
 from edgemerge.errors import EdgemergeError
 
 
-
 @dataclass(frozen=True)
 class GridSite:
     """Segformer++ merging of one token set: r = int(n * ratio) sources into one dst per cell."""

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from edgemerge.models.tokens import TokenState
 from edgemerge.models.vit import Mlp, VisionTransformer
 
 
@@ -117,7 +118,7 @@ class Segmenter(nn.Module):
         scores = self.decoder(tokens[:, p:].to(dec_dtype)).float()  # [B, N', K]; fp32 from here
         return self.masks(scores, state, (H, W))
 
-    def masks(self, scores: Tensor, state, hw: tuple[int, int]) -> Tensor:
+    def masks(self, scores: Tensor, state: TokenState, hw: tuple[int, int]) -> Tensor:
         """Per-token class scores [B, N', K] -> logits [B, K, H, W]: unmerged through the state's
         `source` (one gather), laid on the patch grid, upsampled to the input."""
         B, (H, W), p = scores.shape[0], hw, self.encoder.num_prefix_tokens

@@ -102,10 +102,11 @@ def _soft_segmenter(model, plan, merge_state: dict[str, Tensor], opts: TrainOpti
     """ALGM's global site: one Linear(C -> C) on the tokens (the checkpoint's, else the identity)."""
     import dataclasses
 
-    from edgemerge.merge.patch import apply_merging, identity_or_state, remove_merging
+    from edgemerge.merge.patch import apply_merging, identity_or_state, learned_metric_keys, remove_merging
     from edgemerge.train.segmenter import soft_segmenter_forward
 
-    key = f"encoder.blocks.{plan.global_layer}.dtem_metric."
+    [weight_key] = learned_metric_keys(opts.model, plan)  # the key export and validate read
+    key = weight_key.removesuffix("weight")
     metric = identity_or_state(model.encoder.pos_embed.shape[-1], merge_state, key, model.encoder.pos_embed).float()
     hard = dataclasses.replace(plan, metric="tokens")  # the global block's own merge is bypassed
 

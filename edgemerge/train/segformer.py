@@ -35,8 +35,7 @@ class SoftSegformerAttention(SegformerAttention):
         assign = soft.soft_grid(self.dtem_metric[kind](tokens.detach()), r, src, dst, top_k=self.em_top_k,
                                 tau=self.em_tau)
         if self.em_stats is not None:
-            self.em_stats.counts.append(r)
-            self.em_stats.mass.append(float(assign.detach().sum((-1, -2)).mean()))
+            self.em_stats.note(r, assign)
         return assign, src, dst
 
     def reduce_kv(self, kv: Tensor, hw: tuple[int, int]) -> tuple[Tensor, Tensor | None]:
@@ -78,6 +77,7 @@ def apply_soft_segformer(model: nn.Module, plan: SegformerPlan, metrics: nn.Modu
             if key not in metrics:
                 continue
             _swap(blk.attn, SoftSegformerAttention, em_kv=plan.kv.get(s), em_q=plan.q.get(s),
-                  em_pool=s in plan.q_pool, em_proportional=plan.proportional, em_tau=tau, em_top_k=top_k, em_stats=stats)
+                  em_pool=s in plan.q_pool, em_proportional=plan.proportional, em_tau=tau, em_top_k=top_k,
+                  em_stats=stats)
             blk.attn.dtem_metric = metrics[key]
     return model

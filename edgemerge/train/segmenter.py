@@ -51,8 +51,7 @@ def soft_segmenter_forward(model: Segmenter, plan: ALGMPlan, metric: nn.Module, 
             presence = (merged_size / size).clamp(SIZE_FLOOR, 1.0)  # sources 1 - m, destinations 1
             bias = presence.log()[:, None, None, :]  # [B, 1, 1, N]
             if stats is not None:
-                stats.counts.append(r)
-                stats.mass.append(float(assign.detach().sum((-1, -2)).mean()))
+                stats.note(r, assign)
         x = x + blk.mlp(blk.norm2(x))
     tokens = enc.norm(x)
     dec_bias = bias[..., p:] if bias is not None else None

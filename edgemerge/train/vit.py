@@ -30,6 +30,11 @@ class SoftStats:
     counts: list[int] = field(default_factory=list)
     mass: list[float] = field(default_factory=list)
 
+    def note(self, r: int, assign: Tensor) -> None:
+        """One site's count and the mass its assignment [B, S, D] moved (mean over the batch)."""
+        self.counts.append(r)
+        self.mass.append(float(assign.detach().sum((-1, -2)).mean()))
+
 
 def soft_vit_forward(model: VisionTransformer, metrics: nn.ModuleList, images: Tensor, r: int, *,
                      top_k: int = 3, tau_score: float = 0.1, tau_pick: float = 0.1,
@@ -56,8 +61,7 @@ def soft_vit_forward(model: VisionTransformer, metrics: nn.ModuleList, images: T
             size = torch.cat([sa[:, :protect], sa.gather(1, order), size[:, n:]], 1)
             n -= k
             if stats is not None:
-                stats.counts.append(k)
-                stats.mass.append(float(assign.detach().sum((-1, -2)).mean()))
+                stats.note(k, assign)
         x = x + blk.mlp(blk.norm2(x))
     x = model.norm(x)
     logits = model.head(x[:, 0])
