@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
 
     for v in variants:
         res = results["variants"].setdefault(v, {})
-        res.setdefault("gflops", gflops(MODEL, v, (H, W)))
+        res.setdefault("gflops", gflops(MODEL, v, (H, W), num_classes=NUM_CLASSES))
         if "torch" in backends and "torch" not in res:
             model, _, _ = build_reference(MODEL, v, checkpoint=args.checkpoint, resolution=(H, W))
 

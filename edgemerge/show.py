@@ -34,7 +34,7 @@ class MergeSite:
     """Merge decisions of one site for the first image of the batch."""
 
     module: str  # e.g. 'encoder.stages.0.blocks.0.attn'
-    kind: str  # 'kv' | 'queries' | 'pool' (n2d) | 'tokens' (ViT, cumulative)
+    kind: str  # 'kv' | 'queries' | 'pool' (n2d) | 'ffn' (MixFFN's fc1) | 'tokens' (ViT, cumulative)
     grid: tuple[int, int]  # token grid (h, w) the groups live on
     slot: np.ndarray  # [h*w] int: index of the merged token holding each grid token
     tokens_in: int
@@ -112,6 +112,7 @@ def _recording_hooks(rec: _Recorder, names: dict[int, str], vit) -> dict[tuple[t
 
     orig_kv, orig_q = patch.SegformerPPAttention.reduce_kv, patch.SegformerPPAttention.reduce_queries
     orig_tokens = patch.MergingBlock.reduce_tokens
+    orig_ffn = patch.SegformerPPMixFFN.reduce_tokens
 
     def reduce_kv(self, kv, hw):
         return rec.run_as(names.get(id(self), "?"), "kv", tuple(hw), orig_kv, self, kv, hw)
@@ -121,6 +122,9 @@ def _recording_hooks(rec: _Recorder, names: dict[int, str], vit) -> dict[tuple[t
         if self.em_pool:  # n2d: 2x2 average pooling is a fixed grouping
             rec.sites.append(_pool_site(names.get(id(self), "?"), hw))
         return out
+
+    def reduce_ffn(self, x, hw):
+        return rec.run_as(names.get(id(self), "?"), "ffn", tuple(hw), orig_ffn, self, x, hw)
 
     def reduce_tokens(self, x, state, keys, normed):
         x_out, state_out = rec.run_as(names.get(id(self), "?"), "tokens", None, orig_tokens, self, x, state, keys,
@@ -134,7 +138,8 @@ def _recording_hooks(rec: _Recorder, names: dict[int, str], vit) -> dict[tuple[t
 
     return {(patch.SegformerPPAttention, "reduce_kv"): reduce_kv,
             (patch.SegformerPPAttention, "reduce_queries"): reduce_queries,
-            (patch.MergingBlock, "reduce_tokens"): reduce_tokens}
+            (patch.MergingBlock, "reduce_tokens"): reduce_tokens,
+            (patch.SegformerPPMixFFN, "reduce_tokens"): reduce_ffn}
 
 
 def _pool_site(module: str, hw) -> MergeSite:

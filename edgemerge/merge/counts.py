@@ -98,8 +98,12 @@ def _refusing(where: str, fn: Callable) -> Callable:
     return call
 
 
+_STAGE_COUNTS = ("queries_in", "queries_kept", "kv_in", "kv_kept", "ffn_in", "ffn_kept")
+
+
 def _watch_segformer(model: nn.Module, seen: dict) -> Callable[[], dict[str, Any]]:
-    """Wrap every attention's reduce_queries / reduce_kv (the merge hooks) to note tokens in and out."""
+    """Wrap every merge hook (attention's reduce_queries / reduce_kv, MixFFN's reduce_tokens) to
+    note tokens in and out."""
     stages = model.encoder.stages
     for s, stage in enumerate(stages, start=1):
         for attn in (blk.attn for blk in stage.blocks):
@@ -114,10 +118,17 @@ def _watch_segformer(model: nn.Module, seen: dict) -> Callable[[], dict[str, Any
                 return out
 
             attn.reduce_queries, attn.reduce_kv = reduce_queries, reduce_kv
+        for mlp in (blk.mlp for blk in stage.blocks):
+            def reduce_ffn(x, hw, _s=s, _f=_refusing(f"stage {s} MixFFN", mlp.reduce_tokens)):
+                out = _f(x, hw)
+                seen.setdefault(_s, {}).update(ffn_in=x.shape[1], ffn_kept=out[0].shape[1])
+                return out
+
+            mlp.reduce_tokens = reduce_ffn
 
     def report() -> dict[str, Any]:
         return {"stages": [{"stage": s, "grid": seen[s]["grid"], "blocks": len(stage.blocks),
-                            **{k: seen[s][k] for k in ("queries_in", "queries_kept", "kv_in", "kv_kept")}}
+                            **{k: seen[s][k] for k in _STAGE_COUNTS}}
                            for s, stage in enumerate(stages, start=1)]}
     return report
 

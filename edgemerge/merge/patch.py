@@ -19,7 +19,7 @@ from edgemerge.errors import EdgemergeError
 from edgemerge.merge import core
 from edgemerge.merge.plan import (ALGMPlan, GridSite, MergePlan, NoPlan, SegformerPlan, ToMePlan,
                                   algm_global_count, algm_local_count, tome_count)
-from edgemerge.models.segformer import SegformerAttention
+from edgemerge.models.segformer import MixFFN, SegformerAttention
 from edgemerge.models.tokens import TokenState
 from edgemerge.models.vit import Attention, Block, VisionTransformer
 
@@ -58,6 +58,17 @@ class SegformerPPAttention(SegformerAttention):
         """The tokens themselves (Segformer++), or a learned projection of them (one MatMul)."""
         learned = getattr(self, "dtem_metric", None)
         return learned[kind](tokens) if learned is not None and kind in learned else tokens
+
+
+class SegformerPPMixFFN(MixFFN):
+    """MixFFN with fc1's input merged by grid matching and fc1's output restored for the conv."""
+
+    em_ffn: GridSite
+
+    def reduce_tokens(self, x: Tensor, hw: tuple[int, int]):
+        src, dst = core.grid(hw[0], hw[1], self.em_ffn.sy, self.em_ffn.sx)
+        fns = core.bipartite_match(x, self.em_ffn.count(x.shape[1]), src, dst)
+        return fns.merge(x)[0], fns.unmerge
 
 
 def pool_queries(x: Tensor, hw: tuple[int, int]) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
@@ -269,6 +280,8 @@ def apply_merging(model: nn.Module, plan: MergePlan, *, dtem_state: dict[str, Te
                 if plan.metric == "learned":
                     blk.attn.dtem_metric = segformer_metrics(blk.attn, plan, s, dtem_state or {},
                                                              f"encoder.stages.{s - 1}.blocks.{b}.attn.dtem_metric.")
+                if s in plan.ffn:
+                    _swap(blk.mlp, SegformerPPMixFFN, em_ffn=plan.ffn[s])
         return model
     vit = _vit_of(model)
     protect = vit.num_prefix_tokens

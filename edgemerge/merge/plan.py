@@ -36,6 +36,7 @@ class SegformerPlan:
     kv: dict[int, GridSite] = field(default_factory=dict)  # stage (1-based) -> site
     q: dict[int, GridSite] = field(default_factory=dict)
     q_pool: tuple[int, ...] = ()  # n2d: stages whose queries are 2x2-average-pooled
+    ffn: dict[int, GridSite] = field(default_factory=dict)  # MixFFN's fc1 input merged (cosine), restored for the conv
     proportional: bool = False  # log(size) on merged keys (Segformer++ does not use it)
     metric: str = "tokens"  # "tokens" (Segformer++: cosine of the tokens) or "learned" (a Linear(C -> C) per site)
 
@@ -109,7 +110,7 @@ def get_plan(model: str, variant: str, *, calibration: dict[str, Any] | None = N
     if family == "segformer":
         pool = v.get("q_pool", {})
         return SegformerPlan(kv=_grid_sites(v.get("kv", {})), q=_grid_sites(v.get("q", {})),
-                             q_pool=tuple(int(s) for s in pool.get("stages", [])),
+                             q_pool=tuple(int(s) for s in pool.get("stages", [])), ffn=_grid_sites(v.get("ffn", {})),
                              proportional=bool(v.get("proportional", False)), metric=v.get("metric", "tokens"))
     if family in ("vit", "deit"):
         return ToMePlan(r=int(v["r"]), metric=v.get("metric", "keys"), metric_dim=int(v.get("metric_dim", 64)))

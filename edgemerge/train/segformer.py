@@ -1,10 +1,11 @@
-"""Segformer++ sites merged softly, for training their learned metric (keys/values and queries).
+"""Segformer++ sites merged softly, for training their learned metric (keys/values and queries;
+MixFFN's fc1 sites, which have none, merge at a near-zero temperature as at inference).
 
 Each attention's sites start from fresh tokens (sizes 1), so no state crosses blocks. Keys/values:
 the soft merge keeps all Nkv tokens and removes a merged one through the attention bias,
 log(size) with proportional attention, else log(min(size, 1)) - a destination counts once, as a
 hard-merged key does without proportional attention (train with what inference does). Queries:
-merged softly, attention on all of them, outputs unmerged softly.
+merged softly, attention on all of them, outputs unmerged softly; MixFFN's fc1 input the same way.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from torch import Tensor, nn
 from edgemerge.merge import core, soft
 from edgemerge.merge.patch import _swap, pool_queries, segformer_metrics
 from edgemerge.merge.plan import GridSite, SegformerPlan
-from edgemerge.models.segformer import SegformerAttention
+from edgemerge.models.segformer import MixFFN, SegformerAttention
 from edgemerge.train.vit import SIZE_FLOOR, SoftStats
 
 
@@ -56,6 +57,21 @@ class SoftSegformerAttention(SegformerAttention):
         return merged, lambda t: soft.soft_unmerge(t, assign, src, dst)
 
 
+class SoftMixFFN(MixFFN):
+    """fc1 on the softly merged tokens (all kept), its output unmerged softly before the conv."""
+
+    em_ffn: GridSite
+    em_tau: float
+    em_top_k: int
+
+    def reduce_tokens(self, x: Tensor, hw: tuple[int, int]) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+        src, dst = core.grid(hw[0], hw[1], self.em_ffn.sy, self.em_ffn.sx)
+        assign = soft.soft_grid(x.detach(), self.em_ffn.count(x.shape[1]), src, dst, top_k=self.em_top_k,
+                                tau=self.em_tau)
+        merged, _ = soft.soft_merge(x, x.new_ones(x.shape[:2]), assign, src, dst)
+        return merged, lambda t: soft.soft_unmerge(t, assign, src, dst)
+
+
 def segformer_soft_metrics(model: nn.Module, plan: SegformerPlan, state: dict[str, Tensor]) -> nn.ModuleDict:
     """Trainable metrics of every site, keyed by their checkpoint prefix (dots as '/')."""
     out = nn.ModuleDict()
@@ -70,9 +86,15 @@ def segformer_soft_metrics(model: nn.Module, plan: SegformerPlan, state: dict[st
 
 def apply_soft_segformer(model: nn.Module, plan: SegformerPlan, metrics: nn.ModuleDict, *, tau: float,
                          top_k: int, stats: SoftStats | None = None) -> nn.Module:
-    """Swap every attention with a site for its soft version (undo with merge.remove_merging)."""
+    """Swap every attention and MixFFN with a site for its soft version (undo with merge.remove_merging)."""
     for s, stage in enumerate(model.encoder.stages, start=1):
         for b, blk in enumerate(stage.blocks):
+            if s in plan.ffn:
+                # no learned metric here (one cost more than it saved: benchmarks/README.md), but
+                # the site merges as at inference: the tokens' cosine at tau 1e-6 decides as the
+                # hard op (up to exact ties), with gradients through to the earlier sites' metrics
+                # (the hard op has no autograd formula)
+                _swap(blk.mlp, SoftMixFFN, em_ffn=plan.ffn[s], em_tau=1e-6, em_top_k=top_k)
             key = f"encoder/stages/{s - 1}/blocks/{b}/attn/dtem_metric/"
             if key not in metrics:
                 continue

@@ -44,6 +44,8 @@ def expected(cfg, variant: str) -> list[tuple[int, int]]:
             out += [(s["kv_in"], s["kv_kept"])] * s["blocks"]
         if s["queries_kept"] != s["queries_in"] and s["stage"] not in pooled:  # pooling does not match
             out += [(s["queries_in"], s["queries_kept"])] * s["blocks"]
+        if s["ffn_kept"] != s["ffn_in"]:
+            out += [(s["ffn_in"], s["ffn_kept"])] * s["blocks"]
     return out
 
 

@@ -43,21 +43,23 @@ def _slots(model, x):
     return slots
 
 
-@pytest.mark.parametrize("base", ["fast", "hq-pa"])
-def test_identity_metric_is_todays(base):
+@pytest.mark.parametrize("base,sites", [("fast", 8), ("hq-pa", 8), ("xfast-ffn-pa", 12)])
+def test_identity_metric_is_todays(base, sites):
     """Without a trained metric the -lm variant decides exactly what its base variant does."""
     x = torch.randn(1, 3, *RES, generator=torch.Generator().manual_seed(0))
     learned, _, _ = build_reference("segformer-b0", f"{base}-lm", resolution=RES)
     plain, _, _ = build_reference("segformer-b0", base, resolution=RES)
     a, b = _slots(learned, x), _slots(plain, x)
-    assert len(a) == len(b) == 8 and all(torch.equal(s, t) for s, t in zip(a, b))
+    assert len(a) == len(b) == sites and all(torch.equal(s, t) for s, t in zip(a, b))
 
 
 def test_train_lowers_the_loss_and_exports_a_matmul_metric(data, tmp_path):
+    """xfast-ffn-pa-lm: learned kv and query sites, pooled queries, proportional attention and the
+    MixFFN sites (cosine, no metric) together."""
     run = tmp_path / "run"
-    res = CliRunner().invoke(main, ["train-metric", "-m", "segformer-b0", "-v", "fast-lm", "-c", str(data / "b0.pth"),
-                                    "-i", str(data / "img"), "-o", str(run), "--steps", "6", "--batch", "4",
-                                    "--lr", "1e-3", "-r", "128x128"])
+    res = CliRunner().invoke(main, ["train-metric", "-m", "segformer-b0", "-v", "xfast-ffn-pa-lm", "-c",
+                                    str(data / "b0.pth"), "-i", str(data / "img"), "-o", str(run), "--steps", "6",
+                                    "--batch", "4", "--lr", "1e-3", "-r", "128x128"])
     assert res.exit_code == 0, res.output
     record = json.loads((run / "train_record.json").read_text())
     assert record["eval_after"]["soft_kl"] < record["eval_before"]["soft_kl"]
@@ -65,22 +67,26 @@ def test_train_lowers_the_loss_and_exports_a_matmul_metric(data, tmp_path):
     for site in record["picked_mass_last_step"]:
         assert 0 < site["mass"] <= site["r"] * 1.05
     x = torch.randn(1, 3, *RES, generator=torch.Generator().manual_seed(0))
-    trained, _, info = build_reference("segformer-b0", "fast-lm", checkpoint=str(run / "checkpoint.pth"),
+    trained, _, info = build_reference("segformer-b0", "xfast-ffn-pa-lm", checkpoint=str(run / "checkpoint.pth"),
                                        resolution=RES)
     assert len(info.merge_state) == 16
-    plain, _, _ = build_reference("segformer-b0", "fast", checkpoint=str(run / "checkpoint.pth"), resolution=RES)
+    plain, _, _ = build_reference("segformer-b0", "xfast-ffn-pa", checkpoint=str(run / "checkpoint.pth"),
+                                  resolution=RES)
     assert any(not torch.equal(s, t) for s, t in zip(_slots(trained, x), _slots(plain, x)))
-    m = export_bundle(ExportOptions("segformer-b0", "fast-lm", checkpoint=str(run / "checkpoint.pth"), resolution=RES,
-                                    out=str(tmp_path / "bundle")))
+    m = export_bundle(ExportOptions("segformer-b0", "xfast-ffn-pa-lm", checkpoint=str(run / "checkpoint.pth"),
+                                    resolution=RES, out=str(tmp_path / "bundle")))
     assert m["self_check"]["passed"]
     proto = onnx.load(tmp_path / "bundle" / "model.onnx")
     producer = {o: n for n in proto.graph.node for o in n.output}
     matches = [n for n in proto.graph.node if n.op_type == "TokenMatchBipartite"]
-    assert len(matches) == 8
-    for n in matches:  # metric = x @ W + b, straight into the existing match op
+    assert len(matches) == 12  # 8 attention sites + 4 MixFFN sites
+
+    def learned(n) -> bool:  # metric = x @ W + b, straight into the existing match op
         add = producer[n.input[0]]
-        assert add.op_type == "Add" and any(producer.get(i) is not None and producer[i].op_type == "MatMul"
+        return add.op_type == "Add" and any(producer.get(i) is not None and producer[i].op_type == "MatMul"
                                             for i in add.input)
+
+    assert sum(learned(n) for n in matches) == 8
 
 
 def test_learned_variant_needs_the_metric(data, tmp_path):
