@@ -33,6 +33,7 @@ from edgemerge.reference import build_reference
 from edgemerge.images import list_images, load_image, normalize
 from edgemerge.merge import get_plan, resolve
 from edgemerge.merge.flops import gflops
+from edgemerge.models.registry import configure
 
 MODEL = "segformer-b0"
 VARIANTS = ("none", "hq", "fast", "n2d")
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
 
     for v in variants:
         res = results["variants"].setdefault(v, {})
-        res.setdefault("gflops", gflops(MODEL, v, (H, W), num_classes=NUM_CLASSES))
+        res.setdefault("gflops", gflops(configure(MODEL, num_classes=NUM_CLASSES), v, (H, W)))
         if "torch" in backends and "torch" not in res:
             model, _, _ = build_reference(MODEL, v, checkpoint=args.checkpoint, resolution=(H, W))
 

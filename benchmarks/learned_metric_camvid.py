@@ -35,6 +35,7 @@ from edgemerge.reference import build_reference  # noqa: E402
 from edgemerge.images import list_images, load_image, normalize  # noqa: E402
 from edgemerge.merge.flops import gflops  # noqa: E402
 from edgemerge.models import get_config  # noqa: E402
+from edgemerge.models.registry import configure  # noqa: E402
 from edgemerge.train import TrainOptions, train_metric  # noqa: E402
 
 MODEL = "segformer-b0"
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
                 conf += confusion(p, lab)
         s = scores(conf)
         results.setdefault("eval", {})[v] = {"miou": s["miou"], "pixel_acc": s["pixel_acc"],
-                                             "gflops": gflops(MODEL, v, (H, W), num_classes=11)}
+                                             "gflops": gflops(configure(MODEL, num_classes=11), v, (H, W))}
         print(f"  {v}: mIoU {s['miou'] * 100:.2f}", file=sys.stderr, flush=True)
     for v in variants:
         results["eval"][v]["agreement"] = float(np.mean([np.mean(a == b) for a, b in zip(preds[v], preds["none"])]))

@@ -355,8 +355,8 @@ def _manifest(opts: ExportOptions, ref: _Reference, proto: onnx.ModelProto, onnx
         resolution=[H, W], batch=opts.batch, precision=opts.precision,
         merge_ops=opts.merge_ops, opset=opts.opset,
         plan={"model": opts.model, "variant": opts.variant, "resolution": [H, W], "plan": plan_dict(ref.plan),
-              **ref.counts, "gflops": gflops(opts.model, opts.variant, (H, W), calibration=ref.calibration,
-                                               num_classes=ref.num_classes)},
+              **ref.counts,  # counts and FLOPs of the model as built (a checkpoint's classes and tokens)
+              "gflops": gflops(ref.model.config, opts.variant, (H, W), calibration=ref.calibration)},
         inputs=inputs, outputs=outputs, mean=list(ref.cfg.mean), std=list(ref.cfg.std),
         num_classes=ref.num_classes,
         checkpoint=None if info is None else {"path": str(Path(info.path).resolve()), "format": info.format,

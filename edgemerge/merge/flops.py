@@ -7,10 +7,13 @@ registered below (the similarity matmul dominates).
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch.utils.flop_counter import FlopCounterMode, register_flop_formula
 
 from edgemerge.merge import ops  # noqa: F401
+from edgemerge.models.registry import ModelConfig, build_from_config, get_config
 
 
 @register_flop_formula(torch.ops.edgemerge.match_bipartite)
@@ -40,19 +43,21 @@ def count_gflops(model: torch.nn.Module, resolution: tuple[int, int], batch: int
     return counter.get_total_flops() / 1e9
 
 
-def gflops(model_name: str, variant: str, resolution: tuple[int, int], *, calibration: dict | None = None,
-           num_classes: int | None = None) -> dict:
+def gflops(model: str | ModelConfig, variant: str, resolution: tuple[int, int], *,
+           calibration: dict | None = None) -> dict:
     """{'merged': G, 'unmerged': G, 'ratio': unmerged / merged} for batch 1 at `resolution`.
 
-    `num_classes` defaults to the zoo model's (ADE20K's 150 for Segformer, whose classifier then
-    costs 0.94 GFLOPs at 384x512; CamVid's 11 cost 0.07): pass a checkpoint's to count its model."""
+    `model`: a zoo name, or the config a built model carries (`model.config`), as for
+    `counts.resolve`: a checkpoint's class count changes Segformer's classifier (150 classes cost
+    0.94 GFLOPs at 384x512, CamVid's 11 cost 0.07), a distilled DeiT has one token more."""
     from edgemerge.merge import apply_merging, get_plan
-    from edgemerge.models import build_model, deployed_form
+    from edgemerge.models import deployed_form
 
+    cfg = get_config(model) if isinstance(model, str) else model
     with torch.device("meta"):
-        model = build_model(model_name, resolution=resolution, num_classes=num_classes)
-    deployed_form(model)  # FLOPs of what is exported
-    unmerged = count_gflops(model, resolution)
-    apply_merging(model, get_plan(model_name, variant, calibration=calibration))
-    merged = count_gflops(model, resolution)
+        net = build_from_config(dataclasses.replace(cfg, resolution=tuple(resolution)))
+    deployed_form(net)  # FLOPs of what is exported
+    unmerged = count_gflops(net, resolution)
+    apply_merging(net, get_plan(cfg.name, variant, calibration=calibration))
+    merged = count_gflops(net, resolution)
     return {"merged": round(merged, 3), "unmerged": round(unmerged, 3), "ratio": round(unmerged / merged, 3)}

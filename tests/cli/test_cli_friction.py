@@ -52,10 +52,11 @@ def test_export_names_the_checkpoint_and_says_when_it_replaces(tmp_path, monkeyp
     assert "checkpoint  " in first.stdout and "19 classes" in first.stdout
     from edgemerge.manifest import read_manifest
     from edgemerge.merge.flops import gflops
+    from edgemerge.models.registry import configure
 
     # the manifest counts the checkpoint's 19-class head, not the zoo's 150
     counted = read_manifest(tmp_path / "segformer-b0-fast-128x128")["plan"]["gflops"]
-    assert counted == gflops("segformer-b0", "fast", (128, 128), num_classes=19)
+    assert counted == gflops(configure("segformer-b0", num_classes=19), "fast", (128, 128))
     assert counted["unmerged"] < gflops("segformer-b0", "fast", (128, 128))["unmerged"]
     second = run_cli(*args)
     assert second.exit_code == 0, second.output

@@ -68,3 +68,6 @@ def test_a_distilled_deit_protects_two_tokens():
     merges, protect = merges_on_meta(cfg, "tome")
     assert protect == 2 and merges == expected(cfg, "tome")
     assert merges != expected(zoo, "tome")
+    from edgemerge.merge.flops import gflops
+
+    assert gflops(cfg, "tome", cfg.resolution)["unmerged"] > gflops(zoo, "tome", zoo.resolution)["unmerged"]
