@@ -46,7 +46,10 @@ def test_ctrl_c_during_calibrate_exits_130(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-m", "edgemerge.cli", "calibrate", "-m", "segmenter-vit-t",
                              "-i", str(images), "-r", "256x256", "-o", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
+                            # a runner started in the background (`cmd &`) hands its children SIGINT
+                            # ignored, and Python then installs no KeyboardInterrupt handler
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         first = proc.stderr.readline()  # the calibration is under way
         assert first.startswith("edgemerge: calibrating: image 1/400"), first
