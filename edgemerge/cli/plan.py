@@ -35,12 +35,13 @@ def plan(model: str, variant: str, resolution: tuple[int, int] | None, calibrati
     from rich.table import Table
 
     if "stages" in out:
-        table = Table("stage", "grid", "blocks", "queries in", "queries kept", "kv in", "kv kept", "ffn in",
-                      "ffn kept", title=f"{model} {variant} at {res[0]}x{res[1]}")
+        from edgemerge.merge.counts import STAGE_COUNTS
+
+        table = Table("stage", "grid", "blocks", *(k.replace("_", " ") for k in STAGE_COUNTS),
+                      title=f"{model} {variant} at {res[0]}x{res[1]}")
         for s in out["stages"]:
             table.add_row(str(s["stage"]), "x".join(map(str, s["grid"])), str(s["blocks"]),
-                          *(str(s[k]) for k in ("queries_in", "queries_kept", "kv_in", "kv_kept", "ffn_in",
-                                                "ffn_kept")))
+                          *(str(s[k]) for k in STAGE_COUNTS))
     else:
         table = Table("block", "tokens in", "tokens kept", title=f"{model} {variant} at {res[0]}x{res[1]}")
         for s in out["sites"]:

@@ -18,7 +18,7 @@ from torch import nn
 
 from edgemerge.errors import EdgemergeError
 from edgemerge.merge.patch import _vit_of, apply_merging
-from edgemerge.merge.plan import ALGMPlan, MergePlan, SegformerPlan
+from edgemerge.merge.plan import ALGMPlan, MergePlan
 from edgemerge.models.registry import ModelConfig, build_from_config, get_config
 
 
@@ -98,7 +98,8 @@ def _refusing(where: str, fn: Callable) -> Callable:
     return call
 
 
-_STAGE_COUNTS = ("queries_in", "queries_kept", "kv_in", "kv_kept", "ffn_in", "ffn_kept")
+# a Segformer stage's counts, in the order `edgemerge plan` prints them
+STAGE_COUNTS = ("queries_in", "queries_kept", "kv_in", "kv_kept", "ffn_in", "ffn_kept")
 
 
 def _watch_segformer(model: nn.Module, seen: dict) -> Callable[[], dict[str, Any]]:
@@ -128,7 +129,7 @@ def _watch_segformer(model: nn.Module, seen: dict) -> Callable[[], dict[str, Any
 
     def report() -> dict[str, Any]:
         return {"stages": [{"stage": s, "grid": seen[s]["grid"], "blocks": len(stage.blocks),
-                            **{k: seen[s][k] for k in _STAGE_COUNTS}}
+                            **{k: seen[s][k] for k in STAGE_COUNTS}}
                            for s, stage in enumerate(stages, start=1)]}
     return report
 

@@ -37,9 +37,7 @@ class SegformerPPAttention(SegformerAttention):
     def reduce_kv(self, kv: Tensor, hw: tuple[int, int]) -> tuple[Tensor, Tensor | None]:
         if self.em_kv is None:
             return kv, None
-        site = self.em_kv
-        src, dst = core.grid(hw[0], hw[1], site.sy, site.sx)
-        kv, size = core.bipartite_match(self._metric("kv", kv), site.count(kv.shape[1]), src, dst).merge(kv)
+        kv, size = grid_match(self._metric("kv", kv), self.em_kv, hw).merge(kv)
         if not self.em_proportional or size is None:
             return kv, None
         return kv, size.log().transpose(1, 2)[:, None].to(kv.dtype)  # [B, 1, 1, Nkv]
@@ -49,9 +47,7 @@ class SegformerPPAttention(SegformerAttention):
             return pool_queries(x, hw)
         if self.em_q is None:
             return x, lambda t: t
-        site = self.em_q
-        src, dst = core.grid(hw[0], hw[1], site.sy, site.sx)
-        fns = core.bipartite_match(self._metric("q", x), site.count(x.shape[1]), src, dst)
+        fns = grid_match(self._metric("q", x), self.em_q, hw)
         return fns.merge(x)[0], fns.unmerge
 
     def _metric(self, kind: str, tokens: Tensor) -> Tensor:
@@ -66,9 +62,15 @@ class SegformerPPMixFFN(MixFFN):
     em_ffn: GridSite
 
     def reduce_tokens(self, x: Tensor, hw: tuple[int, int]):
-        src, dst = core.grid(hw[0], hw[1], self.em_ffn.sy, self.em_ffn.sx)
-        fns = core.bipartite_match(x, self.em_ffn.count(x.shape[1]), src, dst)
+        fns = grid_match(x, self.em_ffn, hw)
         return fns.merge(x)[0], fns.unmerge
+
+
+def grid_match(metric: Tensor, site: GridSite, hw: tuple[int, int]) -> core.MergeFns:
+    """Segformer++'s matching at one site: site.count(N) sources into the anchors of the cells of
+    an hw token grid, decided on `metric` [B, N, C]."""
+    src, dst = core.grid(hw[0], hw[1], site.sy, site.sx)
+    return core.bipartite_match(metric, site.count(metric.shape[1]), src, dst)
 
 
 def pool_queries(x: Tensor, hw: tuple[int, int]) -> tuple[Tensor, Callable[[Tensor], Tensor]]:

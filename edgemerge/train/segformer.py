@@ -31,13 +31,8 @@ class SoftSegformerAttention(SegformerAttention):
     em_stats: SoftStats | None
 
     def _assign(self, kind: str, tokens: Tensor, site: GridSite, hw: tuple[int, int]):
-        src, dst = core.grid(hw[0], hw[1], site.sy, site.sx)
-        r = site.count(tokens.shape[1])
-        assign = soft.soft_grid(self.dtem_metric[kind](tokens.detach()), r, src, dst, top_k=self.em_top_k,
-                                tau=self.em_tau)
-        if self.em_stats is not None:
-            self.em_stats.note(r, assign)
-        return assign, src, dst
+        return _soft_assign(self.dtem_metric[kind](tokens.detach()), site, hw, top_k=self.em_top_k,
+                            tau=self.em_tau, stats=self.em_stats)
 
     def reduce_kv(self, kv: Tensor, hw: tuple[int, int]) -> tuple[Tensor, Tensor | None]:
         if self.em_kv is None:
@@ -52,9 +47,7 @@ class SoftSegformerAttention(SegformerAttention):
             return pool_queries(x, hw)
         if self.em_q is None:
             return x, lambda t: t
-        assign, src, dst = self._assign("q", x, self.em_q, hw)
-        merged, _ = soft.soft_merge(x, x.new_ones(x.shape[:2]), assign, src, dst)
-        return merged, lambda t: soft.soft_unmerge(t, assign, src, dst)
+        return _soft_merged(x, *self._assign("q", x, self.em_q, hw))
 
 
 class SoftMixFFN(MixFFN):
@@ -65,11 +58,25 @@ class SoftMixFFN(MixFFN):
     em_top_k: int
 
     def reduce_tokens(self, x: Tensor, hw: tuple[int, int]) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
-        src, dst = core.grid(hw[0], hw[1], self.em_ffn.sy, self.em_ffn.sx)
-        assign = soft.soft_grid(x.detach(), self.em_ffn.count(x.shape[1]), src, dst, top_k=self.em_top_k,
-                                tau=self.em_tau)
-        merged, _ = soft.soft_merge(x, x.new_ones(x.shape[:2]), assign, src, dst)
-        return merged, lambda t: soft.soft_unmerge(t, assign, src, dst)
+        return _soft_merged(x, *_soft_assign(x.detach(), self.em_ffn, hw, top_k=self.em_top_k, tau=self.em_tau))
+
+
+def _soft_assign(metric: Tensor, site: GridSite, hw: tuple[int, int], *, top_k: int, tau: float,
+                 stats: SoftStats | None = None) -> tuple[Tensor, tuple[int, ...], tuple[int, ...]]:
+    """The relaxation of patch.grid_match at one site: (assign [B, S, D], src, dst)."""
+    src, dst = core.grid(hw[0], hw[1], site.sy, site.sx)
+    r = site.count(metric.shape[1])
+    assign = soft.soft_grid(metric, r, src, dst, top_k=top_k, tau=tau)
+    if stats is not None:
+        stats.note(r, assign)
+    return assign, src, dst
+
+
+def _soft_merged(x: Tensor, assign: Tensor, src: tuple[int, ...],
+                 dst: tuple[int, ...]) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+    """Tokens merged softly (all kept, sizes 1) and the soft restore of what is computed on them."""
+    merged, _ = soft.soft_merge(x, x.new_ones(x.shape[:2]), assign, src, dst)
+    return merged, lambda t: soft.soft_unmerge(t, assign, src, dst)
 
 
 def segformer_soft_metrics(model: nn.Module, plan: SegformerPlan, state: dict[str, Tensor]) -> nn.ModuleDict:
