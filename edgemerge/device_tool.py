@@ -186,6 +186,26 @@ def strip_functions(data: bytes, domain: str = DOMAIN) -> tuple[bytes, int]:
     return bytes(out), dropped
 
 
+_MODEL_METADATA_PROPS = 14  # onnx.proto: ModelProto.metadata_props (StringStringEntryProto key=1, value=2)
+SOURCE_SHA_KEY = "edgemerge.source_onnx_sha256"  # in a derived graph: sha256 of the model.onnx it was made from
+
+
+def derived_from(data: bytes) -> str | None:
+    """The `SOURCE_SHA_KEY` metadata property of a serialized ModelProto (None when absent), read
+    without the onnx package: a derived graph is reused only for the model.onnx it was made from."""
+    try:
+        for number, wire, _, vstart, end in _fields(data):
+            if number != _MODEL_METADATA_PROPS or wire != 2:
+                continue
+            sub = data[vstart:end]
+            entry = {n: sub[vs:e] for n, w, _, vs, e in _fields(sub) if w == 2}
+            if entry.get(1, b"").decode(errors="replace") == SOURCE_SHA_KEY:
+                return entry.get(2, b"").decode(errors="replace")
+    except DeviceError:
+        return None
+    return None
+
+
 # ---- the engine's layers: plugin layers per merge op -------------------------------------------
 
 def _layers(info) -> list:
@@ -204,8 +224,48 @@ def _layer_name(layer) -> str:
 
 
 def is_plugin_layer(layer) -> bool:
-    """A plugin layer: LayerType "PluginV2"/"PluginV3" (detailed verbosity)."""
+    """A plugin layer: a LayerType that starts with "Plugin" (detailed verbosity).
+
+    "PluginV2" is the string TensorRT's own trt-engine-explorer knows (trex/colors.py and
+    trex/plotting.py at NVIDIA/TensorRT v10.3.0 and v11.1); the string of an IPluginV3 layer is
+    confirmed by no source read so far ("PluginV3" assumed): `layer_types` records every LayerType
+    an engine holds, and `site_layer_types` those of the layers named after merge sites, so the
+    first real build shows it."""
     return isinstance(layer, dict) and str(layer.get("LayerType", "")).startswith("Plugin")
+
+
+def layer_types(info) -> dict[str, int]:
+    """{LayerType: count} over the engine's layers, as TensorRT wrote them ({} for names only)."""
+    counts: dict[str, int] = {}
+    for layer in _layers(info):
+        if isinstance(layer, dict):
+            kind = str(layer.get("LayerType", ""))
+            counts[kind] = counts.get(kind, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def site_layer_types(info, sites: dict[str, list[str]]) -> dict[str, dict[str, int]]:
+    """Per merge op, {LayerType: count} of the layers named after its merge sites (the plugin
+    layers when TensorRT took the plugin, whatever string it gives them)."""
+    kinds: dict[str, str] = {}
+    for layer in _layers(info):
+        if isinstance(layer, dict):
+            kinds.setdefault(_layer_name(layer), str(layer.get("LayerType", "")))
+    out: dict[str, dict[str, int]] = {}
+    for op, names in sites.items():
+        seen: dict[str, int] = {}
+        for name in names:
+            if name in kinds:
+                seen[kinds[name]] = seen.get(kinds[name], 0) + 1
+        out[op] = dict(sorted(seen.items()))
+    return out
+
+
+def layer_types_summary(types: dict[str, int] | None) -> str:
+    """'CaskConvolution 3, PluginV3 2' or why there is none."""
+    if not types:
+        return "not recorded"
+    return ", ".join(f"{kind or '(none)'} {n}" for kind, n in sorted(types.items()))
 
 
 def count_plugin_layers(info, sites: dict[str, list[str]]) -> dict[str, int]:
@@ -372,11 +432,15 @@ class BuildRecord:
     precision: str = "fp32"  # the bundle's manifest precision
     strongly_typed: bool = False
     fp16_flag: bool = False
-    tf32: bool = False
+    tf32: bool | None = None  # what the build used; None: not stated by the builder (never assumed)
     build_seconds: float | None = None
     graph: str = AS_IS  # what the parser was given: AS_IS, STRIP or NATIVE
     # per merge op: {"sites": n, "plugin_layers": k}; None when the layers were not inspected
     plugin_layers: dict | None = None
+    # the LayerType strings the engine's layer information holds ({type: count}) and, per merge op,
+    # those of the layers named after its merge sites; None when the layers were not inspected
+    layer_types: dict | None = None
+    site_layer_types: dict | None = None
     schema: int = RECORD_SCHEMA
     extra: dict = field(default_factory=dict)
 
@@ -449,8 +513,13 @@ def inspect_layers(layer_info, manifest: dict, *, uses_plugins: bool, allow_body
 def make_record(plan: Path, onnx_path: Path, manifest: dict, *, tensorrt_version: str, plugins: str,
                 plugins_sha256: str | None, strongly_typed: bool, fp16_flag: bool, graph: str,
                 plugin_layers: dict | None, edgemerge_version: str, build_seconds: float | None = None,
-                extra: dict | None = None) -> BuildRecord:
-    """The record of an engine built from `onnx_path` (the bundle's model.onnx) with `graph`."""
+                extra: dict | None = None, tf32: bool | None = None, layer_info=None) -> BuildRecord:
+    """The record of an engine built from `onnx_path` (the bundle's model.onnx) with `graph`.
+
+    `tf32`: what the build used (trtexec: `trtexec_tf32` of its arguments; a builder config: its
+    flag); None records that the caller did not say. `layer_info`: the engine inspector's JSON;
+    when None, the layer file beside the engine (model.plan.layers.json) if there is one, so
+    every route records the LayerType strings it saw."""
     if not plan.is_file():
         raise DeviceError(f"{plan}: engine file not found")
     onnx_sha = sha256_file(onnx_path)
@@ -458,6 +527,18 @@ def make_record(plan: Path, onnx_path: Path, manifest: dict, *, tensorrt_version
     if want and want != onnx_sha:
         raise DeviceError(f"{onnx_path}: sha256 differs from manifest.json (edited or from another export): "
                           "re-export the bundle")
+    if layer_info is None and layers_path(plan).is_file():
+        try:
+            layer_info = json.loads(layers_path(plan).read_text())
+        except (OSError, json.JSONDecodeError):
+            layer_info = None
+    types = sites_types = None
+    if layer_info is not None:
+        try:
+            types = layer_types(layer_info)
+            sites_types = site_layer_types(layer_info, merge_sites(manifest))
+        except DeviceError:  # not an inspector JSON: nothing to record, the count refused it already
+            types = sites_types = None
     gpu_name, cc = query_gpu()
     return BuildRecord(
         tensorrt_version=tensorrt_version, gpu_name=gpu_name or "unknown", compute_capability=cc or "unknown",
@@ -465,8 +546,16 @@ def make_record(plan: Path, onnx_path: Path, manifest: dict, *, tensorrt_version
         engine_sha256=sha256_file(plan), engine_size=plan.stat().st_size, edgemerge_version=edgemerge_version,
         build_time=datetime.fromtimestamp(plan.stat().st_mtime, timezone.utc).isoformat(timespec="seconds"),
         precision=manifest.get("precision", "fp32"), strongly_typed=strongly_typed, fp16_flag=fp16_flag,
-        tf32=False, build_seconds=build_seconds, graph=graph, plugin_layers=plugin_layers,
+        tf32=tf32, build_seconds=build_seconds, graph=graph, plugin_layers=plugin_layers,
+        layer_types=types, site_layer_types=sites_types,
         extra={k: manifest[k] for k in ("model", "variant", "merge_ops") if k in manifest} | (extra or {}))
+
+
+def trtexec_tf32(argv: list[str]) -> bool:
+    """Whether trtexec builds with TF32, from its arguments: on unless `--noTF32` (sampleOptions.h
+    `bool tf32{true}` and sampleOptions.cpp `getAndDelNegOption(arguments, "--noTF32", tf32)`:
+    NVIDIA/TensorRT v10.3.0 lines 213 / 1225, v11.1 lines 253 / 1213)."""
+    return "--noTF32" not in argv
 
 
 # ---- command line (build_on_device.sh) -------------------------------------------------------------
@@ -491,18 +580,24 @@ def graph_for(bundle: Path, version: tuple[int, int, int], plugins: bool) -> tup
         atomic_write_bytes(bundle / "model.trt.onnx", stripped, mode=0o644)
         return "model.trt.onnx", STRIP
     native = bundle / "model.native.onnx"
-    if not native.is_file():
+    source_sha = sha256_file(bundle / "model.onnx")
+    if not native.is_file() or derived_from(native.read_bytes()) != source_sha:
         try:  # the inliner needs onnx + onnxscript: an edgemerge install without torch is enough
             import onnx
 
             from edgemerge.graphs import inline_merge_ops
         except ImportError:
+            stale = " (the model.native.onnx here was made from another model.onnx)" if native.is_file() else ""
             raise DeviceError(
                 "without the plugin library the merge ops are built from their bodies, inlined; making "
-                "that graph here needs `pip install --no-deps edgemerge && pip install onnx onnxscript`, "
+                f"that graph here{stale} needs `pip install --no-deps edgemerge && pip install onnx onnxscript`, "
                 "or export with --merge-ops native") from None
-        atomic_write_bytes(native, inline_merge_ops(onnx.load(str(bundle / "model.onnx"))).SerializeToString(),
-                           mode=0o644)
+        inlined = inline_merge_ops(onnx.load(str(bundle / "model.onnx")))
+        kept = [p for p in inlined.metadata_props if p.key != SOURCE_SHA_KEY]
+        del inlined.metadata_props[:]
+        inlined.metadata_props.extend(kept)
+        inlined.metadata_props.add(key=SOURCE_SHA_KEY, value=source_sha)
+        atomic_write_bytes(native, inlined.SerializeToString(), mode=0o644)
     return native.name, NATIVE
 
 
@@ -534,10 +629,30 @@ def _cmd_record(args) -> str:
                          plugins=label, plugins_sha256=lib_sha, strongly_typed=args.strongly_typed,
                          fp16_flag=args.fp16, graph=args.graph, plugin_layers=layers,
                          edgemerge_version=manifest.get("versions", {}).get("edgemerge", "unknown"),
-                         extra={"built_by": "trtexec"})
+                         extra={"built_by": "trtexec"}, tf32=_tf32_of(args), layer_info=info)
     write_record(plan, record)
+    sites = "; ".join(f"{op} {layer_types_summary(t)}" for op, t in sorted((record.site_layer_types or {}).items()))
     return (f"{record_path(plan).name}: TensorRT {record.tensorrt_version}, {record.gpu_name} "
-            f"({record.compute_capability}), plugins {record.plugins}, plugin layers: {record.plugin_summary()}")
+            f"({record.compute_capability}), plugins {record.plugins}, tf32 {_on_off(record.tf32)}, "
+            f"plugin layers: {record.plugin_summary()}; layer types: {layer_types_summary(record.layer_types)}"
+            + (f"; merge-site layer types: {sites}" if sites else ""))
+
+
+def _on_off(flag: bool | None) -> str:
+    return "not stated" if flag is None else ("on" if flag else "off")
+
+
+def _tf32_of(args) -> bool | None:
+    """TF32 as the build used it: --trtexec-args (the trtexec command's arguments) or --tf32."""
+    if args.trtexec_args is not None:
+        import shlex
+
+        from_args = trtexec_tf32(shlex.split(args.trtexec_args))
+        if args.tf32 is not None and (args.tf32 == "on") != from_args:
+            raise DeviceError(f"--tf32 {args.tf32} contradicts the trtexec arguments given (--noTF32 "
+                              f"{'absent' if from_args else 'present'})")
+        return from_args
+    return None if args.tf32 is None else args.tf32 == "on"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -558,6 +673,9 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--plugins", help="the plugin library the engine was built with")
     r.add_argument("--strongly-typed", action="store_true")
     r.add_argument("--fp16", action="store_true")
+    r.add_argument("--trtexec-args",
+                   help='the trtexec command\'s arguments as one string (--trtexec-args="..."): TF32 is read from them')
+    r.add_argument("--tf32", choices=("on", "off"), help="TF32 as the build used it, when not from --trtexec-args")
     r.add_argument("--allow-body-only", action="store_true",
                    help="accept a plugin build whose engine holds fewer plugin layers than merge sites")
     args = ap.parse_args(argv)

@@ -2,6 +2,7 @@
 stripping without onnx, plugin-layer counting, the GPU architecture; all on the standard library."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,32 +13,63 @@ import pytest
 
 from edgemerge import device_tool as D
 from edgemerge.export.functions import OPS
+from trt import fake_trtexec
 from trt.trt_helpers import op_model
 
 TOOL = Path(D.__file__)
 ROUTES = [(10, 3, 0), (10, 6, 1), (10, 7, 0), (10, 14, 1), (10, 15, 1), (11, 1, 0)]
 
 
-@pytest.mark.parametrize("version,registered,namespace,function,override,expect", [
-    # <= 10.6: built-in, then local function, then plugin (ModelImporter.cpp release/10.1-GA)
-    ((10, 3, 0), True, True, True, False, D.FUNCTION),
-    ((10, 3, 0), True, True, False, False, D.PLUGIN),
-    ((10, 3, 0), False, True, True, False, D.FUNCTION),
-    ((10, 3, 0), False, True, False, False, D.UNSUPPORTED),
-    # 10.7 .. 10.14: a registered plugin beats the local function (Changelog 10.7 GA)
-    ((10, 7, 0), True, True, True, False, D.PLUGIN),
-    ((10, 14, 1), True, False, True, False, D.PLUGIN),
-    ((10, 14, 1), False, True, True, False, D.FUNCTION),
-    # >= 10.15: plugin first only for plugin_namespace or the override flag (Changelog 10.15 GA)
-    ((10, 15, 1), True, True, True, False, D.PLUGIN),
-    ((11, 1, 0), True, False, True, False, D.FUNCTION),
-    ((11, 1, 0), True, False, True, True, D.PLUGIN),
-    ((11, 1, 0), True, False, False, False, D.PLUGIN),
-    ((11, 1, 0), False, True, False, False, D.UNSUPPORTED),
-])
-def test_parser_rule(version, registered, namespace, function, override, expect):
-    assert D.parser_implementation(version, plugin_registered=registered, plugin_namespace=namespace,
-                                   local_function=function, plugin_override=override) == expect
+# The parser rule is judged against the stand-in's own table (tests/trt/fake_trtexec.py), written
+# from onnx-tensorrt's ModelImporter.cpp at each readable parser commit and the changelogs, never
+# from edgemerge.device_tool: a wrong rule must not be confirmed by its own copy.
+CASES = [dict(hit=h, has_ns=n, function=f, override=o)
+         for h in (False, True) for n in (False, True) for f in (False, True) for o in (False, True)]
+TABLE_VERSIONS = [row[0] for row in fake_trtexec.PARSER_TABLE] + [(10, 6, 1), (10, 14, 1), (10, 15, 1), (11, 1, 5)]
+
+
+def test_fake_trtexec_imports_nothing_of_edgemerge():
+    text = Path(fake_trtexec.__file__).read_text()
+    assert not re.search(r"^\s*(from|import)\s+edgemerge", text, re.M)
+
+
+@pytest.mark.parametrize("version", TABLE_VERSIONS, ids=lambda v: ".".join(map(str, v)))
+def test_parser_rule_matches_the_vendor_table(version):
+    for case in CASES:
+        want = fake_trtexec.parser_rule(version, **case)
+        got = D.parser_implementation(version, plugin_registered=case["hit"], plugin_namespace=case["has_ns"],
+                                      local_function=case["function"], plugin_override=case["override"])
+        assert got == want, (version, case)
+
+
+@pytest.mark.parametrize("version,row", [((10, 3, 0), "function-first"), ((10, 6, 0), "function-first"),
+                                         ((10, 7, 0), "plugin-before-function"),
+                                         ((10, 14, 1), "plugin-before-function"),
+                                         ((10, 15, 0), "namespace-or-override"), ((11, 1, 0), "namespace-or-override")])
+def test_vendor_table_rows(version, row):
+    """The boundaries of the table itself (10.7 GA and 10.15 GA changelog entries, the sources read
+    at 10.1, 10.14, 10.16 and 11.0), and a spot check of each rule by hand."""
+    assert fake_trtexec.parser_row(version)[1] == row
+    rule = lambda **k: fake_trtexec.parser_rule(version, **k)  # noqa: E731
+    carried = rule(hit=True, has_ns=True, function=True)
+    assert carried == (D.FUNCTION if row == "function-first" else D.PLUGIN)
+    assert rule(hit=True, has_ns=False, function=True) == (D.FUNCTION if row != "plugin-before-function" else D.PLUGIN)
+    assert rule(hit=False, has_ns=True, function=False) == D.UNSUPPORTED
+    with pytest.raises(KeyError):
+        fake_trtexec.parser_row((9, 3, 0))
+    with pytest.raises(KeyError):
+        fake_trtexec.parser_row((11, 2, 0))  # no parser source read: refused, not extrapolated
+
+
+@pytest.mark.parametrize("version", TABLE_VERSIONS, ids=lambda v: ".".join(map(str, v)))
+def test_choose_graph_against_the_vendor_table(version):
+    """model.onnx when the table gives our namespaced, registered nodes the plugin despite their
+    function; else the graph without functions when that reaches the plugin; never the bodies."""
+    with_function = fake_trtexec.parser_rule(version, hit=True, has_ns=True, function=True)
+    without = fake_trtexec.parser_rule(version, hit=True, has_ns=True, function=False)
+    want = D.AS_IS if with_function == D.PLUGIN else D.STRIP if without == D.PLUGIN else None
+    assert D.choose_graph(version, True) == want
+    assert D.choose_graph(version, False) == D.NATIVE
 
 
 def bundle_of(directory: Path, op_type: str, merge_ops: str = "plugin") -> Path:
@@ -51,10 +83,11 @@ def bundle_of(directory: Path, op_type: str, merge_ops: str = "plugin") -> Path:
 
 
 def implementations(model: onnx.ModelProto, version, plugins: bool) -> list[str]:
-    functions = {f.name for f in model.functions if f.domain == D.DOMAIN}
-    return [D.parser_implementation(version, plugin_registered=plugins,
-                                    plugin_namespace=any(a.name == "plugin_namespace" for a in n.attribute),
-                                    local_function=n.op_type in functions)
+    """What the vendor table (not device_tool) gives each edgemerge node of `model`."""
+    functions = {f.name for f in model.functions}  # by name alone, as the parser keys them
+    return [fake_trtexec.parser_rule(version, hit=plugins,
+                                     has_ns=any(a.name == "plugin_namespace" for a in n.attribute),
+                                     function=n.op_type in functions)
             for n in model.graph.node if n.domain == D.DOMAIN]
 
 
@@ -115,13 +148,51 @@ def test_tool_needs_only_the_standard_library(tmp_path):
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "onnx onnxscript" in proc.stderr
 
 
+def test_native_graph_is_rederived_for_another_model_onnx(tmp_path):
+    """model.native.onnx is reused only for the model.onnx it was made from (its sha256 is in the
+    derived file's metadata): a stale one from another export is made again, not built."""
+    bundle = bundle_of(tmp_path / "b", "TokenMerge")
+    name, kind = D.graph_for(bundle, (10, 3, 0), False)
+    first = onnx.load(str(bundle / name))
+    assert kind == D.NATIVE and D.derived_from((bundle / name).read_bytes()) == D.sha256_file(bundle / "model.onnx")
+    assert {p.key: p.value for p in first.metadata_props}[D.SOURCE_SHA_KEY] == D.sha256_file(bundle / "model.onnx")
+    again = D.graph_for(bundle, (10, 3, 0), False)  # same model.onnx: reused as it is
+    assert again == (name, kind) and onnx.load(str(bundle / name)) == first
+    onnx.save(op_model("TokenUnmerge"), str(bundle / "model.onnx"))  # another export into the same folder
+    D.graph_for(bundle, (10, 3, 0), False)
+    rebuilt = onnx.load(str(bundle / name))
+    assert [i.name for i in rebuilt.graph.input] == [i.name for i in op_model("TokenUnmerge").graph.input]
+    assert D.derived_from((bundle / name).read_bytes()) == D.sha256_file(bundle / "model.onnx")
+
+
+def test_untied_native_graph_without_onnx_is_refused(tmp_path):
+    """Under `python3 -I -S` (no onnx to re-derive it) a model.native.onnx not made from this
+    model.onnx is refused with one line, never built."""
+    bundle = bundle_of(tmp_path / "b", "TokenUnmerge")
+    (bundle / "model.native.onnx").write_bytes(op_model("TokenMerge").SerializeToString())  # no tie
+    copy = bundle / "edgemerge_device.py"
+    copy.write_bytes(TOOL.read_bytes())
+    proc = subprocess.run([sys.executable, "-I", "-S", str(copy), "graph", "--bundle", str(bundle), "--trt-version",
+                           "10.3.0", "--plugins", "no"], capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "from another model.onnx" in proc.stderr
+
+
 # ---- layer information ------------------------------------------------------------------------------
 
 SITES = {"TokenMatchWindow": ["TokenMatchWindow_0"], "TokenMerge": ["TokenMerge_0", "TokenMerge_1"]}
 
 
-def layer(name, kind="PluginV3"):
-    return {"Name": name, "LayerType": kind, "Inputs": [], "Outputs": [], "Metadata": f"[ONNX Layer: {name}]"}
+def tensor(name, fmt="Row major linear FP32"):
+    return {"Name": name, "Location": "Device", "Dimensions": [2, 40, 24], "Format/Datatype": fmt}
+
+
+def layer(name, kind="PluginV3", parameter_type=None):
+    """An entry as trtexec --exportLayerInfo writes it with detailed verbosity (IEngineInspector's
+    JSON; the fields of trt-engine-explorer's example resnet.onnx.engine.graph.json at NVIDIA/TensorRT
+    v10.3.0). "PluginV3" is an assumed string: no source read shows an IPluginV3 layer's LayerType."""
+    return {"Name": name, "LayerType": kind, "Inputs": [tensor(f"{name}:in")], "Outputs": [tensor(f"{name}:out")],
+            "ParameterType": parameter_type or ("Plugin" if kind.startswith("Plugin") else kind),
+            "TacticValue": "0x0000000000000000"}
 
 
 def test_plugin_engine_passes():
@@ -142,6 +213,26 @@ def test_body_only_engine_fails_with_the_message():
     assert e.value.exit_code == 1
     assert "fewer plugin layers than merge sites (TokenMatchWindow 1/1, TokenMerge 0/2)" in str(e.value)
     D.check_plugin_layers(counts, SITES, allow_body_only=True)  # asked for: accepted
+
+
+def test_layer_types_are_recorded_as_seen():
+    """Whatever string TensorRT gives a plugin layer, the record keeps every LayerType and those of
+    the layers named after merge sites: a string other than Plugin* shows up there."""
+    info = {"Layers": [layer("Conv_0 + Relu_1", "CaskConvolution"), layer("TokenMatchWindow_0", "PluginV3"),
+                       layer("TokenMerge_0", "Mystery"), layer("Reformatting CopyNode for Input Tensor 0 to x",
+                                                                "Reformat")],
+            "Bindings": ["images", "logits"]}
+    assert D.layer_types(info) == {"CaskConvolution": 1, "Mystery": 1, "PluginV3": 1, "Reformat": 1}
+    assert D.site_layer_types(info, SITES) == {"TokenMatchWindow": {"PluginV3": 1}, "TokenMerge": {"Mystery": 1}}
+    assert D.count_plugin_layers(info, SITES) == {"TokenMatchWindow": 1, "TokenMerge": 0}
+    assert D.layer_types_summary(D.layer_types(info)) == "CaskConvolution 1, Mystery 1, PluginV3 1, Reformat 1"
+    assert D.layer_types({"Layers": ["a", "b"], "Bindings": []}) == {}
+
+
+def test_trtexec_tf32_is_read_from_its_arguments():
+    """trtexec builds with TF32 unless --noTF32 (sampleOptions.h v10.3.0:213 `bool tf32{true}`)."""
+    assert D.trtexec_tf32(["--onnx=model.onnx", "--noTF32"]) is False
+    assert D.trtexec_tf32(["--onnx=model.onnx", "--stronglyTyped"]) is True
 
 
 def test_names_only_layer_information_is_refused():

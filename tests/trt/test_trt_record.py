@@ -182,7 +182,9 @@ def test_device_tool_record_is_one_the_loader_accepts(tmp_path, monkeypatch):
     lib = tmp_path / "build" / "plugins" / "libedgemerge_plugins.so"
     lib.parent.mkdir(parents=True)
     lib.write_bytes(b"\x7fELF fake plugin library")
-    layers = {"Layers": [{"Name": "TokenUnmerge_0", "LayerType": "PluginV3"}], "Bindings": ["merged", "slot"]}
+    layers = {"Layers": [{"Name": "TokenUnmerge_0", "LayerType": "PluginV3", "Inputs": [], "Outputs": [],
+                          "ParameterType": "Plugin", "TacticValue": "0x0000000000000000"}],
+              "Bindings": ["merged", "slot", "out"]}
     (tmp_path / "layers.json").write_text(json.dumps(layers))
     cmd = [sys.executable, str(TOOL), "record", "--trt-version", "10.3.0", "--graph", "strip-functions",
            "--layers", "layers.json", "--plugins", "build/plugins/libedgemerge_plugins.so", "--strongly-typed"]
@@ -193,6 +195,9 @@ def test_device_tool_record_is_one_the_loader_accepts(tmp_path, monkeypatch):
     assert data["tensorrt_version"] == "10.3.0" and data["plugins_sha256"] == sha256_file(lib)
     assert data["onnx_sha256"] == sha256_file(onnx_path) and data["strongly_typed"] is True
     assert data["plugin_layers"] == {"TokenUnmerge": {"sites": 1, "plugin_layers": 1}}
+    assert data["layer_types"] == {"PluginV3": 1} and data["site_layer_types"] == {"TokenUnmerge": {"PluginV3": 1}}
+    assert "layer types: PluginV3 1" in proc.stdout and "merge-site layer types: TokenUnmerge PluginV3 1" in proc.stdout
+    assert data["tf32"] is None and "tf32 not stated" in proc.stdout  # no --trtexec-args/--tf32: not assumed
     here = Environment("10.3.0", data["gpu_name"], data["compute_capability"])
     monkeypatch.chdir(tmp_path)
     record, plugins = check_engine(tmp_path / "model.plan", here)
@@ -205,3 +210,48 @@ def test_device_tool_record_bad_input_is_one_line(tmp_path):
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "engine file not found" in proc.stderr
     assert not record_path(tmp_path / "model.plan").exists()
+
+
+def _record(tmp_path, *extra):
+    write_bundle(tmp_path)
+    (tmp_path / "model.plan").write_bytes(b"\x02engine")
+    cmd = [sys.executable, str(TOOL), "record", "--trt-version", "10.3.0", "--graph", "model.onnx", "--allow-body-only",
+           *extra]
+    return subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("extra,tf32", [
+    (["--trtexec-args", "--onnx=model.onnx --saveEngine=model.plan --noTF32 --skipInference"], False),
+    (["--trtexec-args", "--onnx=model.onnx --saveEngine=model.plan --skipInference"], True),  # trtexec's default
+    (["--tf32", "off"], False),
+    (["--tf32", "on"], True),
+    ([], None),
+])
+def test_record_states_the_tf32_the_build_used(tmp_path, extra, tf32):
+    """TF32 in the record is what the build used (the trtexec arguments, or what the builder
+    says), never a constant; unstated is recorded as null."""
+    proc = _record(tmp_path, *extra)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(record_path(tmp_path / "model.plan").read_text())["tf32"] is tf32
+
+
+def test_record_refuses_contradicting_tf32(tmp_path):
+    proc = _record(tmp_path, "--trtexec-args=--noTF32", "--tf32", "on")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "contradicts" in proc.stderr
+
+
+def test_make_record_reads_layer_types_beside_the_engine(tmp_path):
+    """The polygraphy route writes model.plan.layers.json before the record: the record keeps its
+    LayerType strings without being handed them."""
+    from edgemerge.device_tool import layers_path, make_record
+
+    onnx_path = write_bundle(tmp_path)
+    plan = tmp_path / "model.plan"
+    plan.write_bytes(b"\x03engine")
+    layers_path(plan).write_text(json.dumps({"Layers": [{"Name": "TokenUnmerge_0", "LayerType": "PluginV3"},
+                                                        {"Name": "x", "LayerType": "Shuffle"}], "Bindings": []}))
+    record = make_record(plan, onnx_path, read_manifest(onnx_path), tensorrt_version="10.3.0", plugins=NO_PLUGINS,
+                         plugins_sha256=None, strongly_typed=False, fp16_flag=False, graph="model.onnx",
+                         plugin_layers=None, edgemerge_version="0", tf32=False)
+    assert record.layer_types == {"PluginV3": 1, "Shuffle": 1} and record.tf32 is False
+    assert record.site_layer_types == {"TokenUnmerge": {"PluginV3": 1}}
