@@ -61,27 +61,66 @@ def check_output_dir(path: str | os.PathLike, what: str = "output directory") ->
 def write_files(files: Sequence[tuple[str | os.PathLike, bytes]], mode: int | None = 0o644) -> list[Path]:
     """Write several files all or nothing: each to a temp file beside it (fsynced), then all renamed.
 
-    A failure while writing (a full disk, a lost permission) removes the temp files and every
-    folder this call created, so nothing is left behind and no old file is touched.
+    A failure at any point (a full disk, a lost permission, Ctrl-C), the renames included, removes
+    the temp files and every folder this call created, and puts back every file it had replaced
+    already (from a hard link, or else a copy, made beside it before the renames), so nothing is
+    left behind and no old file is touched. (A crash of the machine itself mid-way can still leave
+    some files renamed, and a `.NAME.*.bak` beside them.)
     """
     paths = [Path(p) for p, _ in files]
     created = [top for top in {_first_missing(p.parent) for p in paths} if top is not None]
     temps: list[str] = []
+    backups: dict[Path, str | None] = {}  # target -> its old file's backup (None: there was none)
+    done: list[Path] = []  # targets renamed into place
     path = paths[0] if paths else Path()
     try:
         for path, (_, data) in zip(paths, files):
             write_beside(path, data, mode, temps)
+        for path in paths:
+            backups[path] = None
+            backups[path] = _backup(path)
         for tmp, path in zip(temps, paths):
+            done.append(path)  # before the rename: undoing one that did not happen is harmless
             os.replace(tmp, path)
     except BaseException as e:
-        for tmp in temps:
-            Path(tmp).unlink(missing_ok=True)
+        for target in reversed(done):  # the old file back, or no file where there was none
+            try:
+                if backups.get(target) is not None:  # (a no-op when target is still the old file:
+                    os.replace(backups[target], target)  # then the backup is removed below)
+                else:
+                    target.unlink(missing_ok=True)
+            except OSError:
+                pass
+        for leftover in [*temps, *(b for b in backups.values() if b is not None)]:
+            Path(leftover).unlink(missing_ok=True)
         for top in created:
             shutil.rmtree(top, ignore_errors=True)
         if isinstance(e, OSError) and e.filename is None:  # a failed write names no file: name ours
             raise OSError(e.errno, e.strerror or str(e), str(path)) from None
         raise
+    for backup in backups.values():
+        if backup is not None:
+            Path(backup).unlink(missing_ok=True)
     return paths
+
+
+def _backup(path: Path) -> str | None:
+    """A second name for the file at `path` (a hard link, else a copy) beside it, so that it can be
+    put back after `path` is replaced; None when there is no file there."""
+    if not path.is_file():
+        return None
+    fd, backup = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".bak", dir=path.parent)
+    os.close(fd)
+    try:
+        os.unlink(backup)
+        try:
+            os.link(path, backup)
+        except OSError:  # no hard links here (some mounts): a copy, mode and times included
+            shutil.copy2(path, backup)
+    except BaseException:
+        Path(backup).unlink(missing_ok=True)
+        raise
+    return backup
 
 
 def _first_missing(folder: Path) -> Path | None:
