@@ -68,21 +68,24 @@ def parser_implementation(version: tuple[int, int, int], *, plugin_registered: b
     importer exists for our op types): PLUGIN, FUNCTION (the model-local function, inlined) or
     UNSUPPORTED (the parse fails).
 
-    Sources (the parser is onnx/onnx-tensorrt, vendored into NVIDIA/TensorRT as parsers/onnx):
-    - <= 10.6: `ModelImporter.cpp` `parseNode` at release/10.1-GA (commit 96e78110, lines 153-168):
-      the built-in importer table (keyed by op_type alone, the domain is ignored), then
-      `ctx->localFunctions()`, and only then `FallbackPluginImporter`. TensorRT v10.3.0 pins parser
-      commit 62bdde2a, older than the 10.7 change below (docs/Changelog.md), so JetPack 6 keeps this
-      order: a node whose function the file carries is always inlined, plugin or not.
+    Sources (the parser is onnx/onnx-tensorrt, NVIDIA/TensorRT's submodule parsers/onnx; the
+    per-commit table with its citations is tests/trt/fake_trtexec.py PARSER_TABLE, which the tests
+    hold this function to):
+    - <= 10.6: `ModelImporter.cpp` `parseNode` at release/10.1-GA (commit 96e78110, lines 153-168;
+      also v10.0.0's 973d68d and v10.0.1's eb43908): the built-in importer table (keyed by op_type
+      alone, the domain is ignored), then `ctx->localFunctions()` (keyed by function name), and only
+      then `FallbackPluginImporter`. TensorRT v10.3.0's parser commit 62bdde2a could not be read;
+      the change below is the 10.7 GA changelog's, so JetPack 6 keeps this order: a node whose
+      function the file carries is always inlined, plugin or not.
     - 10.7 .. 10.14: Changelog 10.7 GA "Now prioritizes using plugins over local functions when a
-      corresponding plugin is available in the registry"; `parseNode` then asks
-      `isNodeInPluginRegistry` (creator by op_type, `plugin_version` or "1", `plugin_namespace` or
-      "") before the local function.
-    - >= 10.15 (11.x too): `parseNode` takes the plugin first when the node has a
-      `plugin_namespace` attribute or `OnnxParserFlag::kENABLE_PLUGIN_OVERRIDE` is set (Changelog
-      10.15 GA; include/NvOnnxParser.h at NVIDIA/TensorRT v10.15 and v11.1) and the plugin is
-      registered; otherwise built-in, local function, and the plugin fallback only for a node
-      with neither.
+      corresponding plugin is available in the registry"; `parseNode` at v10.14's parser commit
+      c727277 (and the static check at v10.12's ff761af) asks `isNodeInPluginRegistry` (creator by
+      op_type, `plugin_version` or "1", `plugin_namespace` or "") before the local function.
+    - >= 10.15 (11.x too): `shouldImportAsPlugin` = (`kENABLE_PLUGIN_OVERRIDE` or a
+      `plugin_namespace` attribute) and the plugin is registered: plugin first; otherwise built-in,
+      local function ("local function will be preferred over plugin if the flag is unset"), and the
+      plugin fallback only for a node with neither (read at v10.16's 6bde659 and v11.0's 5ab48c5;
+      10.15's fa5aa9f not readable: Changelog 10.15 GA, include/NvOnnxParser.h v10.15:125-129).
     Our nodes always carry `plugin_namespace="edgemerge"` (plugin_version defaults to "1").
     """
     if version < (10, 7, 0):

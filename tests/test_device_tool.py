@@ -218,14 +218,15 @@ def test_body_only_engine_fails_with_the_message():
 def test_layer_types_are_recorded_as_seen():
     """Whatever string TensorRT gives a plugin layer, the record keeps every LayerType and those of
     the layers named after merge sites: a string other than Plugin* shows up there."""
-    info = {"Layers": [layer("Conv_0 + Relu_1", "CaskConvolution"), layer("TokenMatchWindow_0", "PluginV3"),
+    info = {"Layers": [layer("Conv_0 + Relu_1", "CaskConvolution"), layer("Conv_3 + Relu_4", "CaskConvolution"),
+                       layer("TokenMatchWindow_0", "PluginV3"),
                        layer("TokenMerge_0", "Mystery"), layer("Reformatting CopyNode for Input Tensor 0 to x",
                                                                 "Reformat")],
             "Bindings": ["images", "logits"]}
-    assert D.layer_types(info) == {"CaskConvolution": 1, "Mystery": 1, "PluginV3": 1, "Reformat": 1}
+    assert D.layer_types(info) == {"CaskConvolution": 2, "Mystery": 1, "PluginV3": 1, "Reformat": 1}
     assert D.site_layer_types(info, SITES) == {"TokenMatchWindow": {"PluginV3": 1}, "TokenMerge": {"Mystery": 1}}
     assert D.count_plugin_layers(info, SITES) == {"TokenMatchWindow": 1, "TokenMerge": 0}
-    assert D.layer_types_summary(D.layer_types(info)) == "CaskConvolution 1, Mystery 1, PluginV3 1, Reformat 1"
+    assert D.layer_types_summary(D.layer_types(info)) == "CaskConvolution 2, Mystery 1, PluginV3 1, Reformat 1"
     assert D.layer_types({"Layers": ["a", "b"], "Bindings": []}) == {}
 
 
