@@ -175,6 +175,18 @@ class SegformerHead(nn.Module):
         self.bn = nn.BatchNorm2d(width)
         self.classifier = nn.Conv2d(width, num_classes, 1)
         self.folded = False
+        self.fold_stale = False  # trained since the fold: fold again when back in eval
+        self.register_load_state_dict_post_hook(_fold_again_after_load)
+
+    def train(self, mode: bool = True) -> "SegformerHead":
+        """In training the head runs unfolded (BN folds only with its running statistics), and its
+        weights may change: back in eval it is folded again from them."""
+        super().train(mode)
+        if self.folded and mode:
+            self.fold_stale = True
+        elif self.folded and self.fold_stale:
+            self.fold()
+        return self
 
     @torch.no_grad()
     def fold(self) -> bool:
@@ -187,7 +199,9 @@ class SegformerHead(nn.Module):
         (b0 at 384x512: 6.4 of 12.2 GFLOPs); folded, it disappears, for the merged model and its
         unmerged baseline alike. Not with mmsegmentation's per-stage BN + ReLU (not linear): then
         nothing changes and this returns False. The folded tensors are non-persistent buffers
-        (state_dict and checkpoints are unchanged); call again after loading other weights."""
+        (state_dict and checkpoints are unchanged). A folded head folds again by itself after
+        load_state_dict (on it or on any module above it) and when it returns to eval after
+        training; weights changed in place in eval mode (outside load_state_dict) need fold() again."""
         if self.linear_c_bn is not None:
             return False
         n, width = len(self.linear_c), self.fuse.weight.shape[0]
@@ -200,6 +214,7 @@ class SegformerHead(nn.Module):
             self.register_buffer(f"folded_weight_{i}", block @ lin.weight, persistent=False)
             self.register_buffer(f"folded_bias_{i}", bias + (shift if i == 0 else 0), persistent=False)
         self.folded = True
+        self.fold_stale = False
         return True
 
     def forward(self, feats: list[Tensor]) -> Tensor:
@@ -227,6 +242,12 @@ class SegformerHead(nn.Module):
                 y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
             x = y if x is None else x + y
         return x
+
+
+def _fold_again_after_load(head: SegformerHead, incompatible_keys) -> None:
+    """load_state_dict post-hook: a folded head runs the weights just loaded, never the old fold."""
+    if head.folded:
+        head.fold()
 
 
 class Segformer(nn.Module):

@@ -189,3 +189,70 @@ def test_training_mode_uses_the_unfolded_head():
     x = torch.randn(2, 3, 64, 64)
     model.decode_head.folded_weight_0.fill_(float("nan"))  # would poison a folded forward
     assert torch.isfinite(model(x)).all()
+
+
+def _other_weights(seed: int) -> dict:
+    torch.manual_seed(seed)
+    other = build_model("segformer-b0", resolution=(64, 64))
+    randomize(other)
+    return other.state_dict()
+
+
+@pytest.mark.parametrize("where", ["model", "head"])
+def test_weights_loaded_after_fold_are_the_ones_run(where):
+    """load_state_dict after fold(), on the model or on the head itself: the folded head runs the
+    loaded weights (it is folded again), as an unfolded model with those weights does."""
+    state = _other_weights(1)
+    torch.manual_seed(0)
+    model = build_model("segformer-b0", resolution=(64, 64))
+    randomize(model)
+    assert model.fold_decoder()
+    if where == "model":
+        model.load_state_dict(state)
+    else:
+        model.decode_head.load_state_dict({k[len("decode_head."):]: v for k, v in state.items()
+                                           if k.startswith("decode_head.")})
+        model.encoder.load_state_dict({k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")})
+    unfolded = build_model("segformer-b0", resolution=(64, 64))
+    unfolded.load_state_dict(state)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        want, got = unfolded.eval()(x), model.eval()(x)
+    assert model.decode_head.folded
+    assert (got - want).abs().max() <= 1e-5 * (want.max() - want.min())
+
+
+def test_training_after_fold_is_run_after_eval():
+    """Weights changed in training mode (an optimizer step, BN statistics updated): back in eval
+    the folded head runs them, not the weights it was folded from."""
+    torch.manual_seed(0)
+    model = build_model("segformer-b0", resolution=(64, 64))
+    randomize(model)
+    model.fold_decoder()
+    model.train()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        model(x)  # BN running statistics move
+        for p in model.decode_head.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    model.eval()
+    unfolded = build_model("segformer-b0", resolution=(64, 64))
+    unfolded.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        want, got = unfolded.eval()(x), model(x)
+    assert (got - want).abs().max() <= 1e-5 * (want.max() - want.min())
+
+
+def test_eval_without_training_keeps_the_fold():
+    """model.eval() on a folded model that never trained since does not fold again (an fp16 copy
+    keeps the buffers folded in fp32, as exported)."""
+    torch.manual_seed(0)
+    model = build_model("segformer-b0", resolution=(64, 64))
+    model.fold_decoder()
+    marker = model.decode_head.folded_weight_0
+    model.eval()
+    assert model.decode_head.folded_weight_0 is marker
+    model.train().eval()  # folded again, once
+    marker = model.decode_head.folded_weight_0
+    model.eval()
+    assert model.decode_head.folded_weight_0 is marker
