@@ -20,16 +20,24 @@ from dataclasses import dataclass
 import numpy as np
 
 # (profile, precision) -> {metric: (op, limit)}. "self-check": ONNX Runtime on this CPU against
-# PyTorch on the same inputs, merge decisions replayed: strict. "artifact": any runtime (TensorRT
-# kernels, other CPUs), merge decisions its own: fp32 within 1e-3 of the range, fp16 99% of the
-# decidable pixels and a cosine of 0.999.
+# PyTorch replaying its merge decisions: strict. "artifact": any runtime (other CPUs, TensorRT)
+# against PyTorch replaying the artifact's decisions. "unreplayed": an artifact whose decisions
+# cannot be read (an engine, the stored reference): a near-tie flipped at one site changes every
+# later token, so only argmax and cosine are judged there, and the report says the decisions were
+# not checked. fp16 bounds: rel_l2 (||got - ref|| / ||ref||: a scale of 1.01 is 0.01) and the max
+# error relative to the range, at levels every zoo family's fp16 export meets at its defaults,
+# three seeds, with room (benchmarks/validator_bounds.py; benchmarks/README.md).
 LIMITS: dict[tuple[str, str], dict[str, tuple[str, float]]] = {
     ("self-check", "fp32"): {"max_abs_rel_range": ("<=", 1e-4), "argmax_agreement": (">=", 1.0)},
-    ("self-check", "fp16"): {"argmax_agreement": (">=", 0.995)},
+    ("self-check", "fp16"): {"argmax_agreement": (">=", 0.995), "rel_l2": ("<=", 4e-3),
+                             "max_abs_rel_range": ("<=", 4e-3), "cosine": (">=", 0.9999)},
     ("artifact", "fp32"): {"argmax_agreement": (">=", 0.999), "max_abs_rel_range": ("<=", 1e-3)},
-    ("artifact", "fp16"): {"argmax_agreement": (">=", 0.99), "cosine": (">=", 0.999)},
+    ("artifact", "fp16"): {"argmax_agreement": (">=", 0.99), "cosine": (">=", 0.9999), "rel_l2": ("<=", 5e-3),
+                           "max_abs_rel_range": ("<=", 5e-3)},
+    ("unreplayed", "fp32"): {"argmax_agreement": (">=", 0.999), "max_abs_rel_range": ("<=", 1e-3)},
+    ("unreplayed", "fp16"): {"argmax_agreement": (">=", 0.99), "cosine": (">=", 0.999)},
 }
-PROFILES = ("self-check", "artifact")
+PROFILES = ("self-check", "artifact", "unreplayed")
 NEAR_TIE_FACTOR = 2.0  # a pixel is a near-tie when its margin <= this x the max abs error ...
 NEAR_TIE_CAP = {"fp32": 1e-4, "fp16": 1e-2}  # ... and never above this x the range
 REL_FLOOR = 1e-3  # relative errors divide by max(|ref|, REL_FLOOR * range of ref)
@@ -86,6 +94,7 @@ def metrics(got: np.ndarray, ref: np.ndarray, precision: str = "fp32") -> dict:
         "max_abs": max_abs, "mean_abs": float(err.mean()),
         "max_rel": float(rel.max()) if finite else float("inf"), "mean_rel": float(rel.mean()),
         "range": span, "max_abs_rel_range": max_abs / span,
+        "rel_l2": float(np.linalg.norm(err) / max(np.linalg.norm(ref), 1e-30)) if finite else float("inf"),
         "cosine": cos, "finite": finite,
         "argmax_agreement": None, "argmax_agreement_all": None, "near_ties": None, "miou_vs_reference": None,
     }
@@ -125,20 +134,181 @@ def miou(conf: np.ndarray) -> float | None:
     return float((inter[valid] / union[valid]).mean())
 
 
-def first_merging_slot(kind: str, count: int, n: int, src: tuple | list | None = None) -> int:
-    """The first slot that tokens merge into, at a site of `n` tokens (docs/ops.md's layout): the
-    kept tokens are numbered first, in order; then bipartite's destinations (after the
-    len(src) - r kept sources) or window's merged windows (after the n - 4k kept tokens)."""
-    return n - 4 * count if kind == "window" else len(src) - count
+# Merge decisions. A token's fate is the group it merged into, named by an input position (the
+# destination token for bipartite, the window's first token): slot numbers are a layout, and one
+# near-tie that swaps which source merges renumbers every later kept token. Only tokens that merge
+# in either decision are judged: counting the kept ones too lets two unrelated matchings agree on
+# most of a ViT site (r = 13 of 197 tokens). A disagreement is excused as a near-tie when the
+# scores put that token within `near_tie` (cosine units) of going the other way; the excused ones
+# are counted and reported.
+# Where the artifact's metric tensors can be read, the reference op decides on them (the matching
+# runs in fp32 on the same input: only fp32 rounding of the cosines can flip a decision, so the
+# near-tie bound is tiny and every other merging token must agree), and the metric itself must be
+# close to PyTorch's given the same history (`metric_rel_l2`). Otherwise PyTorch's own metric
+# decides, and fp16 rounding upstream moves the scores by far more: on random-weight ViTs most
+# sources sit within 1e-2 of the threshold, so that fallback is a weaker check (`DECISION_FALLBACK`).
+# Measured on every zoo family at its defaults: benchmarks/README.md, "The merge-decision gate".
+DECISION_LIMITS: dict[str, dict[str, float]] = {
+    "fp32": {"near_tie": 1e-5, "merging_same_destination": 1.0, "metric_rel_l2": 1e-4},
+    "fp16": {"near_tie": 1e-5, "merging_same_destination": 1.0, "metric_rel_l2": 2e-2},
+}
+DECISION_FALLBACK: dict[str, dict[str, float]] = {
+    "fp32": {"near_tie": 1e-4, "merging_same_destination": 0.99},
+    "fp16": {"near_tie": 1e-3, "merging_same_destination": 0.95},
+}
+INVALID = -2  # a group no correct decision forms (two destinations, or none, sharing a slot)
 
 
-def same_fates(got: np.ndarray, want: np.ndarray, first_merging: int) -> np.ndarray:
-    """Bool [.., N]: the token met the same fate in both decisions: merged into the same slot, or
-    kept. Slot numbers alone are not comparable: kept tokens are numbered in order, so one
-    near-tie that swaps which source merges renumbers every later kept token; the merging slots
-    keep their numbers. A wrong matching still differs nearly everywhere."""
-    keep = lambda s: np.where(np.asarray(s, np.int64) >= first_merging, np.asarray(s, np.int64), -1)  # noqa: E731
-    return keep(got) == keep(want)
+def merge_destinations(slot: np.ndarray, kind: str, dst=(), num_out: int | None = None) -> np.ndarray:
+    """[B, N] int64: for every token, the input position naming the group it merged into (its
+    destination for bipartite, the window's first token for windows); -1 when it did not merge,
+    INVALID for a group no correct decision forms or a slot outside [0, num_out).
+
+    Only which tokens share a slot counts, never the slot's number, so any slot layout compares.
+    A bipartite destination itself is -1: its sources carry the decision."""
+    slot = np.asarray(slot, np.int64)
+    slot = slot.reshape(-1, slot.shape[-1])
+    B, N = slot.shape
+    is_dst = np.zeros(N, bool)
+    is_dst[list(dst)] = True
+    out = np.full((B, N), -1, np.int64)
+    for b in range(B):
+        vals, inv, counts = np.unique(slot[b], return_inverse=True, return_counts=True)
+        grouped = counts[inv] > 1
+        if kind == "window":
+            anchor = np.full(len(vals), N, np.int64)
+            np.minimum.at(anchor, inv, np.arange(N))
+            out[b] = np.where(grouped, anchor[inv], -1)
+        else:
+            anchor = np.full(len(vals), INVALID, np.int64)
+            anchor[inv[is_dst]] = np.nonzero(is_dst)[0]
+            anchor[np.bincount(inv, weights=is_dst, minlength=len(vals)) != 1] = INVALID
+            out[b] = np.where(grouped & ~is_dst, anchor[inv], -1)
+        if num_out is not None:
+            out[b][(slot[b] < 0) | (slot[b] >= num_out)] = INVALID
+    return out
+
+
+def _unit(metric: np.ndarray) -> np.ndarray:
+    m = np.asarray(metric, np.float64)
+    return m / np.maximum(np.linalg.norm(m, axis=-1, keepdims=True), 1e-6)
+
+
+def _threshold_gap(scores: np.ndarray, count: int) -> np.ndarray:
+    """|score - the midpoint between the count-th and the next largest score| per row [B, K]:
+    how far each entry is from being selected the other way (inf when nothing can swap)."""
+    valid = np.isfinite(scores)
+    out = np.full(scores.shape, np.inf)
+    for b in range(scores.shape[0]):
+        v = np.sort(scores[b][valid[b]])[::-1]
+        if 0 < count < len(v):
+            out[b][valid[b]] = np.abs(scores[b][valid[b]] - (v[count - 1] + v[count]) / 2)
+    return out
+
+
+def decision_margins(metric: np.ndarray, kind: str, count: int, args: dict) -> tuple[np.ndarray, np.ndarray]:
+    """PyTorch's scores at a site -> ([B, N] selection margin, [B, N] partner margin), cosine units.
+
+    Selection: how far a token's score (a source's best match, a window's mean cosine) is from
+    the threshold between merged and kept. Partner: how far a source's best destination is ahead
+    of its second best (inf for windows). inf where the fate is fixed (protected, destinations)."""
+    m = _unit(metric)
+    B, N, _ = m.shape
+    sel = np.full((B, N), np.inf)
+    partner = np.full((B, N), np.inf)
+    protect = int(args.get("protect", 0))
+    if kind == "window":
+        h, w = int(args["height"]), int(args["width"])
+        t = m[:, protect:].reshape(B, h // 2, 2, w // 2, 2, -1).transpose(0, 1, 3, 2, 4, 5).reshape(B, -1, 4, m.shape[-1])
+        gram = t @ t.transpose(0, 1, 3, 2)
+        score = (gram.sum((-1, -2)) - np.trace(gram, axis1=-2, axis2=-1)) / 12.0
+        gap = _threshold_gap(score, count).reshape(B, h // 2, 1, w // 2, 1)
+        sel[:, protect:] = np.broadcast_to(gap, (B, h // 2, 2, w // 2, 2)).reshape(B, h * w)
+        return sel, partner
+    src, dst = list(args["src"]), list(args["dst"])
+    scores = m[:, src] @ m[:, dst].transpose(0, 2, 1)  # [B, S, D]
+    top2 = np.sort(scores, axis=-1)[..., -2:] if len(dst) > 1 else np.concatenate(
+        [np.full(scores.shape, -np.inf), scores], axis=-1)
+    node_max = top2[..., -1].copy()
+    node_max[:, :protect] = -np.inf
+    gap = _threshold_gap(node_max, count)
+    sel[:, src] = gap
+    partner[:, src] = top2[..., -1] - top2[..., -2]
+    partner[:, src[:protect]] = np.inf
+    return sel, partner
+
+
+def judge_site(got: np.ndarray, own: np.ndarray, kind: str, count: int, args: dict,
+               margins: tuple[np.ndarray, np.ndarray], near_tie: float) -> dict:
+    """One site's decision figures: of the tokens that merge in either decision, the fraction that
+    merge into the same destination in both, near-ties (within `near_tie` of PyTorch's threshold
+    or partner choice) excused and counted."""
+    n = own.shape[-1]
+    num_out = n - (3 * count if kind == "window" else count)
+    dst = args.get("dst", ())
+    want = merge_destinations(own, kind, dst, num_out)
+    have = merge_destinations(np.asarray(got).reshape(own.shape), kind, dst, num_out)
+    sel, partner = (np.asarray(x).reshape(want.shape) for x in margins)
+    judged = (want != -1) | (have != -1)
+    differ = judged & (want != have)
+    both = (want >= 0) & (have >= 0)
+    margin = np.where(both, partner, sel)
+    excused = differ & (margin <= near_tie) & (have != INVALID)
+    counted = int(judged.sum() - excused.sum())
+    agree = int((judged & ~differ).sum())
+    return {"merging": int(judged.sum()), "same_destination": agree, "near_ties_excused": int(excused.sum()),
+            "largest_excused_margin": float(margin[excused].max()) if excused.any() else None,
+            "merging_same_destination": agree / counted if counted else 1.0,
+            "tokens_same_fate": float(1.0 - differ.mean())}
+
+
+def _rel_l2(got: np.ndarray, ref: np.ndarray) -> float:
+    got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
+    return float(np.linalg.norm(got - ref) / max(np.linalg.norm(ref), 1e-30))
+
+
+def judge_decisions(sites: list[dict], got: list[np.ndarray], precision: str) -> tuple[dict, list[dict]]:
+    """(figures, checks) for an artifact's merge decisions, site by site.
+
+    `sites`: per site in call order (edgemerge.reference.replay_reference): {"kind", "count",
+    "args", "own" [B, N] (PyTorch's decision on its own metric), "metric", "margins", and, where the
+    artifact's metric was read, "artifact_metric" and "on_artifact_metric" (the reference op's
+    decision on it)}; `got`: the artifact's slots. Checks: the worst site's
+    `merging_same_destination` and, with the artifact's metrics, the worst `metric_rel_l2`.
+    `tokens_same_fate` (all tokens, kept ones included) is reported only."""
+    key = "fp16" if precision == "fp16" else "fp32"
+    exact = bool(sites) and all("on_artifact_metric" in s for s in sites)
+    lim = DECISION_LIMITS[key] if exact else DECISION_FALLBACK[key]
+    limits = {"merging_same_destination_worst": (">=", lim["merging_same_destination"])}
+    if exact:
+        limits["metric_rel_l2_worst"] = ("<=", lim["metric_rel_l2"])
+    if len(got) != len(sites):
+        figures = {"sites": len(sites), "artifact_sites": len(got), "merging_same_destination_worst": None,
+                   "metric_rel_l2_worst": None}
+        return figures, check(figures, limits)
+    per_site = []
+    for i, (s, g) in enumerate(zip(sites, got)):
+        want = s["on_artifact_metric"] if exact else s["own"]
+        row = {"site": i, "kind": s["kind"], "count": s["count"],
+               **judge_site(g, want, s["kind"], s["count"], s["args"], s["margins"], lim["near_tie"])}
+        if exact:
+            row["metric_rel_l2"] = _rel_l2(s["artifact_metric"], s["metric"])
+            row["pytorch_metric_same_fate"] = judge_site(g, s["own"], s["kind"], s["count"], s["args"],
+                                                         s["margins"], 0.0)["tokens_same_fate"]
+        per_site.append(row)
+    worst = min(per_site, key=lambda p: p["merging_same_destination"]) if per_site else None
+    figures = {"sites": len(sites), "judged_on": "the artifact's metric" if exact else "PyTorch's metric",
+               "near_tie": lim["near_tie"],
+               "merging_same_destination_worst": worst["merging_same_destination"] if worst else 1.0,
+               "worst_site": worst["site"] if worst else None,
+               "near_ties_excused": sum(p["near_ties_excused"] for p in per_site),
+               "largest_excused_margin": max((p["largest_excused_margin"] for p in per_site
+                                              if p["largest_excused_margin"] is not None), default=None),
+               "tokens_same_fate": float(np.mean([p["tokens_same_fate"] for p in per_site])) if per_site else 1.0,
+               "per_site": per_site}
+    if exact:
+        figures["metric_rel_l2_worst"] = max((p["metric_rel_l2"] for p in per_site), default=0.0)
+    return figures, check(figures, limits)
 
 
 def check(figures: dict, limits: dict[str, tuple[str, float]]) -> list[dict]:

@@ -85,6 +85,36 @@ def slot_tensors(model) -> list[str] | None:
     return names or None
 
 
+MATCH_METRICS_KEY = "edgemerge.match_metrics"
+
+
+def record_match_metrics(model: "onnx.ModelProto") -> None:
+    """Before inlining: note each match node's metric input in the model's metadata_props, so a
+    native graph (no match nodes left) still tells which tensors its matchings read."""
+    import json
+
+    names = [n.input[0] for n in model.graph.node if n.op_type in MATCH_OPS]
+    if names:
+        entry = model.metadata_props.add()
+        entry.key, entry.value = MATCH_METRICS_KEY, json.dumps(names)
+
+
+def match_metrics(model) -> list[str] | None:
+    """Names of the tensors the merge sites match on, in graph order (the slot tensors' order):
+    the TokenMatch* nodes' first inputs, or what `record_match_metrics` noted before inlining;
+    None when they cannot be found."""
+    import json
+
+    names = [n.input[0] for n in model.graph.node if n.op_type in MATCH_OPS]
+    if not names:
+        noted = next((p.value for p in model.metadata_props if p.key == MATCH_METRICS_KEY), None)
+        produced = {o for n in model.graph.node for o in n.output}
+        names = json.loads(noted) if noted else []
+        if not all(n in produced for n in names):
+            return None
+    return names or None
+
+
 def with_outputs(model, names: list[str]):
     """A copy of `model` (onnx.ModelProto) with `names` added to its graph outputs (types left to
     the runtime)."""

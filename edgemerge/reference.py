@@ -115,3 +115,54 @@ def prefix_tokens(model) -> int:
         if isinstance(m, VisionTransformer):
             return int(m.num_prefix_tokens)
     return 1
+
+
+def replay_reference(model, batches: list, artifact_slots: list[list], artifact_metrics: list[list] | None = None
+                     ) -> tuple[list, list[dict]]:
+    """PyTorch run with an artifact's merge decisions, and what each site should have decided.
+
+    Replaying the artifact's decisions makes the logits a check of numerics alone (a flipped
+    near-tie legitimately merges other tokens). At every site PyTorch's metric is taken given
+    the artifact's history, so one early flip cannot compound into later sites; where the
+    artifact's own metric tensors are given, the reference op also decides on them (fp32, as the
+    op spec says), which judges the matching exactly, whatever the precision of what fed it.
+    Returns (outputs per batch, sites) as edgemerge.compare.judge_decisions takes them, stacked
+    over batches."""
+    import numpy as np
+    import torch
+
+    from edgemerge.compare import decision_margins
+    from edgemerge.merge import ops
+    from edgemerge.merge.core import observe, replay_decisions
+
+    def decide(kind: str, metric: np.ndarray, count: int, a: dict) -> np.ndarray:
+        m = torch.from_numpy(np.ascontiguousarray(metric, np.float32))
+        if kind == "window":
+            return ops.match_window_ref(m, a["height"], a["width"], count, a["protect"]).numpy()
+        return ops.match_bipartite_ref(m, count, a["src"], a["dst"], a["protect"]).numpy()
+
+    outputs, per_batch = [], []
+    for k, (b, slots) in enumerate(zip(batches, artifact_slots)):
+        events: list[dict] = []
+
+        def seen(e) -> None:
+            if e.own is None:
+                return
+            metric = e.metric.float().numpy()
+            site = {"kind": e.kind, "count": e.count, "args": e.args, "own": e.own.numpy(), "metric": metric}
+            if artifact_metrics is not None:
+                theirs = np.asarray(artifact_metrics[k][len(events)], np.float32).reshape(metric.shape)
+                site.update(artifact_metric=theirs, on_artifact_metric=decide(e.kind, theirs, e.count, e.args))
+            events.append(site)
+
+        with torch.no_grad(), observe(seen), replay_decisions([torch.from_numpy(np.asarray(s)) for s in slots]):
+            outputs.append(model(torch.from_numpy(np.ascontiguousarray(b, np.float32))).numpy())
+        per_batch.append(events)
+    sites = []
+    for i, first in enumerate(per_batch[0] if per_batch else []):
+        site = {key: (np.concatenate([ev[i][key] for ev in per_batch]) if isinstance(first[key], np.ndarray)
+                      else first[key]) for key in first}
+        scores_of = site.get("artifact_metric", site["metric"])
+        site["margins"] = decision_margins(scores_of, site["kind"], site["count"], site["args"])
+        sites.append(site)
+    return outputs, sites

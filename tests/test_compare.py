@@ -68,15 +68,87 @@ def test_bad_limits():
     assert C.bad_limit(atol=0.1, rtol=0.1, min_agreement=0.9) is None
 
 
-def test_merge_decisions_are_compared_by_fate():
-    """One near-tie swaps which source merges (bipartite: 6 sources, r = 2, destinations last):
-    every later kept source is renumbered, the fate changes for the two swapped sources only."""
-    first = C.first_merging_slot("bipartite", 2, 10, src=range(6))  # 4 kept sources: slots 0..3
-    want = np.array([[0, 1, 4, 2, 3, 5, 4, 5, 6, 7]])  # sources 2 and 5 merge (into 4 and 5)
-    got = np.array([[0, 1, 4, 2, 5, 3, 4, 5, 6, 7]])   # source 4 merges instead of source 5
-    assert first == 4 and (got == want).mean() == 0.8
-    same = C.same_fates(got, want, first)
-    assert same.tolist() == [[True, True, True, True, False, False, True, True, True, True]]
-    wrong = np.array([[4, 5, 0, 1, 2, 3, 4, 5, 6, 7]])  # another matching altogether
-    assert C.same_fates(wrong, want, first).mean() < 0.8
-    assert C.first_merging_slot("window", 3, 65) == 53
+# ---- merge decisions ---------------------------------------------------------------------------
+# Bipartite example: 10 tokens, sources 0..5, destinations 6..9, r = 2 (docs/ops.md's layout:
+# kept sources take 0..3, destination d takes 4 + d, a merged source its destination's slot).
+SRC, DST = tuple(range(6)), (6, 7, 8, 9)
+ARGS = {"src": SRC, "dst": DST, "protect": 0}
+WANT = np.array([[0, 1, 4, 2, 3, 5, 4, 5, 6, 7]])  # sources 2 -> 6 and 5 -> 7 merge
+INF = (np.full((1, 10), np.inf), np.full((1, 10), np.inf))  # margins: no near-ties
+
+
+def test_destinations_name_groups_not_slot_numbers():
+    assert C.merge_destinations(WANT, "bipartite", DST).tolist() == [[-1, -1, 6, -1, -1, 7, -1, -1, -1, -1]]
+    relabelled = np.array([[3, 2, 6, 1, 0, 7, 6, 7, 4, 5]])  # the same groups under other numbers
+    assert (C.merge_destinations(relabelled, "bipartite", DST) == C.merge_destinations(WANT, "bipartite", DST)).all()
+    two_dsts = np.array([[0, 1, 2, 3, 4, 5, 6, 6, 7, 8]])  # destinations 6 and 7 share a slot: no correct decision
+    assert (C.merge_destinations(two_dsts, "bipartite", DST)[0, 6:8] == -1).all()
+    no_dst = np.array([[0, 0, 1, 2, 3, 4, 5, 6, 7, 8]])  # two sources merge with no destination
+    assert C.merge_destinations(no_dst, "bipartite", DST)[0, :2].tolist() == [C.INVALID, C.INVALID]
+    out_of_range = WANT.copy()
+    out_of_range[0, 0] = 8
+    assert C.merge_destinations(out_of_range, "bipartite", DST, num_out=8)[0, 0] == C.INVALID
+    window = np.array([[0, 2, 1, 2, 3, 2, 4, 2]])  # window tokens 1, 3, 5, 7 merged (slot 2)
+    assert C.merge_destinations(window, "window").tolist() == [[-1, 1, -1, 1, -1, 1, -1, 1]]
+
+
+def test_only_merging_tokens_are_judged():
+    """One source swapped for another: 2 of the 3 merging tokens disagree, whatever the kept ones do."""
+    got = np.array([[0, 1, 4, 2, 5, 3, 4, 5, 6, 7]])  # source 4 merges instead of source 5
+    site = C.judge_site(got, WANT, "bipartite", 2, ARGS, INF, near_tie=1e-4)
+    assert (site["merging"], site["same_destination"], site["near_ties_excused"]) == (3, 1, 0)
+    assert site["merging_same_destination"] == pytest.approx(1 / 3)
+    assert site["tokens_same_fate"] == pytest.approx(0.8)  # the token-level figure hides it
+    assert C.judge_site(WANT, WANT, "bipartite", 2, ARGS, INF, 1e-4)["merging_same_destination"] == 1.0
+
+
+def test_a_near_tie_is_excused_only_within_the_bound():
+    got = np.array([[0, 1, 4, 2, 5, 3, 4, 5, 6, 7]])
+    sel = np.full((1, 10), 0.5)
+    sel[0, [4, 5]] = 3e-5  # sources 4 and 5 were within 3e-5 of the threshold
+    margins = (sel, np.full((1, 10), 0.5))
+    tie = C.judge_site(got, WANT, "bipartite", 2, ARGS, margins, near_tie=1e-4)
+    assert tie["near_ties_excused"] == 2 and tie["merging_same_destination"] == 1.0
+    assert tie["largest_excused_margin"] == pytest.approx(3e-5)
+    far = C.judge_site(got, WANT, "bipartite", 2, ARGS, margins, near_tie=1e-5)
+    assert far["near_ties_excused"] == 0 and far["merging_same_destination"] == pytest.approx(1 / 3)
+    # another destination for a source that merges in both: its partner margin decides
+    other_dst = np.array([[0, 1, 5, 2, 3, 5, 4, 5, 6, 7]])  # source 2 -> 7 instead of 6
+    partner = np.full((1, 10), 0.5)
+    partner[0, 2] = 5e-5
+    assert C.judge_site(other_dst, WANT, "bipartite", 2, ARGS, (np.full((1, 10), 0.5), partner),
+                        1e-4)["merging_same_destination"] == 1.0
+    assert C.judge_site(other_dst, WANT, "bipartite", 2, ARGS, (partner, np.full((1, 10), 0.5)),
+                        1e-4)["merging_same_destination"] == pytest.approx(1 / 2)
+
+
+def test_decision_margins_from_scores():
+    """Sources 0..2 with best cosines 1, 0.6, 0.2 to one destination; r = 1: the threshold sits
+    between 1 and 0.6 (at 0.8), so margins are 0.2, 0.2, 0.6; the destination's is inf."""
+    metric = np.array([[[1.0, 0.0], [0.6, 0.8], [0.2, np.sqrt(1 - 0.04)], [1.0, 0.0]]])
+    sel, partner = C.decision_margins(metric, "bipartite", 1, {"src": (0, 1, 2), "dst": (3,), "protect": 0})
+    assert sel[0, :3] == pytest.approx([0.2, 0.2, 0.6]) and np.isinf(sel[0, 3])
+    assert np.isinf(partner).all()  # one destination: no second choice
+    sel, _ = C.decision_margins(metric, "bipartite", 1, {"src": (0, 1, 2), "dst": (3,), "protect": 1})
+    assert np.isinf(sel[0, 0]) and sel[0, 1:3] == pytest.approx([0.2, 0.2])  # protected: 0.6 vs 0.2 -> 0.4
+
+
+def test_window_margins_from_scores():
+    """A 2x4 grid: window 0 all alike (score 1), window 1 a, b, b, a (4 of 6 pairs opposite: -1/3); k = 1:
+    the threshold is 1/3, so each window's four tokens are 2/3 from it."""
+    a, b = [1.0, 0.0], [-1.0, 0.0]
+    metric = np.array([[a, a, a, b, a, a, b, a]], np.float64)  # row-major 2x4: windows (0,1,4,5), (2,3,6,7)
+    sel, partner = C.decision_margins(metric, "window", 1, {"height": 2, "width": 4, "protect": 0})
+    assert sel[0] == pytest.approx([2 / 3] * 8) and np.isinf(partner).all()
+
+
+def test_worst_site_is_the_check():
+    sites = [{"kind": "bipartite", "count": 2, "args": ARGS, "own": WANT, "margins": INF}] * 2
+    got = [WANT, np.array([[0, 1, 4, 2, 5, 3, 4, 5, 6, 7]])]
+    figures, rows = C.judge_decisions(sites, got, "fp32")
+    assert figures["worst_site"] == 1 and not rows[0]["passed"]
+    assert rows[0]["metric"] == "merging_same_destination_worst"
+    figures, rows = C.judge_decisions(sites, [WANT, WANT], "fp16")
+    assert figures["merging_same_destination_worst"] == 1.0 and rows[0]["passed"]
+    _, rows = C.judge_decisions(sites, [WANT], "fp32")  # a site missing in the artifact
+    assert not rows[0]["passed"]

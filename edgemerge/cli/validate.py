@@ -9,10 +9,12 @@ from edgemerge.cli.options import plugins_option
 from edgemerge.validate.api import _fmt
 
 
-MERGE_NOTE = ("merge sites identical: the fraction of merge sites where every token, in every input, went to "
-              "the same merged slot as in PyTorch; merge tokens same slot: the fraction of tokens that did. "
-              "Informative, not a check: a near-tie in token similarity may pick another partner under "
-              "fp16 or kernel rounding without harming the result, which the output checks above judge.")
+MERGE_NOTE = ("merge.merging_same_destination_worst: at the worst merge site, of the tokens that merge in "
+              "PyTorch's decision or the artifact's (PyTorch deciding again given the artifact's earlier "
+              "decisions), the fraction that merge into the same destination in both; a token within the "
+              "near-tie bound of going the other way in PyTorch's scores is excused and counted. "
+              "merge tokens same fate: the fraction of all tokens, kept ones included (informative only: "
+              "unrelated matchings agree on most kept tokens).")
 
 
 @main.command()
@@ -66,10 +68,9 @@ def validate(artifact, images, labels, num, atol, rtol, min_agreement, localize,
                 table.add_row(f"{o}.{k}", _fmt(m.get(k)), "", "")
     merge = report["merge_decisions"]
     if merge.get("available") and merge.get("sites"):
-        n, same = merge["sites"], merge["sites"] - len(merge.get("differing", []))
-        table.add_row("merge sites identical", f"{_fmt(merge['site_agreement'])} ({same}/{n})",
-                      "none: informative", "[dim]info[/]")
-        table.add_row("merge tokens same slot", _fmt(merge["token_agreement"]), "none: informative", "[dim]info[/]")
+        table.add_row("merge near-ties excused", f"{merge['near_ties_excused']} (bound {merge['near_tie']:g})",
+                      f"{merge['sites']} sites", "[dim]info[/]")
+        table.add_row("merge tokens same fate", _fmt(merge["tokens_same_fate"]), "none: informative", "[dim]info[/]")
         table.caption, table.caption_justify = MERGE_NOTE, "left"
     elif merge.get("available"):
         table.add_row("merge decisions", "n/a", "the artifact has no merge sites", "")

@@ -26,7 +26,7 @@ from edgemerge.export import functions as F
 from edgemerge.merge import ops as _ops  # noqa: F401  (registers torch.ops.edgemerge.*)
 from edgemerge.errors import EdgemergeError
 from edgemerge.export.fp16 import keep_fp32
-from edgemerge.graphs import inline_merge_ops, name_merge_sites, reserved_names
+from edgemerge.graphs import inline_merge_ops, name_merge_sites, record_match_metrics, reserved_names
 from edgemerge.opspec import OPS, OpSpec
 
 _E = onnxscript.values.Opset(F.DOMAIN, F.DOMAIN_VERSION)
@@ -122,6 +122,7 @@ def finalize(model: onnx.ModelProto, *, merge_ops: str, precision: str) -> onnx.
         raise EdgemergeError(f"the exported graph uses tensor names reserved for the merge-op bodies: {clash[:3]}")
     name_merge_sites(model)
     if merge_ops == "native":
+        record_match_metrics(model)  # what validate reads the matchings' inputs from
         # The bodies compute counts (TopK's K, reshape sizes) from attribute constants; folding
         # them is the only optimizer pass a native export gets (torch_to_onnx(optimize=False)).
         model = inline_merge_ops(model)

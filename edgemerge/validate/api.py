@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 
 from edgemerge import __version__
-from edgemerge.compare import describe
+from edgemerge.compare import describe, judge_decisions
 from edgemerge.errors import EdgemergeError
 from edgemerge.record import read_record
 from edgemerge.validate import inputs as inputs_mod
@@ -26,6 +26,7 @@ from edgemerge.validate import runners
 from edgemerge.validate.artifact import find_artifact
 from edgemerge.files import check_output_dir, write_files
 from edgemerge.progress import counter
+from edgemerge.reference import replay_reference
 from edgemerge.validate.report import MAX_FIGURE_INPUTS, class_names, json_bytes, png_bytes
 
 REFERENCES = ("auto", "pytorch", "stored")
@@ -65,13 +66,17 @@ def failure_message(report: dict) -> str | None:
     failed = [c for c in report["checks"] if not c["passed"]]
     if not failed:
         return None
-    parts = [f"{c['output']}.{describe(c, report['metrics'][c['output']])}" for c in failed]
+    parts = [f"{c['output']}.{describe(c, report['metrics'].get(c['output'], {}))}" for c in failed]
     msg = f"validation failed ({report['artifact']['kind']} vs {report['reference']['kind']}): " + "; ".join(parts)
     merge = report.get("merge_decisions", {})
-    if merge.get("available") and merge.get("differing"):
-        d = merge["differing"][0]
-        msg += (f"; merge decisions differ at {len(merge['differing'])} of {merge['sites']} sites "
-                f"(first: site {d['site']}, margin {_fmt(d.get('decision_margin'))})")
+    if any(c["output"] == "merge" for c in failed) and merge.get("per_site"):
+        w = merge["per_site"][merge["worst_site"]]
+        msg += (f"; worst merge site {w['site']} ({w['kind']}): {w['same_destination']} of {w['merging']} merging "
+                f"tokens went where the reference op sends them on {merge['judged_on']}, "
+                f"{w['near_ties_excused']} near-ties excused")
+        if any(c["metric"] == "metric_rel_l2_worst" for c in failed):
+            m = max(merge["per_site"], key=lambda p: p["metric_rel_l2"])
+            msg += f"; site {m['site']}'s metric differs from PyTorch's by {m['metric_rel_l2']:.3g} (rel. L2)"
     loc = report.get("localize")
     if loc and loc.get("first_divergent"):
         f = loc["first_divergent"]
@@ -119,22 +124,30 @@ def validate_artifact(path: str | Path, *, images: str | Path | None = None, lab
         raise EdgemergeError("new images need the PyTorch reference (torch and the checkpoint); without PyTorch "
                              "validation uses the bundle's stored inputs and outputs (reference.npz)")
 
-    inp, ref_out, ref_sites, ref_kind, stored = _reference(art, use_torch, images, labels, num, progress)
+    inp, ref_out, model, ref_kind, stored = _reference(art, use_torch, images, labels, num, progress)
     out_names = [o["name"] for o in manifest.get("outputs", [])] or ["output"]
     main_out = out_names[0]  # models have one output (logits)
     ref = np.concatenate(ref_out)
-    got, got_slots, slot_names = _run_artifact(art, inp.batches, main_out, plugins, load_engine, progress)
+    got, got_slots, got_metrics = _run_artifact(art, inp.batches, main_out, plugins, load_engine, progress)
 
-    limits = M.thresholds_for(art.precision, atol=atol, rtol=rtol, min_agreement=min_agreement)
-    per_output = {main_out: M.output_metrics(got, ref, art.precision)}
+    merge, judged_ref, decision_rows = _merge_decisions(art, model, inp.batches, got_slots, got_metrics, progress)
+    limits = M.thresholds_for(art.precision, atol=atol, rtol=rtol, min_agreement=min_agreement,
+                              replayed=judged_ref is not None or merge.get("sites") == 0)
+    per_output = {main_out: M.output_metrics(got, judged_ref if judged_ref is not None else ref, art.precision)}
+    if judged_ref is not None:  # the logits were judged against PyTorch replaying the artifact's decisions
+        per_output[main_out]["without_replay"] = {k: v for k, v in M.output_metrics(got, ref, art.precision).items()
+                                                  if k in ("max_abs", "max_abs_rel_range", "rel_l2", "cosine",
+                                                           "argmax_agreement")}
     checks = [{"output": main_out, **c} for c in M.check(per_output[main_out], limits)]
+    checks += [{"output": "merge", **c} for c in decision_rows]
     ref_pred = ref.argmax(1) if ref.ndim == 4 else None
     got_pred = got.argmax(1) if got.ndim == 4 else None
     num_classes = int(manifest.get("num_classes") or ref.shape[1])
     warnings, label_figs = _label_figures(inp, ref_pred, got_pred, num_classes)
+    if merge.get("available") is False:  # said on stderr, not only in the report
+        warnings.insert(0, f"merge decisions not checked: {merge['reason']}")
     if label_figs is not None and ref_kind == "pytorch":
         label_figs.update(_cost_of_merging(manifest, inp, label_figs, num_classes, progress))
-    merge = _merge_decisions(art, ref_sites, got_slots, slot_names)
     consistency = _consistency(art, ref_kind, inp, ref_out, stored)
     report = {
         "format": 1, "passed": all(c["passed"] for c in checks), "engine_build": _engine_build(art),
@@ -176,7 +189,7 @@ def validate_artifact(path: str | Path, *, images: str | Path | None = None, lab
 # ---- the steps of validate_artifact ---------------------------------------------------------------
 
 def _reference(art, use_torch: bool, images, labels, num, progress):
-    """(inputs, reference outputs per batch, PyTorch's merge sites or None, reference kind, stored)."""
+    """(inputs, reference outputs per batch, the PyTorch model or None, reference kind, stored)."""
     manifest = art.manifest
     stored = R.load_stored(art.bundle, manifest) if not use_torch or images is None else None
     if not use_torch:
@@ -187,22 +200,24 @@ def _reference(art, use_torch: bool, images, labels, num, progress):
     progress("rebuilding the PyTorch reference from the manifest")
     model = R.build_from_manifest(manifest)  # refuses a changed or missing checkpoint
     progress(f"running PyTorch on {inp.source['count']} input(s)")
-    ref_out, ref_sites = R.run_pytorch(model, inp.batches, progress=counter(progress, "PyTorch: batch"))
-    return inp, ref_out, ref_sites, "pytorch", stored
+    ref_out = R.run_pytorch(model, inp.batches, progress=counter(progress, "PyTorch: batch"))
+    return inp, ref_out, model, "pytorch", stored
 
 
 def _run_artifact(art, batches, output: str, plugins, load_engine, progress):
-    """(the artifact's output stacked over batches, its slot tensors or None, their names)."""
+    """(the artifact's output stacked over batches, its slot tensors and the metric tensors its
+    matchings read, per batch, or None)."""
     progress(f"running the {art.kind} ({'ONNX Runtime' if art.kind == 'onnx' else 'TensorRT'})")
-    slot_names = None
+    slot_names = metric_names = None
     if art.kind == "onnx":
-        per_batch, slot_names = runners.run_onnx(art.path, art.manifest, batches)
+        per_batch, slot_names, metric_names = runners.run_onnx(art.path, art.manifest, batches)
     else:
         per_batch = runners.run_engine(art.path, art.manifest, batches, plugins, load_engine=load_engine)
     name = output if output in per_batch[0] else next(iter(per_batch[0]))
     got = np.concatenate([b[name] for b in per_batch])
-    slots = [np.concatenate([b[s] for b in per_batch]) for s in slot_names] if slot_names else None
-    return got, slots, slot_names
+    slots = [[b[s] for s in slot_names] for b in per_batch] if slot_names else None
+    metrics = [[b[s] for s in metric_names] for b in per_batch] if slot_names and metric_names else None
+    return got, slots, metrics
 
 
 def _label_figures(inp, ref_pred, got_pred, num_classes: int) -> tuple[list[str], dict | None]:
@@ -226,7 +241,7 @@ def _cost_of_merging(manifest, inp, label_figs: dict, num_classes: int, progress
         return {"miou_unmerged": label_figs["miou_reference"], "miou_cost_of_merging": 0.0}
     progress("rebuilding the unmerged PyTorch model (variant none) for its mIoU")
     model = R.build_from_manifest(manifest, variant="none")
-    out, _ = R.run_pytorch(model, inp.batches, progress=counter(progress, "PyTorch unmerged: batch"))
+    out = R.run_pytorch(model, inp.batches, progress=counter(progress, "PyTorch unmerged: batch"))
     pred = np.concatenate(out).argmax(1)
     unmerged = M.miou(M.confusion(pred, M.resize_labels(inp.labels, *pred.shape[1:]), num_classes))
     merged = label_figs["miou_reference"]
@@ -234,15 +249,31 @@ def _cost_of_merging(manifest, inp, label_figs: dict, num_classes: int, progress
             "miou_cost_of_merging": None if unmerged is None or merged is None else unmerged - merged}
 
 
-def _merge_decisions(art, ref_sites, got_slots, slot_names) -> dict:
-    if ref_sites is None:
-        return {"available": False, "reason": "the stored reference (reference.npz) holds no merge decisions"}
+def _merge_decisions(art, model, batches, got_slots, got_metrics, progress
+                     ) -> tuple[dict, np.ndarray | None, list[dict]]:
+    """(figures, PyTorch's outputs with the artifact's decisions replayed or None, check rows).
+
+    The artifact's decisions are replayed in PyTorch, which decides again at every site given the
+    same history: the logits are then judged on numerics alone, and each site's decision on its
+    own (edgemerge.compare.judge_decisions), so a wrong matching fails even where the outputs
+    happen to be insensitive to it (random weights, a few tokens)."""
+    if model is None:
+        return {"available": False, "reason": "the stored reference (reference.npz) holds no merge decisions; "
+                                              "validate with PyTorch to check them"}, None, []
     if art.kind == "engine":
-        return {"available": False, "reason": "a TensorRT engine does not expose its slot tensors"}
-    merge = M.slot_agreement(ref_sites, got_slots)
-    if merge.get("available"):
-        merge["slot_tensors"] = slot_names
-    return merge
+        return {"available": False, "reason": "a TensorRT engine does not expose its slot tensors"}, None, []
+    if got_slots is None:
+        return {"available": True, "sites": 0}, None, []
+    progress("replaying the artifact's merge decisions in PyTorch")
+    try:
+        forced, sites = replay_reference(model, batches, got_slots, got_metrics)
+    except RuntimeError as e:  # more or fewer slot tensors than PyTorch has merge sites
+        figures = {"available": True, "sites": None, "merging_same_destination_worst": None, "reason": str(e)}
+        return figures, None, [{"metric": "merge_sites_match", "value": None, "op": "==", "threshold": 1,
+                                "passed": False}]
+    stacked = [np.concatenate([b[i] for b in got_slots]) for i in range(len(got_slots[0]))]
+    figures, rows = judge_decisions(sites, stacked, art.precision)
+    return {"available": True, **figures}, np.concatenate(forced), rows
 
 
 def _consistency(art, ref_kind: str, inp, ref_out, stored) -> dict | None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgemerge.compare import LIMITS, bad_limit, check, confusion, limits_for, metrics, miou, same_fates  # noqa: F401
+from edgemerge.compare import LIMITS, bad_limit, check, confusion, limits_for, metrics, miou  # noqa: F401
 from edgemerge.errors import EdgemergeError
 
 # The comparison (figures, limits, near-ties) lives in edgemerge.compare; validate judges an
@@ -25,9 +25,11 @@ def check_limits(*, atol: float | None = None, rtol: float | None = None,
 
 
 def thresholds_for(precision: str, *, atol: float | None = None, rtol: float | None = None,
-                   min_agreement: float | None = None) -> dict[str, tuple[str, float]]:
-    """The "artifact" limits at `precision`, with the user's overrides (edgemerge.compare.limits_for)."""
-    return limits_for("artifact", precision, atol=atol, rtol=rtol, min_agreement=min_agreement)
+                   min_agreement: float | None = None, replayed: bool = True) -> dict[str, tuple[str, float]]:
+    """The "artifact" limits at `precision` (or "unreplayed" when the artifact's merge decisions
+    could not be replayed), with the user's overrides (edgemerge.compare.limits_for)."""
+    return limits_for("artifact" if replayed else "unreplayed", precision, atol=atol, rtol=rtol,
+                      min_agreement=min_agreement)
 
 
 def output_metrics(got: np.ndarray, ref: np.ndarray, precision: str = "fp32") -> dict:
@@ -52,39 +54,3 @@ def resize_labels(labels: np.ndarray, height: int, width: int) -> np.ndarray:
     ys = np.minimum(((np.arange(height) + 0.5) * H / height).astype(np.int64), H - 1)
     xs = np.minimum(((np.arange(width) + 0.5) * W / width).astype(np.int64), W - 1)
     return labels[:, ys][:, :, xs]
-
-
-def slot_agreement(ref_slots: list[dict], got_slots: list[np.ndarray] | None) -> dict:
-    """How many merge decisions (slot tensors) the artifact shares with the reference.
-
-    `ref_slots`: per merge site in call order, {"kind", "slot" [n, N], "margin" [n] or None};
-    `got_slots`: the artifact's slot tensors in graph order, stacked over inputs.
-    """
-    if got_slots is None:
-        return {"available": False, "reason": "the artifact does not expose its slot tensors"}
-    if len(ref_slots) != len(got_slots):
-        return {"available": False, "reason": f"PyTorch made {len(ref_slots)} merge decisions per input, "
-                                              f"the artifact exposes {len(got_slots)} slot tensors"}
-    if not ref_slots:
-        return {"available": True, "sites": 0, "site_agreement": None, "token_agreement": None, "differing": []}
-    same_sites, same_tokens, total_tokens, differing = 0, 0, 0, []
-    for i, (ref, got) in enumerate(zip(ref_slots, got_slots)):
-        r = np.asarray(ref["slot"])
-        g = np.asarray(got).reshape(r.shape) if np.asarray(got).size == r.size else None
-        if g is None:
-            differing.append({"site": i, "kind": ref["kind"], "reason": "shape differs"})
-            total_tokens += r.size
-            continue
-        # the same fate per token (kept slot numbers shift after a single near-tie swap)
-        eq = same_fates(g, r, ref["first_merging"]) if "first_merging" in ref else g == r
-        same_tokens += int(eq.sum())
-        total_tokens += r.size
-        if eq.all():
-            same_sites += 1
-        else:
-            entry = {"site": i, "kind": ref["kind"], "tokens_differing": int((~eq).sum()), "tokens": int(r.size)}
-            if ref.get("margin") is not None:
-                entry["decision_margin"] = float(np.min(ref["margin"]))
-            differing.append(entry)
-    return {"available": True, "sites": len(ref_slots), "site_agreement": same_sites / len(ref_slots),
-            "token_agreement": same_tokens / max(total_tokens, 1), "differing": differing}

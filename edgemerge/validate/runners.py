@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 
 from edgemerge.errors import EdgemergeError
-from edgemerge.graphs import slot_tensors, with_outputs
+from edgemerge.graphs import match_metrics, slot_tensors, with_outputs
 from edgemerge.progress import quiet_polygraphy
 
 
@@ -24,8 +24,9 @@ def _feeds(batches: list[np.ndarray], name: str, dtype: str) -> list[dict]:
 
 
 def run_onnx(onnx_path: Path, manifest: dict, batches: list[np.ndarray], *, expose_slots: bool = True
-             ) -> tuple[list[dict[str, np.ndarray]], list[str] | None]:
-    """Outputs per batch ({name: array}, slot tensors included) and the slot tensor names."""
+             ) -> tuple[list[dict[str, np.ndarray]], list[str] | None, list[str] | None]:
+    """Outputs per batch ({name: array}, slot and metric tensors included), the slot tensor names
+    and the names of the tensors the merge sites match on (None when not found)."""
     import onnx
     from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
     from polygraphy.comparator import Comparator
@@ -33,15 +34,18 @@ def run_onnx(onnx_path: Path, manifest: dict, batches: list[np.ndarray], *, expo
     quiet_polygraphy()
     model = onnx.load(str(onnx_path))
     slots = slot_tensors(model) if expose_slots else None
+    metrics = match_metrics(model) if slots else None
+    if metrics is not None and len(metrics) != len(slots):
+        metrics = None
     if slots:
-        model = with_outputs(model, slots)
+        model = with_outputs(model, slots + (metrics or []))
     inp = manifest["inputs"][0] if manifest.get("inputs") else {"name": model.graph.input[0].name, "dtype": "float32"}
     runner = OnnxrtRunner(SessionFromOnnx(model.SerializeToString(), providers=["cpu"]), name="onnxrt")
     try:
         results = Comparator.run([runner], data_loader=_feeds(batches, inp["name"], inp["dtype"]))
     except Exception as e:  # ORT failing on a malformed file is a finding, said in one line
         raise EdgemergeError(f"{onnx_path}: ONNX Runtime cannot run it: {str(e).splitlines()[0][:300]}") from None
-    return [dict(it.items()) for it in results["onnxrt"]], slots
+    return [dict(it.items()) for it in results["onnxrt"]], slots, metrics
 
 
 def run_engine(plan_path: Path, manifest: dict, batches: list[np.ndarray], plugins: list[str] | None = None,

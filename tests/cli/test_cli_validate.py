@@ -87,9 +87,11 @@ def _edited_copy(bundle, dst, unstamp: bool = False, **changes):
 
     shutil.copytree(bundle, dst, ignore=shutil.ignore_patterns("validate_report"))
     manifest = json.loads((dst / "manifest.json").read_text())
-    if unstamp:  # an export from before the stamp: the check has nothing to compare with
+    if unstamp:  # restamped to agree with the edited manifest, so the run itself must catch the edit
+        from edgemerge.identity import stamp
+
         model = onnx.load(str(dst / "model.onnx"))
-        del model.metadata_props[:]
+        stamp(model, {**manifest, **changes})
         onnx.save(model, str(dst / "model.onnx"))
         manifest["onnx_sha256"] = hashlib.sha256((dst / "model.onnx").read_bytes()).hexdigest()
     manifest.update(changes)

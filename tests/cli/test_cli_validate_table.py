@@ -1,5 +1,6 @@
-"""validate's table shows the merge-decision agreement with what it means and no limit: informative,
-not a check (the validation is stubbed: this is about the table)."""
+"""validate's table: the merge-decision gate is a check row (merge.*), the token-level figure and the
+near-ties it excused are information with what they mean (the validation is stubbed: this is about
+the table)."""
 
 from __future__ import annotations
 
@@ -29,28 +30,33 @@ def row(out, name):
     return next(ln for ln in out.splitlines() if name in ln)
 
 
-def test_merge_agreement_rows_say_informative_and_are_explained(monkeypatch):
-    merge = {"available": True, "sites": 8, "site_agreement": 0.875, "token_agreement": 0.9991,
-             "differing": [{"site": 3, "kind": "kv", "tokens_differing": 2, "tokens": 2048}]}
-    out = table_of(monkeypatch, merge)
-    sites = row(out, "merge sites identical")
-    assert "0.875 (7/8)" in sites and "informative" in sites and "info" in sites
-    assert "pass" not in sites and "FAIL" not in sites  # not a check
-    tokens = row(out, "merge tokens same slot")
+def test_merge_gate_is_a_check_and_the_token_figure_informative(monkeypatch):
+    merge = {"available": True, "sites": 8, "near_tie": 1e-5, "near_ties_excused": 2, "tokens_same_fate": 0.9991,
+             "merging_same_destination_worst": 1.0, "judged_on": "the artifact's metric"}
+    report = fake_report(merge)
+    report["checks"].append({"output": "merge", "metric": "merging_same_destination_worst", "value": 1.0,
+                             "op": ">=", "threshold": 1.0, "passed": True})
+    monkeypatch.setattr(validate_pkg, "validate_artifact", lambda *a, **k: report)
+    res = run_cli("validate", "anything")
+    assert res.exit_code == 0, res.output
+    out = res.stdout
+    gate = next(ln for ln in out.splitlines() if "merge.merging_same_destination_worst" in ln and ">= 1" in ln)
+    assert "pass" in gate
+    ties = row(out, "merge near-ties excused")
+    assert "2 (bound 1e-05)" in ties and "8 sites" in ties
+    tokens = row(out, "merge tokens same fate")
     assert "0.9991" in tokens and "informative" in tokens
     flat = " ".join(out.split())
-    assert "every token, in every input, went to the same merged slot as in PyTorch" in flat
-    assert "Informative, not a check" in flat
+    assert "unrelated matchings agree on most kept tokens" in flat
 
 
 @pytest.mark.parametrize("merge, says", [
-    ({"available": True, "sites": 0, "site_agreement": None, "token_agreement": None, "differing": []},
-     "the artifact has no merge sites"),
+    ({"available": True, "sites": 0}, "the artifact has no merge sites"),
     ({"available": False, "reason": "the artifact does not expose its slot tensors"}, "does not expose"),
 ])
 def test_no_agreement_figures_say_why(monkeypatch, merge, says):
     out = table_of(monkeypatch, merge)
-    assert "merge sites identical" not in out and "Informative, not a check" not in " ".join(out.split())
+    assert "merge tokens same fate" not in out and "unrelated matchings" not in " ".join(out.split())
     assert says in " ".join(out.split())
 
 

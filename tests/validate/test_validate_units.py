@@ -14,10 +14,13 @@ from edgemerge.validate import metrics as M
 
 def test_thresholds_per_precision_and_overrides():
     assert M.thresholds_for("fp32") == {"argmax_agreement": (">=", 0.999), "max_abs_rel_range": ("<=", 1e-3)}
-    assert M.thresholds_for("fp16") == {"argmax_agreement": (">=", 0.99), "cosine": (">=", 0.999)}
+    assert M.thresholds_for("fp16") == {"argmax_agreement": (">=", 0.99), "cosine": (">=", 0.9999),
+                                        "rel_l2": ("<=", 5e-3), "max_abs_rel_range": ("<=", 5e-3)}
+    # an engine's decisions cannot be replayed: a flipped near-tie moves every later token
+    assert M.thresholds_for("fp16", replayed=False) == {"argmax_agreement": (">=", 0.99), "cosine": (">=", 0.999)}
     t = M.thresholds_for("fp16", atol=0.5, rtol=0.01, min_agreement=0.9)
     assert t["max_abs"] == ("<=", 0.5) and t["max_abs_rel_range"] == ("<=", 0.01)
-    assert t["argmax_agreement"] == (">=", 0.9) and t["cosine"] == (">=", 0.999)
+    assert t["argmax_agreement"] == (">=", 0.9) and t["cosine"] == (">=", 0.9999)
 
 
 def test_output_metrics_and_checks():
@@ -46,18 +49,6 @@ def test_miou_ignores_out_of_range_labels():
     assert M.miou(M.confusion(np.array([0, 0]), np.array([0, 1]), 2)) == pytest.approx(0.25)
     labs = M.label_metrics(np.array([[0, 1]]), np.array([[0, 0]]), np.array([[0, 1]]), 2)
     assert labs["miou_reference"] == 1.0 and labs["miou_difference"] == pytest.approx(0.25 - 1.0)
-
-
-def test_slot_agreement_reports_a_flip_with_its_margin():
-    ref = [{"kind": "bipartite", "slot": np.array([[0, 1, 2, 2]]), "margin": np.array([1e-7])},
-           {"kind": "window", "slot": np.array([[0, 0, 0, 0]]), "margin": None}]
-    got = [np.array([[0, 2, 1, 2]], np.int32), np.array([[0, 0, 0, 0]], np.int32)]
-    a = M.slot_agreement(ref, got)
-    assert a["site_agreement"] == 0.5 and a["token_agreement"] == 6 / 8
-    assert a["differing"] == [{"site": 0, "kind": "bipartite", "tokens_differing": 2, "tokens": 4,
-                               "decision_margin": 1e-7}]
-    assert M.slot_agreement(ref, got[:1])["available"] is False
-    assert M.slot_agreement(ref, None)["available"] is False
 
 
 def test_resize_labels_nearest():
