@@ -44,7 +44,7 @@ PLANTS = {
 def _row(check: dict) -> dict:
     d = check["merge_decisions"]
     return {k: check.get(k) for k in ("rel_l2", "max_abs_rel_range", "cosine", "argmax_agreement")} | {
-        "decisions_worst": d.get("merging_same_destination_worst"), "near_ties_excused": d.get("near_ties_excused"),
+        "decisions_worst": d.get("same_destination_worst"), "near_ties_excused": d.get("near_ties_excused"),
         "largest_excused_margin": d.get("largest_excused_margin"), "tokens_same_fate": d.get("tokens_same_fate")}
 
 
@@ -86,7 +86,7 @@ def main() -> int:
                             prow = {"passed": rep["passed"], "failure": rep["failure"],
                                     **{k: met.get(k) for k in ("rel_l2", "max_abs_rel_range", "cosine",
                                                                "argmax_agreement")},
-                                    "decisions_worst": md.get("merging_same_destination_worst"),
+                                    "decisions_worst": md.get("same_destination_worst"),
                                     "near_ties_excused": md.get("near_ties_excused"),
                                     "tokens_same_fate": md.get("tokens_same_fate")}
                         except (StopIteration, ValueError) as e:

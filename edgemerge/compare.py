@@ -279,11 +279,11 @@ def judge_decisions(sites: list[dict], got: list[np.ndarray], precision: str) ->
     key = "fp16" if precision == "fp16" else "fp32"
     exact = bool(sites) and all("on_artifact_metric" in s for s in sites)
     lim = DECISION_LIMITS[key] if exact else DECISION_FALLBACK[key]
-    limits = {"merging_same_destination_worst": (">=", lim["merging_same_destination"])}
+    limits = {"same_destination_worst": (">=", lim["merging_same_destination"])}
     if exact:
         limits["metric_rel_l2_worst"] = ("<=", lim["metric_rel_l2"])
     if len(got) != len(sites):
-        figures = {"sites": len(sites), "artifact_sites": len(got), "merging_same_destination_worst": None,
+        figures = {"sites": len(sites), "artifact_sites": len(got), "same_destination_worst": None,
                    "metric_rel_l2_worst": None}
         return figures, check(figures, limits)
     per_site = []
@@ -299,7 +299,7 @@ def judge_decisions(sites: list[dict], got: list[np.ndarray], precision: str) ->
     worst = min(per_site, key=lambda p: p["merging_same_destination"]) if per_site else None
     figures = {"sites": len(sites), "judged_on": "the artifact's metric" if exact else "PyTorch's metric",
                "near_tie": lim["near_tie"],
-               "merging_same_destination_worst": worst["merging_same_destination"] if worst else 1.0,
+               "same_destination_worst": worst["merging_same_destination"] if worst else 1.0,
                "worst_site": worst["site"] if worst else None,
                "near_ties_excused": sum(p["near_ties_excused"] for p in per_site),
                "largest_excused_margin": max((p["largest_excused_margin"] for p in per_site

@@ -147,8 +147,8 @@ def test_worst_site_is_the_check():
     got = [WANT, np.array([[0, 1, 4, 2, 5, 3, 4, 5, 6, 7]])]
     figures, rows = C.judge_decisions(sites, got, "fp32")
     assert figures["worst_site"] == 1 and not rows[0]["passed"]
-    assert rows[0]["metric"] == "merging_same_destination_worst"
+    assert rows[0]["metric"] == "same_destination_worst"
     figures, rows = C.judge_decisions(sites, [WANT, WANT], "fp16")
-    assert figures["merging_same_destination_worst"] == 1.0 and rows[0]["passed"]
+    assert figures["same_destination_worst"] == 1.0 and rows[0]["passed"]
     _, rows = C.judge_decisions(sites, [WANT], "fp32")  # a site missing in the artifact
     assert not rows[0]["passed"]

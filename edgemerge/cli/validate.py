@@ -9,10 +9,11 @@ from edgemerge.cli.options import plugins_option
 from edgemerge.validate.api import _fmt
 
 
-MERGE_NOTE = ("merge.merging_same_destination_worst: at the worst merge site, of the tokens that merge in "
-              "PyTorch's decision or the artifact's (PyTorch deciding again given the artifact's earlier "
-              "decisions), the fraction that merge into the same destination in both; a token within the "
-              "near-tie bound of going the other way in PyTorch's scores is excused and counted. "
+MERGE_NOTE = ("merge.same_destination_worst: at the worst merge site, of the tokens that merge in the "
+              "artifact's decision or in the reference op's on the same metric tensor (PyTorch replaying the "
+              "artifact's earlier decisions), the fraction that merge into the same destination in both; a "
+              "token within the near-tie bound of going the other way is excused and counted. "
+              "merge.metric_rel_l2_worst: how far the tensor a site matched on is from PyTorch's. "
               "merge tokens same fate: the fraction of all tokens, kept ones included (informative only: "
               "unrelated matchings agree on most kept tokens).")
 

@@ -11,10 +11,17 @@ cosine to 1e-6. The run is seeded (the batch of step s depends only on seed and 
 (`train_state.pth` in --out); the result is `checkpoint.pth` (the input's weights, the metric
 tensors and the model details the input's format implied, such as LayerNorm eps; read by
 `export --checkpoint` and `validate`) and `train_record.json`.
+
+The run is judged on images it does not train on: `eval_images` (a folder; a file whose content
+equals a training image's is refused), or else a seeded split of `images` (`holdout` of them,
+at least one, never trained on). The KL to the unmerged model on those images, soft (the relaxed
+forward that is trained) and hard (the deployed model: hard merging on the metric), before and
+after training, goes into the record with the names of the files that trained and judged.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -32,7 +39,7 @@ from edgemerge.errors import EdgemergeError
 
 MIN_LR = 1e-6
 CLIP = 5.0
-EVAL_IMAGES = 8
+HOLDOUT = 0.2
 STATE_FILE, CHECKPOINT_FILE, RECORD_FILE = "train_state.pth", "checkpoint.pth", "train_record.json"
 
 
@@ -44,6 +51,8 @@ class TrainOptions:
     images: str
     out: str
     labels: str | None = None  # segmentation label maps (same file names): adds the task loss
+    eval_images: str | None = None  # judge on this folder; default: a seeded `holdout` split of `images`
+    holdout: float = HOLDOUT  # fraction of `images` held out for judging when no eval_images
     steps: int | None = None  # optimizer steps; default: epochs over the images
     epochs: int = 1
     batch: int = 8
@@ -142,12 +151,50 @@ def _torch_save_atomic(obj: Any, path: Path) -> None:
         raise
 
 
-def _load_images(folder: str, cfg, labels: str | None) -> tuple[Tensor, Tensor | None]:
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Split:
+    """Which files train the metric and which judge it, and how they were chosen."""
+
+    train: list[Path]
+    judge: list[Path]
+    source: str  # "eval-images" or "holdout"
+
+
+def split_images(opts: TrainOptions) -> Split:
+    """The training and judging files: `eval_images` if given, else a seeded holdout split of `images`."""
+    from edgemerge.images import list_images
+
+    files = list_images(opts.images)
+    if opts.eval_images is not None:
+        judge = list_images(opts.eval_images)
+        seen = {_sha256(f): f for f in files}
+        shared = [(f, seen[h]) for f in judge if (h := _sha256(f)) in seen]
+        if shared:
+            f, g = shared[0]
+            raise EdgemergeError(f"--eval-images {opts.eval_images}: {f.name} is the same image as training image "
+                                 f"{g} ({len(shared)} shared); judge on images the metric does not train on")
+        return Split(files, judge, "eval-images")
+    if not 0 < opts.holdout < 1:
+        raise EdgemergeError(f"--holdout must be between 0 and 1 (exclusive), got {opts.holdout}")
+    if len(files) < 2:
+        raise EdgemergeError(f"{opts.images} has {len(files)} image: a held-out split needs at least 2 "
+                             f"(or give --eval-images)")
+    n_judge = min(max(1, round(len(files) * opts.holdout)), len(files) - 1)
+    perm = torch.randperm(len(files), generator=torch.Generator().manual_seed(opts.seed)).tolist()
+    judged = set(perm[:n_judge])
+    return Split([f for i, f in enumerate(files) if i not in judged], [f for i, f in enumerate(files) if i in judged],
+                 "holdout")
+
+
+def _load_images(files: list[Path], cfg, labels: str | None) -> tuple[Tensor, Tensor | None]:
     """Images [N, 3, H, W] normalised, and label maps [N, H, W] (nearest-resized) when asked."""
-    from edgemerge.images import list_images, load_image, normalize
+    from edgemerge.images import load_image, normalize
 
     H, W = cfg.resolution
-    files = list_images(folder)
     images = torch.stack([torch.from_numpy(normalize(load_image(f, H, W)[None], cfg.mean, cfg.std)[0]) for f in files])
     if labels is None:
         return images, None
@@ -243,10 +290,12 @@ def train_metric(opts: TrainOptions, progress: Callable[[int, int, float], None]
                              f"has none (ViT/DeiT: --variant dtem; Segformer: a *-lm variant; Segmenter: algm-lm)")
     if opts.batch < 1 or (opts.steps is not None and opts.steps < 1) or opts.epochs < 1:
         raise EdgemergeError("--batch, --steps and --epochs must be >= 1")
+    split = split_images(opts)
     torch.manual_seed(opts.seed)
     model, info = load_checkpoint(opts.model, opts.checkpoint, resolution=opts.resolution)
     model.requires_grad_(False)
-    images, label_maps = _load_images(opts.images, model.config, opts.labels)
+    images, label_maps = _load_images(split.train, model.config, opts.labels)
+    judge, _ = _load_images(split.judge, model.config, None)
     total = opts.steps if opts.steps is not None else opts.epochs * math.ceil(len(images) / opts.batch)
     soft_model = _soft_model(model, plan, info.merge_state, opts)
     metrics = soft_model.params
@@ -267,16 +316,22 @@ def train_metric(opts: TrainOptions, progress: Callable[[int, int, float], None]
         optimizer.load_state_dict(state["optimizer"])
         start, losses, seconds = int(state["step"]), list(state["losses"]), float(state["seconds"])
 
+    def batches(x: Tensor) -> list[Tensor]:
+        return [x[i: i + opts.batch] for i in range(0, len(x), opts.batch)]
+
     with torch.no_grad():
-        teacher = torch.cat([model(images[i: i + opts.batch]) for i in range(0, len(images), opts.batch)])
-    held = slice(0, min(EVAL_IMAGES, len(images)))
+        teacher = torch.cat([model(x) for x in batches(images)])
+        judge_teacher = [model(x) for x in batches(judge)]
 
     def evaluate() -> dict[str, float]:
-        with torch.no_grad():
-            soft_logits = torch.cat([soft_model.forward(images[i: i + opts.batch], None)
-                                     for i in range(0, held.stop, opts.batch)])
-        return {"soft_kl": float(distillation_loss(soft_logits, teacher[held])),
-                "hard_kl": _hard_kl(model, plan, soft_model.state(), images[held], teacher[held])}
+        """Mean KL to the unmerged model over the judging images: soft (trained) and hard (deployed)."""
+        n, soft, hard = len(judge), 0.0, 0.0
+        state = soft_model.state()
+        for x, t in zip(batches(judge), judge_teacher):
+            with torch.no_grad():
+                soft += float(distillation_loss(soft_model.forward(x, None), t)) * len(x) / n
+            hard += _hard_kl(model, plan, state, x, t) * len(x) / n
+        return {"soft_kl": soft, "hard_kl": hard}
 
     before = evaluate() if start == 0 else None
 
@@ -317,7 +372,13 @@ def train_metric(opts: TrainOptions, progress: Callable[[int, int, float], None]
 
     record = {"model": opts.model, "variant": opts.variant, "plan": plan_dict(plan),
               "options": key, "checkpoint_in": str(opts.checkpoint), "checkpoint_format": info.format,
-              "images": len(images), "resolution": list(model.config.resolution), "steps": total,
+              "train_images": len(images), "resolution": list(model.config.resolution), "steps": total,
+              "train_files": [str(f) for f in split.train],
+              "eval_source": (f"--eval-images {opts.eval_images}" if split.source == "eval-images" else
+                              f"held-out split of --images: {len(split.judge)} of "
+                              f"{len(split.train) + len(split.judge)} (holdout {opts.holdout}, seed {opts.seed}), "
+                              f"never trained on"),
+              "eval_files": [str(f) for f in split.judge],
               "loss": "distillation: KL(unmerged || soft-merged) of the class scores (per pixel for segmentation)"
                       + (" + cross-entropy against --labels" if opts.labels else ""),
               "labels": str(opts.labels) if opts.labels else None,
@@ -326,7 +387,10 @@ def train_metric(opts: TrainOptions, progress: Callable[[int, int, float], None]
               "relaxation": {"top_k": opts.top_k, "tau_score": opts.tau_score, "tau_pick": opts.tau_pick,
                              "tau_grid": opts.tau_grid},
               "train_loss_first": losses[0] if losses else None, "train_loss_last": losses[-1] if losses else None,
-              "losses": losses, "eval_images": held.stop, "eval_before": before, "eval_after": after,
+              "losses": losses, "eval_images": len(judge),
+              "eval_kl": "mean KL(unmerged || merged) per pixel (per image for classifiers) on the eval files; "
+                         "soft: the relaxed forward that trains, hard: the deployed model (hard merging)",
+              "eval_before": before, "eval_after": after,
               "picked_mass_last_step": [{"r": r, "mass": round(m, 4)} for r, m in zip(stats.counts, stats.mass)],
               "train_seconds": round(seconds, 1), "torch": torch.__version__, "seed": opts.seed,
               "checkpoint": CHECKPOINT_FILE}

@@ -268,7 +268,7 @@ def _merge_decisions(art, model, batches, got_slots, got_metrics, progress
     try:
         forced, sites = replay_reference(model, batches, got_slots, got_metrics)
     except RuntimeError as e:  # more or fewer slot tensors than PyTorch has merge sites
-        figures = {"available": True, "sites": None, "merging_same_destination_worst": None, "reason": str(e)}
+        figures = {"available": True, "sites": None, "same_destination_worst": None, "reason": str(e)}
         return figures, None, [{"metric": "merge_sites_match", "value": None, "op": "==", "threshold": 1,
                                 "passed": False}]
     stacked = [np.concatenate([b[i] for b in got_slots]) for i in range(len(got_slots[0]))]

@@ -32,15 +32,15 @@ def row(out, name):
 
 def test_merge_gate_is_a_check_and_the_token_figure_informative(monkeypatch):
     merge = {"available": True, "sites": 8, "near_tie": 1e-5, "near_ties_excused": 2, "tokens_same_fate": 0.9991,
-             "merging_same_destination_worst": 1.0, "judged_on": "the artifact's metric"}
+             "same_destination_worst": 1.0, "judged_on": "the artifact's metric"}
     report = fake_report(merge)
-    report["checks"].append({"output": "merge", "metric": "merging_same_destination_worst", "value": 1.0,
+    report["checks"].append({"output": "merge", "metric": "same_destination_worst", "value": 1.0,
                              "op": ">=", "threshold": 1.0, "passed": True})
     monkeypatch.setattr(validate_pkg, "validate_artifact", lambda *a, **k: report)
     res = run_cli("validate", "anything")
     assert res.exit_code == 0, res.output
     out = res.stdout
-    gate = next(ln for ln in out.splitlines() if "merge.merging_same_destination_worst" in ln and ">= 1" in ln)
+    gate = next(ln for ln in out.splitlines() if "merge.same_destination_worst" in ln and ">= 1" in ln)
     assert "pass" in gate
     ties = row(out, "merge near-ties excused")
     assert "2 (bound 1e-05)" in ties and "8 sites" in ties

@@ -43,7 +43,7 @@ def test_export_self_checks(tmp_path, model, res, variant, merge_ops, precision)
     else:
         assert check["argmax_agreement"] >= 0.995
     decisions = check["merge_decisions"]
-    assert decisions.get("merging_same_destination_worst", 1.0) == 1.0  # near-ties excused, counted
+    assert decisions.get("same_destination_worst", 1.0) == 1.0  # near-ties excused, counted
     if decisions["sites"]:
         assert decisions["judged_on"] == "the artifact's metric"  # plugin and native graphs alike
         assert decisions["metric_rel_l2_worst"] <= (1e-4 if precision == "fp32" else 2e-2)
@@ -254,5 +254,5 @@ def test_wrong_match_lowering_fails_on_decisions(tmp_path, monkeypatch):
     monkeypatch.setattr(F, "_top_mask", inverted)
     res = CliRunner().invoke(main, ["export", "-m", "segformer-b0", "-v", "fast", "-r", "128x128",
                                     "-o", str(tmp_path / "b")])
-    assert res.exit_code == 1 and "merging_same_destination_worst" in res.output
+    assert res.exit_code == 1 and "same_destination_worst" in res.output
     assert not (tmp_path / "b").exists()

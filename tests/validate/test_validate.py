@@ -140,7 +140,7 @@ def test_correct_export_passes(bundles, tmp_path, kind):
     assert report["passed"] and report["failure"] is None
     assert report["merge_decisions"]["available"], report["merge_decisions"]
     assert report["merge_decisions"]["sites"] == 8
-    assert report["merge_decisions"]["merging_same_destination_worst"] == 1.0
+    assert report["merge_decisions"]["same_destination_worst"] == 1.0
     assert report["merge_decisions"]["judged_on"] == "the artifact's metric"
     if kind.startswith("fp16"):
         assert set(report["thresholds"]) == {"argmax_agreement", "cosine", "rel_l2", "max_abs_rel_range"}
@@ -167,7 +167,7 @@ def test_report_has_every_field(bundles, tmp_path):
     assert report["inputs"]["kind"] == "synthetic" and report["inputs"]["count"] == 2
     assert report["versions"]["onnxruntime"] and report["versions"]["polygraphy"]
     merge = report["merge_decisions"]
-    assert {"merging_same_destination_worst", "metric_rel_l2_worst", "near_ties_excused", "tokens_same_fate",
+    assert {"same_destination_worst", "metric_rel_l2_worst", "near_ties_excused", "tokens_same_fate",
             "per_site"} <= set(merge)
     assert any(c["output"] == "merge" and c["passed"] for c in report["checks"])  # a check, not information
     png = (tmp_path / "report.png").read_bytes()
