@@ -181,14 +181,17 @@ def _engine_record_validate() -> list[str]:
     """Steps 3-5: the trtexec line, the build record that checks the plugins made it in, then validate."""
     arr = lambda n: f'${{{n}[@]+"${{{n}[@]}}"}}'  # noqa: E731  (an empty array under set -u)
     return [
-        " ".join(['"$TRTEXEC"', '--onnx="$GRAPH_FILE"', arr("PLUGIN_ARGS"), "--saveEngine=model.plan",
+        " ".join(["TRTEXEC_ARGS=(", '--onnx="$GRAPH_FILE"', arr("PLUGIN_ARGS"), "--saveEngine=model.plan",
                   "--noTF32", "--profilingVerbosity=detailed", "--exportLayerInfo=model.plan.layers.json",
-                  "--skipInference", arr("PRECISION_ARGS")]),
+                  "--skipInference", arr("PRECISION_ARGS"), ")"]),
+        '"$TRTEXEC" "${TRTEXEC_ARGS[@]}"',
         "",
         "# 4. The build record (model.plan.json), which `edgemerge validate` / `bench` check first. It counts",
-        "#    the engine's plugin layers against the manifest's merge sites: fewer is exit 1.",
+        "#    the engine's plugin layers against the manifest's merge sites: fewer is exit 1. It reads",
+        "#    TF32 off the trtexec arguments, as the build used them.",
         " ".join([f"python3 {TOOL} record", '--trt-version "$TRT_VERSION"', '--graph "$GRAPH_KIND"',
-                  "--layers model.plan.layers.json", arr("RECORD_ARGS"), arr("TYPING_ARGS")]),
+                  "--layers model.plan.layers.json", '--trtexec-args="${TRTEXEC_ARGS[*]}"', arr("RECORD_ARGS"),
+                  arr("TYPING_ARGS")]),
         "",
         "# 5. Compare with the PyTorch reference outputs this bundle carries (reference.npz).",
         "if command -v edgemerge >/dev/null 2>&1; then",

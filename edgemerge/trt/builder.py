@@ -201,7 +201,7 @@ def build_engine(onnx_path: str | os.PathLike, out_path: str | os.PathLike | Non
             out, onnx_path, manifest, tensorrt_version=trt.__version__, plugins=label, plugins_sha256=lib_sha,
             strongly_typed=typing.strongly_typed, fp16_flag=typing.fp16_flag, graph=graph_kind,
             plugin_layers=layers, edgemerge_version=__version__, build_seconds=round(seconds, 1),
-            extra={"python_plugins": py_mode} if py_mode else None)
+            extra={"python_plugins": py_mode} if py_mode else None, tf32=False)  # CreateConfig(tf32=False) above
     write_record(out, record)
     return record
 
