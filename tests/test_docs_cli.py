@@ -87,10 +87,14 @@ def test_readme_judging_table_is_the_code_limits():
     sc32, sc16 = LIMITS["self-check", "fp32"], LIMITS["self-check", "fp16"]
     a32, a16 = LIMITS["artifact", "fp32"], LIMITS["artifact", "fp16"]
     assert check_row == [f"max error <= {sci(sc32['max_abs_rel_range'][1])} of the logits' range, argmax "
-                         f"{pct(sc32['argmax_agreement'][1])}", f"argmax >= {pct(sc16['argmax_agreement'][1])}"]
+                         f"{pct(sc32['argmax_agreement'][1])}",
+                         f"argmax >= {pct(sc16['argmax_agreement'][1])}, rel. L2 error <= {sci(sc16['rel_l2'][1])}, "
+                         f"max error <= {sci(sc16['max_abs_rel_range'][1])} of the range, cosine >= {sc16['cosine'][1]:g}"]
     assert validate_row == [f"max error <= {sci(a32['max_abs_rel_range'][1])} of the range, argmax >= "
                             f"{pct(a32['argmax_agreement'][1])}",
-                            f"argmax >= {pct(a16['argmax_agreement'][1])}, cosine >= {a16['cosine'][1]:g}"]
+                            f"argmax >= {pct(a16['argmax_agreement'][1])}, cosine >= {a16['cosine'][1]:g}, "
+                            f"rel. L2 error <= {sci(a16['rel_l2'][1])}, max error <= "
+                            f"{sci(a16['max_abs_rel_range'][1])} of the range"]
     assert "The two fp16 argmax numbers differ on purpose" in README  # and why
 
 
