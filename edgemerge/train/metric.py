@@ -65,6 +65,7 @@ class TrainOptions:
     tau_score: float = 0.1  # ViT (DTEM): score and pick temperatures
     tau_pick: float = 0.1
     tau_grid: float = 0.01  # Segformer++: gate and destination temperature (cosine units)
+    ascend: bool = False  # a control, not a recipe: climb the loss instead (AdamW maximize)
 
 
 @dataclass
@@ -302,7 +303,7 @@ def train_metric(opts: TrainOptions, progress: Callable[[int, int, float], None]
     decay = [p for p in metrics.parameters() if p.ndim > 1]
     no_decay = [p for p in metrics.parameters() if p.ndim <= 1]
     optimizer = torch.optim.AdamW([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}],
-                                  lr=opts.lr, weight_decay=opts.weight_decay)
+                                  lr=opts.lr, weight_decay=opts.weight_decay, maximize=opts.ascend)
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
     key = _options_key(opts, info.sha256)
