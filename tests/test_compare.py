@@ -81,8 +81,9 @@ def test_destinations_name_groups_not_slot_numbers():
     assert C.merge_destinations(WANT, "bipartite", DST).tolist() == [[-1, -1, 6, -1, -1, 7, -1, -1, -1, -1]]
     relabelled = np.array([[3, 2, 6, 1, 0, 7, 6, 7, 4, 5]])  # the same groups under other numbers
     assert (C.merge_destinations(relabelled, "bipartite", DST) == C.merge_destinations(WANT, "bipartite", DST)).all()
-    two_dsts = np.array([[0, 1, 2, 3, 4, 5, 6, 6, 7, 8]])  # destinations 6 and 7 share a slot: no correct decision
-    assert (C.merge_destinations(two_dsts, "bipartite", DST)[0, 6:8] == -1).all()
+    two_dsts = np.array([[0, 1, 6, 2, 3, 4, 6, 6, 7, 8]])  # source 2 with destinations 6 and 7: no correct decision
+    got = C.merge_destinations(two_dsts, "bipartite", DST)
+    assert got[0, 2] == C.INVALID and (got[0, 6:8] == -1).all()
     no_dst = np.array([[0, 0, 1, 2, 3, 4, 5, 6, 7, 8]])  # two sources merge with no destination
     assert C.merge_destinations(no_dst, "bipartite", DST)[0, :2].tolist() == [C.INVALID, C.INVALID]
     out_of_range = WANT.copy()
@@ -100,6 +101,15 @@ def test_only_merging_tokens_are_judged():
     assert site["merging_same_destination"] == pytest.approx(1 / 3)
     assert site["tokens_same_fate"] == pytest.approx(0.8)  # the token-level figure hides it
     assert C.judge_site(WANT, WANT, "bipartite", 2, ARGS, INF, 1e-4)["merging_same_destination"] == 1.0
+
+
+def test_an_invalid_group_is_never_excused():
+    """Two sources sharing a slot with no destination is no decision a correct op makes: a
+    disagreement even where both were near-ties."""
+    got = np.array([[0, 1, 4, 2, 4, 3, 5, 6, 7, 8]])  # sources 2 and 4 together, destination 6 alone
+    near = (np.full((1, 10), 1e-9), np.full((1, 10), 1e-9))
+    site = C.judge_site(got, WANT, "bipartite", 2, ARGS, near, near_tie=1e-4)
+    assert site["merging_same_destination"] < 1.0
 
 
 def test_a_near_tie_is_excused_only_within_the_bound():
