@@ -6,7 +6,8 @@ the body. The same bodies, inlined, are the `--merge-ops native` graph.
 
 What the bodies avoid, because TensorRT builds them wrongly or not at all: ScatterElements /
 ScatterND with a reduction (merge sums are a one-hot MatMul instead), TopK with K > 3840
-(selection runs TopK over the smaller side, `K = min(r, S - r)`), ReduceMax (axes moved
+(bipartite selection runs TopK over the smaller side, `K = min(r, S - r)`; window matching ranks
+the windows by pairwise comparison, `[B, W, W]`, and uses no TopK), ReduceMax (axes moved
 between opsets; ArgMax + GatherElements serves every opset >= 13).
 
 What TensorRT's ONNX parser at 10.1 needs besides (sources: onnx-tensorrt docs/operators.md at
@@ -214,11 +215,16 @@ def _match_window() -> tuple[list[onnx.NodeProto], list[str]]:
     total = b("ReduceSum", gram, b.const([2, 3]), keepdims=0)
     diag = b("ReduceSum", b("Mul", t, t), b.const([2, 3]), keepdims=0)
     score = b("Div", b("Sub", total, diag), b.const(12.0, TensorProto.FLOAT))
-    win_sel = _top_mask(b, score, k, n_win)
-    win_merged = b("Cast", win_sel, to=TensorProto.INT64)
-    first_win_slot = b("Sub", b("Squeeze", n_tok, b.const([0])), b("Mul", b.const(4), k))
-    win_slot = b("Add", first_win_slot,
-                 b("Sub", _cumsum(b, b("Cast", win_sel, to=TensorProto.FLOAT)), b.const(1)))
+    # Rank of every window in descending score order, ties to the lower window index, from all
+    # pairwise comparisons ([B, W, W]; W = N/4, so a sixteenth of one attention score matrix):
+    # no TopK (no K limit, no tie order to rely on). The k windows of rank < k merge.
+    win_pos = b("Range", b.const(0), n_win, b.const(1))
+    s_w, s_v = b("Unsqueeze", score, b.const([2])), b("Unsqueeze", score, b.const([1]))  # [B, W, 1], [B, 1, W]
+    lower = b("Less", b("Unsqueeze", win_pos, b.const([0])), b("Unsqueeze", win_pos, b.const([1])))  # [W, W]: v < w
+    ahead = b("Or", b("Greater", s_v, s_w), b("And", b("Equal", s_v, s_w), lower))  # v ranks before w
+    win_rank = b("Cast", b("ReduceSum", b("Cast", ahead, to=TensorProto.FLOAT), b.const([2]), keepdims=0),
+                 to=TensorProto.INT64)  # exact: counts below 2^24
+    win_merged = b("Cast", b("Less", win_rank, k), to=TensorProto.INT64)
 
     def to_tokens(v: str) -> str:  # [B, W] -> [B, protect + h*w], protected positions 0
         v = b("Reshape", v, b("Concat", batch, one_d(h2), b.const([1]), one_d(w2), b.const([1]), axis=0))
@@ -228,10 +234,14 @@ def _match_window() -> tuple[list[onnx.NodeProto], list[str]]:
                  value=helper.make_tensor("z", TensorProto.INT64, [1], [0]))
         return b("Concat", lead, v, axis=1)
 
+    # Layout (docs/ops.md, ALGM's order): protected tokens 0..protect-1, merged window of rank w at
+    # protect + w, the other tokens in input order from protect + k.
     tok_merged = to_tokens(win_merged)
-    unmerged = b("Cast", b("Sub", b.const(1), tok_merged), to=TensorProto.FLOAT)
-    unm_rank = b("Sub", _cumsum(b, unmerged), b.const(1))
-    slot = b("Where", b("Cast", tok_merged, to=TensorProto.BOOL), to_tokens(win_slot), unm_rank)
+    kept_rank = b("Sub", _cumsum(b, b("Cast", b("Sub", b.const(1), tok_merged), to=TensorProto.FLOAT)), b.const(1))
+    tok_pos = b("Range", b.const(0), b("Squeeze", n_tok, b.const([0])), b.const(1))
+    after_windows = b("Where", b("Less", tok_pos, protect), b.const(0), k)  # [N]
+    slot = b("Where", b("Cast", tok_merged, to=TensorProto.BOOL), b("Add", protect, to_tokens(win_rank)),
+             b("Add", kept_rank, after_windows))
     b.nodes.append(helper.make_node("Cast", [slot], [_formal(op, "slot", out=True)], to=TensorProto.INT32))
     return b.nodes
 

@@ -67,8 +67,20 @@ def window_scores(metric: Tensor, height: int, width: int, protect: int = 0) -> 
     return (gram.sum((-1, -2)) - gram.diagonal(dim1=-2, dim2=-1).sum(-1)) / 12.0
 
 
+def window_rank(score: Tensor) -> Tensor:
+    """Rank of every window `[B, W]` in descending score order, ties to the lower window index:
+    the number of windows with a higher score, plus those with an equal score and a lower index."""
+    order = torch.sort(score, dim=-1, descending=True, stable=True).indices
+    rank = torch.empty_like(order)
+    return rank.scatter_(-1, order, torch.arange(score.shape[-1], device=score.device).expand_as(order))
+
+
 def match_window_ref(metric: Tensor, height: int, width: int, k: int, protect: int = 0) -> Tensor:
-    """TokenMatchWindow: slot of every token after merging the k most uniform 2x2 windows."""
+    """TokenMatchWindow: slot of every token after merging the k most uniform 2x2 windows.
+
+    Layout (ALGM's `conditional_pooling`): the protected tokens at 0..protect-1, then the merged
+    windows in descending score order (ties: lower window index), then the other tokens in input
+    order."""
     B, N, _ = metric.shape
     if height % 2 or width % 2:
         raise ValueError(f"window matching needs an even token grid, got {height}x{width}")
@@ -77,18 +89,17 @@ def match_window_ref(metric: Tensor, height: int, width: int, k: int, protect: i
     nwin = (height // 2) * (width // 2)
     if not 0 <= k <= nwin:
         raise ValueError(f"k={k} must be within [0, {nwin}] windows")
-    win_merged = _top_mask(window_scores(metric, height, width, protect), k)  # [B, W]
-    win_slot = N - 4 * k + torch.cumsum(win_merged.long(), dim=1) - 1
+    win_rank = window_rank(window_scores(metric, height, width, protect))  # [B, W]
 
     def to_tokens(t: Tensor) -> Tensor:  # [B, W] -> [B, h*w], each window value on its 4 tokens
         t = t.reshape(B, height // 2, 1, width // 2, 1).expand(-1, -1, 2, -1, 2)
         return t.reshape(B, height * width)
 
-    tok_merged = to_tokens(win_merged)
-    tok_merged = torch.cat([tok_merged.new_zeros(B, protect), tok_merged], dim=1)
-    tok_win_slot = torch.cat([win_slot.new_zeros(B, protect), to_tokens(win_slot)], dim=1)
-    unm_rank = torch.cumsum((~tok_merged).long(), dim=1) - 1
-    return torch.where(tok_merged, tok_win_slot, unm_rank).int()
+    tok_merged = torch.cat([win_rank.new_zeros(B, protect, dtype=torch.bool), to_tokens(win_rank < k)], dim=1)
+    tok_rank = torch.cat([win_rank.new_zeros(B, protect), to_tokens(win_rank)], dim=1)
+    kept_rank = torch.cumsum((~tok_merged).long(), dim=1) - 1  # protected tokens: their own position
+    after_windows = (torch.arange(N, device=metric.device) >= protect).long() * k
+    return torch.where(tok_merged, protect + tok_rank, kept_rank + after_windows).int()
 
 
 def token_merge_ref(x: Tensor, size: Tensor, slot: Tensor, num_out: int) -> tuple[Tensor, Tensor]:

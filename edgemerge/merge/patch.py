@@ -170,8 +170,11 @@ class MergingBlock(Block):
                 learned = getattr(self, "dtem_metric", None)
                 metric = x if learned is None else learned(x)
                 if site.adaptive:
+                    # ALGM's turbo_matching: one cut for the batch, the batch mean of the per-image
+                    # means plus the batch mean of the per-image stds / layer; r = the fewest sources
+                    # at or above it in any image (one count per batch). Batch 1: mean + std / layer.
                     node_max = core.bipartite_node_max(metric, src, dst, site.protect)[:, site.protect:]
-                    cut = node_max.mean(-1, keepdim=True) + node_max.std(-1, keepdim=True) / max(site.layer, 1)
+                    cut = node_max.mean(-1).mean() + node_max.std(-1).mean() / max(site.layer, 1)
                     r = int((node_max >= cut).sum(-1).min())
                 else:
                     r = algm_global_count(site.fraction, N, site.protect)

@@ -83,17 +83,15 @@ static __device__ __forceinline__ void normalizeRows(float const* x, float* y, i
         yr[c] = xr[c] / denom;
 }
 
-// Stable top-k as a rank: element s of vals[0..S) is selected iff
-//   #{t : vals[t] > vals[s] or (vals[t] == vals[s] and t < s)} < k,
-// i.e. exactly the first k of a stable descending sort. O(S^2) compares per batch row, all
+// Rank in a stable descending sort: element s of vals[0..S) has rank
+//   #{t : vals[t] > vals[s] or (vals[t] == vals[s] and t < s)},
+// so the first k of the sort are exactly those with rank < k. O(S^2) compares per batch row, all
 // threads independent (S = 7680: ~59M compares per batch, tens to a few hundred microseconds).
-// Launch: block 256, grid (ceil(S / 256), B); vals/selected are offset by b * S.
-static __device__ __forceinline__ void rankSelect(float const* vals, int* selected, int S, int k)
+// Launch: block 256, grid (ceil(S / 256), B); vals/out are offset by b * S.
+// rankSelect writes 1 for rank < k, else 0; rankOrder writes the rank itself.
+static __device__ __forceinline__ int stableDescendingRank(float const* vals, int S)
 {
     __shared__ float tile[256];
-    int const b = blockIdx.y;
-    vals += static_cast<int64_t>(b) * S;
-    selected += static_cast<int64_t>(b) * S;
     int const s = blockIdx.x * blockDim.x + threadIdx.x;
     float const v = s < S ? vals[s] : 0.f;
     int count = 0;
@@ -110,8 +108,29 @@ static __device__ __forceinline__ void rankSelect(float const* vals, int* select
         }
         __syncthreads();
     }
+    return count;
+}
+
+static __device__ __forceinline__ void rankSelect(float const* vals, int* selected, int S, int k)
+{
+    int const b = blockIdx.y;
+    vals += static_cast<int64_t>(b) * S;
+    selected += static_cast<int64_t>(b) * S;
+    int const count = stableDescendingRank(vals, S);
+    int const s = blockIdx.x * blockDim.x + threadIdx.x;
     if (s < S)
         selected[s] = count < k ? 1 : 0;
+}
+
+static __device__ __forceinline__ void rankOrder(float const* vals, int* rank, int S)
+{
+    int const b = blockIdx.y;
+    vals += static_cast<int64_t>(b) * S;
+    rank += static_cast<int64_t>(b) * S;
+    int const count = stableDescendingRank(vals, S);
+    int const s = blockIdx.x * blockDim.x + threadIdx.x;
+    if (s < S)
+        rank[s] = count;
 }
 
 } // namespace edgemerge_detail

@@ -2,10 +2,11 @@
 //   1. em_match_window_normalize: m = metric / max(||metric||, 1e-6), one warp per row.
 //   2. em_match_window_scores: one warp per (b, window): the 6 distinct pairwise cosines of the
 //      window's 4 tokens; score = 2 * sum / 12 (the mean of the 12 off-diagonal entries).
-//   3. em_match_window_rank: stable top-k over windows as a rank (common.cuh::rankSelect).
-//   4. em_match_window_slots: one block per batch; a block scan over windows gives each merged
-//      window its rank w, a second block scan over tokens gives kept tokens 0..N-4k-1 in input
-//      order; the 4 tokens of merged window w take N-4k+w.
+//   3. em_match_window_rank: every window's rank in a stable descending sort of the scores
+//      (common.cuh::rankOrder); the windows of rank < k merge.
+//   4. em_match_window_slots: one block per batch; a block scan over tokens numbers the kept
+//      tokens in input order. Layout (ALGM's order): protected token i takes i, the 4 tokens of
+//      the merged window of rank w take protect + w, the other kept tokens protect + k onwards.
 #include "common.cuh"
 #include "tokenMatchWindowKernel.h"
 
@@ -61,39 +62,24 @@ extern "C" __global__ void em_match_window_scores(
         score[item] = (2.f * sum) / 12.f;
 }
 
-// block 256, grid (ceil(W / 256), B)
-extern "C" __global__ void em_match_window_rank(float const* score, int* merged, int W, int k)
+// block 256, grid (ceil(W / 256), B). rank [B, W].
+extern "C" __global__ void em_match_window_rank(float const* score, int* rank, int W)
 {
-    rankSelect(score, merged, W, k);
+    rankOrder(score, rank, W);
 }
 
-// block 1024, grid B. winRank: scratch [B, W].
+// block 1024, grid B. rank: [B, W] from em_match_window_rank.
 extern "C" __global__ void em_match_window_slots(
-    int const* merged, int* winRank, int* slot, int N, int height, int width, int protect, int k)
+    int const* rank, int* slot, int N, int height, int width, int protect, int k)
 {
     __shared__ int shWarp[32];
     int const W = (height / 2) * (width / 2);
     int const b = blockIdx.x;
-    merged += static_cast<int64_t>(b) * W;
-    winRank += static_cast<int64_t>(b) * W;
+    rank += static_cast<int64_t>(b) * W;
     slot += static_cast<int64_t>(b) * N;
 
-    int offset = 0;
-    for (int w0 = 0; w0 < W; w0 += blockDim.x)
-    {
-        int const w = w0 + threadIdx.x;
-        int const m = (w < W && merged[w]) ? 1 : 0;
-        int total = 0;
-        int const excl = blockExclusiveScan(m, shWarp, total);
-        if (w < W)
-            winRank[w] = offset + excl;
-        offset += total;
-    }
-    __syncthreads(); // winRank (global) written above is read by other threads below
-
-    int const base = N - 4 * k;
     int const cellsPerRow = width / 2;
-    offset = 0;
+    int offset = 0;
     for (int i0 = 0; i0 < N; i0 += blockDim.x)
     {
         int const i = i0 + threadIdx.x;
@@ -103,11 +89,11 @@ extern "C" __global__ void em_match_window_slots(
             int const g = i - protect;
             w = ((g / width) / 2) * cellsPerRow + (g % width) / 2;
         }
-        int const keep = (i < N && (w < 0 || !merged[w])) ? 1 : 0;
+        int const keep = (i < N && (w < 0 || rank[w] >= k)) ? 1 : 0;
         int total = 0;
         int const excl = blockExclusiveScan(keep, shWarp, total);
         if (i < N)
-            slot[i] = keep ? offset + excl : base + winRank[w];
+            slot[i] = keep ? offset + excl + (i < protect ? 0 : k) : protect + rank[w];
         offset += total;
     }
 }
@@ -122,14 +108,13 @@ size_t partSizes(int32_t B, int32_t N, int32_t C, int32_t W, size_t* parts)
     parts[0] = alignWorkspace(sizeof(float) * static_cast<size_t>(B) * N * C);
     parts[1] = alignWorkspace(sizeof(float) * static_cast<size_t>(B) * W);
     parts[2] = alignWorkspace(sizeof(int32_t) * static_cast<size_t>(B) * W);
-    parts[3] = alignWorkspace(sizeof(int32_t) * static_cast<size_t>(B) * W);
-    return parts[0] + parts[1] + parts[2] + parts[3];
+    return parts[0] + parts[1] + parts[2];
 }
 } // namespace
 
 size_t tokenMatchWindowWorkspaceSize(int32_t B, int32_t N, int32_t C, int32_t height, int32_t width)
 {
-    size_t parts[4];
+    size_t parts[3];
     return partSizes(B, N, C, (height / 2) * (width / 2), parts);
 }
 
@@ -144,21 +129,20 @@ cudaError_t launchTokenMatchWindow(cudaStream_t stream, TokenMatchWindowParams c
     }
     if (p.B == 0)
         return cudaSuccess;
-    size_t parts[4];
+    size_t parts[3];
     partSizes(p.B, p.N, p.C, W, parts);
     char* ws = static_cast<char*>(p.workspace);
     float* mn = reinterpret_cast<float*>(ws);
     float* score = reinterpret_cast<float*>(ws + parts[0]);
-    int32_t* merged = reinterpret_cast<int32_t*>(ws + parts[0] + parts[1]);
-    int32_t* winRank = reinterpret_cast<int32_t*>(ws + parts[0] + parts[1] + parts[2]);
+    int32_t* winRank = reinterpret_cast<int32_t*>(ws + parts[0] + parts[1]);
 
     int const rows = p.B * p.N;
     em_match_window_normalize<<<(rows + 7) / 8, 256, 0, stream>>>(p.metric, mn, rows, p.C);
     int const items = p.B * W;
     em_match_window_scores<<<(items + 7) / 8, 256, 0, stream>>>(
         mn, score, p.B, p.N, p.C, p.height, p.width, p.protect);
-    em_match_window_rank<<<dim3((W + 255) / 256, p.B), 256, 0, stream>>>(score, merged, W, p.k);
-    em_match_window_slots<<<p.B, 1024, 0, stream>>>(merged, winRank, p.slot, p.N, p.height, p.width, p.protect, p.k);
+    em_match_window_rank<<<dim3((W + 255) / 256, p.B), 256, 0, stream>>>(score, winRank, W);
+    em_match_window_slots<<<p.B, 1024, 0, stream>>>(winRank, p.slot, p.N, p.height, p.width, p.protect, p.k);
     return cudaGetLastError();
 }
 

@@ -18,7 +18,7 @@ struct TokenMatchWindowParams
     void* workspace{};         //!< tokenMatchWindowWorkspaceSize(B, N, C, height, width) bytes
 };
 
-//! Scratch: normalised metric [B,N,C] f32, score [B,W] f32, merged [B,W] i32, window rank [B,W] i32.
+//! Scratch: normalised metric [B,N,C] f32, score [B,W] f32, window rank [B,W] i32.
 size_t tokenMatchWindowWorkspaceSize(int32_t B, int32_t N, int32_t C, int32_t height, int32_t width);
 
 cudaError_t launchTokenMatchWindow(cudaStream_t stream, TokenMatchWindowParams const& p);

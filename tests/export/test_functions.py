@@ -179,7 +179,7 @@ def test_body_cumsum_runs_in_float(op):
 def test_body_cumsum_count():
     """Guards the test above against passing vacuously: the match bodies do count with CumSum."""
     counts = {f.name: sum(n.op_type == "CumSum" for n in f.node) for f in _bodies()}
-    assert counts["TokenMatchBipartite"] >= 3 and counts["TokenMatchWindow"] >= 4
+    assert counts["TokenMatchBipartite"] >= 3 and counts["TokenMatchWindow"] >= 1
 
 
 @pytest.mark.parametrize("f", _bodies(), ids=list(OPS))

@@ -200,11 +200,11 @@ def test_window_ties_lower_window_wins():
     # 4x4 grid, 4 windows, all uniform (score exactly 1): k=2 picks windows 0 and 1
     metric = _one_hot([3] * 17)
     slot = ops.match_window_ref(metric, 4, 4, 2, protect=1)
-    N, k = 17, 2
     grid_slot = slot[0, 1:].reshape(4, 4)
-    assert torch.equal(grid_slot[:2, :2], torch.full((2, 2), N - 4 * k, dtype=torch.int32))
-    assert torch.equal(grid_slot[:2, 2:], torch.full((2, 2), N - 4 * k + 1, dtype=torch.int32))
-    assert grid_slot[2:].flatten().tolist() == list(range(1, 9))
+    assert slot[0, 0] == 0  # CLS first
+    assert torch.equal(grid_slot[:2, :2], torch.full((2, 2), 1, dtype=torch.int32))  # window 0, then 1
+    assert torch.equal(grid_slot[:2, 2:], torch.full((2, 2), 2, dtype=torch.int32))
+    assert grid_slot[2:].flatten().tolist() == list(range(3, 11))  # then the rest in input order
     # a tie between windows 1 and 3 with a better window 2: 2 first, then the lower of 1/3
     toks = [[0, 1, 2, 3]] * 4  # per window, one-hot classes of its four tokens
     toks[1] = [0, 0, 0, 1]
@@ -218,5 +218,5 @@ def test_window_ties_lower_window_wins():
     scores = ops.window_scores(metric, 4, 4, 1)[0]
     assert scores[1] == scores[3] and scores[2] > scores[1] > scores[0]
     slot = ops.match_window_ref(metric, 4, 4, 2, protect=1)[0, 1:].reshape(4, 4)
-    assert (slot[2:, :2] == slot[2, 0]).all() and (slot[:2, 2:] == slot[0, 2]).all()  # windows 2 and 1
+    assert (slot[2:, :2] == 1).all() and (slot[:2, 2:] == 2).all()  # window 2 (best), then 1
     assert len(set(slot[2:, 2:].flatten().tolist())) == 4  # window 3 stays

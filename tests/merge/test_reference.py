@@ -99,12 +99,14 @@ def loop_window_scores(metric: torch.Tensor, height: int, width: int, protect: i
 
 
 def loop_window(metric: torch.Tensor, height: int, width: int, k: int, protect: int) -> list[list[int]]:
-    """TokenMatchWindow: the k best windows merge whole; slots as docs/ops.md lays them out."""
+    """TokenMatchWindow: the k best windows merge whole; slots as docs/ops.md lays them out
+    (ALGM's order): protected tokens first, then the merged windows best first (ties: lower
+    window index), then the other tokens in input order."""
     N = metric.shape[1]
     slots = []
     for scores in loop_window_scores(metric, height, width, protect):
         order = sorted(range(len(scores)), key=lambda w: (-scores[w], w))
-        merged = sorted(order[:k])
+        merged = order[:k]  # in merge order
         window_of = {}
         for ci in range(height // 2):
             for cj in range(width // 2):
@@ -115,9 +117,11 @@ def loop_window(metric: torch.Tensor, height: int, width: int, k: int, protect: 
         for i in range(N):
             w = window_of.get(i)
             if w is not None and w in merged:
-                slot.append(N - 4 * k + merged.index(w))
+                slot.append(protect + merged.index(w))
+            elif i < protect:
+                slot.append(i)
             else:
-                slot.append(nxt)
+                slot.append(protect + k + nxt)
                 nxt += 1
         slots.append(slot)
     return slots

@@ -95,23 +95,29 @@ def window_scores(metric, height, width, protect):
     return (gram.sum((-1, -2)) - gram.diagonal(dim1=-2, dim2=-1).sum(-1)) / 12.0
 
 
-def window_slots(merged, n, height, width, protect):
-    b, w = merged.shape
-    k = int(merged[0].sum())
-    win_rank = torch.cumsum(merged.int(), dim=1) - 1
+def _stable_rank(values: torch.Tensor) -> torch.Tensor:
+    """Rank of every entry in a stable descending sort (ties: lower index first)."""
+    order = torch.sort(values, dim=-1, descending=True, stable=True).indices
+    return torch.empty_like(order).scatter_(-1, order, torch.arange(values.shape[-1]).expand_as(order))
+
+
+def window_slots(win_rank, k, n, height, width, protect):
+    """docs/ops.md: protected tokens 0..protect-1, the merged window of rank w (rank < k) at
+    protect + w, the other tokens in input order from protect + k."""
+    b, _ = win_rank.shape
     grid = torch.arange(height * width)
     win_of = (grid // width // 2) * (width // 2) + (grid % width) // 2
     tok_merged = torch.zeros(b, n, dtype=torch.bool)
-    tok_merged[:, protect:] = merged[:, win_of]
+    tok_merged[:, protect:] = win_rank[:, win_of] < k
     keep_rank = torch.cumsum((~tok_merged).int(), dim=1) - 1
     slot = keep_rank.clone()
-    slot[:, protect:] = torch.where(tok_merged[:, protect:], n - 4 * k + win_rank[:, win_of], keep_rank[:, protect:])
+    slot[:, protect:] = torch.where(tok_merged[:, protect:], protect + win_rank[:, win_of], keep_rank[:, protect:] + k)
     return slot.int()
 
 
 def ref_window(metric, height, width, k, protect):
     score = window_scores(metric, height, width, protect)
-    return window_slots(_stable_top(score, k), metric.shape[1], height, width, protect)
+    return window_slots(_stable_rank(score), k, metric.shape[1], height, width, protect)
 
 
 def ref_merge(x, size, slot, m):
@@ -276,17 +282,21 @@ def test_match_window_random(lib, case):
     metric[:, protect:] += 2.0 * torch.randn(b, 1, c, generator=g)  # realistic, higher cosines
     slot = run_window(lib, metric, h, w, k, protect)
     score = window_scores(metric, h, w, protect)
-    base = n - 4 * k
     win = (h // 2) * (w // 2)
-    # merged windows from the slots of their top-left tokens
+    # merged windows and their order from the slots of their top-left tokens: protect + rank
     grid = torch.arange(win)
     tl = protect + (grid // (w // 2)) * 2 * w + (grid % (w // 2)) * 2
-    merged = slot[:, tl] >= base
+    rank = slot[:, tl].long() - protect
+    merged = rank < k
     assert (merged.sum(1) == k).all()
     for bb in range(b):
         if 0 < k < win:
             assert score[bb][merged[bb]].min() >= score[bb][~merged[bb]].max() - TOL
-    assert torch.equal(slot, window_slots(merged, n, h, w, protect))
+        by_rank = score[bb][merged[bb]][rank[bb][merged[bb]].argsort()]  # descending order, up to TOL
+        assert sorted(rank[bb][merged[bb]].tolist()) == list(range(k))
+        assert (by_rank[1:] <= by_rank[:-1] + TOL).all()
+    rank = torch.where(merged, rank, win)  # kept windows: any rank >= k
+    assert torch.equal(slot, window_slots(rank, k, n, h, w, protect))
     assert torch.equal(slot, run_window(lib, metric, h, w, k, protect))
 
 
