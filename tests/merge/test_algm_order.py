@@ -129,3 +129,32 @@ def test_adaptive_global_count_uses_one_cut_for_the_batch():
     with core.observe(lambda e: counts.append(e.count)):
         _hook(GlobalSite(0.0, layer, True, 1), x)
     assert counts == [want]
+
+
+def test_same_merges_as_the_authors_code():
+    """benchmarks/algm_equivalence.py on a few cases, where the authors' code can run: a copy of
+    tue-mps/algm-segmenter at $ALGM_SEGMENTER_REPO (or this workspace's mirror) and einops."""
+    import importlib.util
+    import os
+    from pathlib import Path
+
+    import pytest
+
+    repo = Path(os.environ.get("ALGM_SEGMENTER_REPO", "/work/.mirror/tue-mps+algm-segmenter/repo"))
+    if not repo.exists():
+        pytest.skip(f"no copy of tue-mps/algm-segmenter at {repo} (set ALGM_SEGMENTER_REPO)")
+    pytest.importorskip("einops", reason="the authors' code needs einops")
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "algm_equivalence.py"
+    spec = importlib.util.spec_from_file_location("algm_equivalence", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    fns = bench.load_authors(repo, "HEAD")
+    cuda = torch.Tensor.cuda
+    torch.Tensor.cuda = lambda self, *a, **k: self
+    try:
+        for B, noise, seed in [(1, 0.1, 0), (1, 0.6, 1), (3, 0.3, 2)]:
+            row = bench.run_case(fns, B, 16, 32, noise, seed, 0.9, 5)
+            assert row["k"][0] == row["k"][1] and row["r_both"][0] == row["r_both"][1], row
+            assert row["local"] == (True, True) and row["global"][0] and row["both"] == (True, True), row
+    finally:
+        torch.Tensor.cuda = cuda
