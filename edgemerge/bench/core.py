@@ -277,6 +277,10 @@ def run_bench(opts: BenchOptions, progress: Callable[[str], None] = lambda s: No
     device = opts.device or ("cuda" if backend == "trt" else "cpu")
     if device not in DEVICES:
         raise EdgemergeError(f"unknown device {device!r}; known: {', '.join(DEVICES)}")
+    if opts.plugins and backend != "trt":  # they would be silently ignored
+        raise EdgemergeError(f"--plugins loads TensorRT plugin libraries, which only an engine uses; "
+                             f"{opts.artifact} runs on {backend} here: bench the bundle's model.plan (or "
+                             "--backend trt), or drop --plugins")
     if backend == "trt":
         merged = _engine_of(merged)
     if backend == "trt" and device != "cuda":

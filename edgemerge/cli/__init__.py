@@ -8,6 +8,7 @@ Ctrl-C with 130 (128 + SIGINT, as shells report it).
 
 from __future__ import annotations
 
+import os
 import sys
 from contextlib import contextmanager
 from importlib import import_module
@@ -43,8 +44,54 @@ def os_error_message(e: OSError) -> str:
 _WRITE_ERRNOS = {28, 13, 30, 122, 27, 1}  # ENOSPC, EACCES, EROFS, EDQUOT, EFBIG, EPERM
 
 
+def safe_stdio() -> None:
+    """Text that the terminal's encoding cannot show (an ASCII-only locale, PYTHONIOENCODING=ascii)
+    is replaced ('?'), never a UnicodeEncodeError half-way through a table."""
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None and getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+            try:
+                stream.reconfigure(errors="replace")
+            except (ValueError, OSError):  # a detached or closed stream: left as it is
+                pass
+
+
+def stdout_closed() -> bool:
+    """True when there is no standard output to print to (`cmd >&-`): Python then sets sys.stdout to
+    None and every print would vanish, the command ending 0 having told nothing."""
+    if sys.stdout is None:
+        return True
+    try:
+        fd = sys.stdout.fileno()
+    except (OSError, ValueError, AttributeError):  # not a file (a test runner's buffer): open
+        return False
+    try:
+        os.fstat(fd)
+    except OSError:
+        return True
+    return False
+
+
+# Rich's width when the output is not a terminal (a pipe, a file, a CI log): wide enough that table
+# cells and paths are never cut with '…' (rich's default is 80 columns there). COLUMNS still wins.
+WIDE_COLUMNS = 400
+
+
+def console(stderr: bool = False, **kwargs):
+    """A rich Console for a command's output: the terminal's width on a terminal, WIDE_COLUMNS otherwise."""
+    from rich.console import Console
+
+    c = Console(stderr=stderr, **kwargs)
+    if not c.is_terminal and not os.environ.get("COLUMNS", "").isdigit():
+        c = Console(stderr=stderr, width=WIDE_COLUMNS, **kwargs)
+    return c
+
+
 class _Group(click.Group):
     def invoke(self, ctx: click.Context):
+        safe_stdio()
+        if stdout_closed():
+            fail("standard output is closed: nothing could be printed (run without `>&-`, or send it to "
+                 "/dev/null)")
         try:
             return super().invoke(ctx)
         except EdgemergeError as e:
@@ -76,12 +123,10 @@ def check_output_dir(path, what: str = "output directory"):
 def progress_reporter(label: str) -> Iterator[Callable[[str], None]]:
     """`report(msg)` for long steps, on stderr: rich's live status (and a log line per step) on a
     terminal, plain lines otherwise (a CI log, `2> file`), never with file:line suffixes."""
-    from rich.console import Console
-
-    console = Console(stderr=True, log_path=False)
-    if console.is_terminal:
-        with console.status(label) as status:
-            yield lambda msg: (status.update(msg), console.log(msg))
+    err = console(stderr=True, log_path=False)
+    if err.is_terminal:
+        with err.status(label) as status:
+            yield lambda msg: (status.update(msg), err.log(msg))
     else:
         yield lambda msg: click.echo(f"edgemerge: {msg}", err=True)
 

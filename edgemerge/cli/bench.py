@@ -39,6 +39,7 @@ def bench(artifact, baseline, unmerged, baseline_dir, backend, device, iters, wa
     into that bundle directory unless --report / --plot say otherwise. With --json, stdout is the
     report JSON alone (the files are still written).
     """
+    import os
     from pathlib import Path
 
     from edgemerge.bench import BenchOptions, json_bytes, plot_bytes, run_bench, summary_lines
@@ -47,6 +48,16 @@ def bench(artifact, baseline, unmerged, baseline_dir, backend, device, iters, wa
     if report_path is None:  # beside the artifact, not wherever the command happens to run
         where = Path(artifact) if Path(artifact).is_dir() else Path(artifact).parent
         report_path = where / "bench.json"
+    runs_on = backend or ("trt" if Path(artifact).suffix == ".plan" else "onnxruntime")  # bench's default
+    if plugins and runs_on != "trt":  # they would be silently ignored
+        from edgemerge.errors import EdgemergeError
+
+        raise EdgemergeError(f"--plugins loads TensorRT plugin libraries, which only an engine uses; {artifact} "
+                             f"runs on {runs_on}: bench the bundle's model.plan (or --backend trt), or drop --plugins")
+    cores = os.cpu_count() or 1
+    if threads is not None and threads > cores:  # oversubscribed: each thread waits for a core
+        click.echo(f"edgemerge: warning: --threads {threads} is more than the {cores} CPU cores here: the "
+                   f"timing will be far slower than with --threads {cores} or fewer", err=True)
     jpath = check_output_file(report_path, "bench report")  # before the timing, not after it
     ppath = check_output_file(plot or Path(report_path).with_suffix(".png"), "latency plot")
     opts = BenchOptions(artifact=artifact, baseline=baseline, unmerged=unmerged, backend=backend, device=device,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from edgemerge.cli import check_output_file, counter, main, progress_reporter
+from edgemerge.cli import check_output_file, console as make_console, counter, main, progress_reporter
 from edgemerge.cli.options import resolution_option
 
 
@@ -21,12 +21,11 @@ from edgemerge.cli.options import resolution_option
 def calibrate(model: str, images: str, checkpoint: str | None, resolution: tuple[int, int] | None, quantile: float,
               out: str | None) -> None:
     """Run ALGM adaptively over images and write static local/global fractions for plan/export."""
-    from rich.console import Console
     from rich.table import Table
 
     from edgemerge.merge.calibrate import calibrate as run, summary, write_calibration
 
-    console = Console(stderr=True)
+    console = make_console(stderr=True)
     path = check_output_file(out or f"{model}-calibration.json", "calibration file")  # before the run
     with progress_reporter("calibrating") as report:
         result = run(model, images, checkpoint=checkpoint, resolution=resolution,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from edgemerge.cli import main, progress_reporter
+from edgemerge.cli import console as make_console, main, progress_reporter
 from edgemerge.cli.options import plugins_option, resolution_option
 
 
@@ -12,14 +12,17 @@ from edgemerge.cli.options import plugins_option, resolution_option
 @click.option("--model", "-m", required=True, help="Zoo model name (see `edgemerge models`).")
 @click.option("--variant", "-v", default="none", show_default=True, help="Merge variant.")
 @click.option("--checkpoint", "-c", type=click.Path(), default=None,
-              help="Weights: a Hugging Face dir, mmseg/NVlabs/timm/Segmenter .pth. Default: random weights.")
+              help="Weights, detected from the content: a Hugging Face dir (model.safetensors or pytorch_model.bin), "
+                   "a .safetensors file, mmseg/NVlabs SegFormer, timm ViT/DeiT or Segmenter .pth, DTEM's .pth.tar, "
+                   "or a state_dict() saved with torch.save. Default: random weights.")
 @resolution_option("Input HxW (static), default: the model's.")
 @click.option("--batch", default=1, show_default=True, type=int)
 @click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
 @click.option("--merge-ops", type=click.Choice(["plugin", "native"]), default="plugin", show_default=True,
               help="plugin: edgemerge nodes (+ standard-op function bodies); native: standard ops only.")
 @click.option("--opset", default=18, show_default=True, type=int, help="ONNX opset, 17..25.")
-@click.option("--num-classes", type=int, default=None, help="Class count (must match the checkpoint's).")
+@click.option("--num-classes", type=int, default=None, callback=lambda ctx, param, v: _two_classes_at_least(v),
+              help="Class count (must match the checkpoint's; at least 2).")
 @click.option("--calibration", type=click.Path(), default=None, help="ALGM counts from `edgemerge calibrate`.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Seed of random weights and check inputs.")
 @click.option("--engine", is_flag=True, help="Also build the TensorRT engine (needs TensorRT and a GPU).")
@@ -30,11 +33,13 @@ from edgemerge.cli.options import plugins_option, resolution_option
 def export(model, variant, checkpoint, resolution, batch, precision, merge_ops, opset, num_classes,
            calibration, seed, engine, plugins, out) -> None:
     """Export a merged model to a self-checked ONNX bundle for TensorRT."""
-    from rich.console import Console
-
     from edgemerge.export.bundle import ExportOptions, export_bundle
 
-    console = Console(stderr=True)
+    if checkpoint is not None:  # a missing file, a FIFO or a device: refused before the export starts
+        from edgemerge.models.checkpoint import check_checkpoint_path
+
+        check_checkpoint_path(checkpoint)
+    console = make_console(stderr=True)
     opts = ExportOptions(model=model, variant=variant, checkpoint=checkpoint, resolution=resolution,
                          batch=batch, precision=precision, merge_ops=merge_ops, opset=opset, out=out, seed=seed,
                          num_classes=num_classes, calibration=calibration, engine=engine, plugins=list(plugins) or None)
@@ -59,6 +64,13 @@ def export(model, variant, checkpoint, resolution, batch, precision, merge_ops, 
     else:
         click.echo("  engine      not built here (TensorRT/GPU absent or --engine not given): "
                    "run build_on_device.sh on the target")
+
+
+def _two_classes_at_least(n):
+    """--num-classes: a segmentation or classification head needs two classes (one: every argmax is 0)."""
+    if n is not None and n < 2:
+        raise click.BadParameter(f"{n}: a segmentation or classification head needs at least 2 classes")
+    return n
 
 
 def _build_engine(*args, **kwargs):

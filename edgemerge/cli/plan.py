@@ -6,7 +6,7 @@ import json
 
 import click
 
-from edgemerge.cli import main
+from edgemerge.cli import console as make_console, main
 from edgemerge.cli.options import json_option, resolution_option
 
 
@@ -31,7 +31,6 @@ def plan(model: str, variant: str, resolution: tuple[int, int] | None, calibrati
     if as_json:
         click.echo(json.dumps(out, indent=2))
         return
-    from rich.console import Console
     from rich.table import Table
 
     if "stages" in out:
@@ -46,7 +45,7 @@ def plan(model: str, variant: str, resolution: tuple[int, int] | None, calibrati
         table = Table("block", "tokens in", "tokens kept", title=f"{model} {variant} at {res[0]}x{res[1]}")
         for s in out["sites"]:
             table.add_row(str(s["block"]), str(s["tokens_in"]), str(s["tokens_kept"]))
-    console = Console()
+    console = make_console()
     console.print(table)
     g = out["gflops"]
     console.print(f"GFLOPs: merged {g['merged']:.1f}, unmerged {g['unmerged']:.1f} (ratio {g['ratio']:.2f}x)")

@@ -26,8 +26,17 @@ from edgemerge.cli.options import resolution_option
 def show(model, variant, image, checkpoint, resolution, site, all_sites, seed, out, no_caption) -> None:
     """Draw which tokens merged over IMAGE, one PNG per merge site: one colour per merged group
     (touching groups never share one), unmerged tokens clear in a thin grey border."""
+    from edgemerge.images import MIN_IMAGE_SIDE, check_mode, read_image
+    from edgemerge.models import get_config
     from edgemerge.show import show_merges
 
+    # the image decodes, is a regular file (a FIFO would block, /dev/zero never ends) and is at
+    # least a patch on each side; the checkpoint is a file or a directory: all before the model is built
+    check_mode(read_image(image, min_side=max(MIN_IMAGE_SIDE, get_config(model).patch_size)), image)
+    if checkpoint is not None:
+        from edgemerge.models.checkpoint import check_checkpoint_path
+
+        check_checkpoint_path(checkpoint)
     written = show_merges(model, variant, image, out, checkpoint=checkpoint, resolution=resolution,
                           site=site, seed=seed, all_sites=all_sites, caption=not no_caption)
     if checkpoint is None:  # after the run, so that bad input stays a one-line error

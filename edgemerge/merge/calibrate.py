@@ -2,7 +2,8 @@
 
 ALGM decides per image how many 2x2 windows merge (cosine >= threshold) and how many sources the
 global step merges (node_max >= mean + std / layer). An exported engine needs static counts, so
-`calibrate` runs the adaptive (paper) mode over a folder of images, one at a time, records what
+`calibrate` checks every image first (each decodes, none smaller than a patch), then runs the
+adaptive (paper) mode over them, one at a time, records what
 each site merged as a fraction of what it could merge, and keeps a quantile of those fractions:
 a lower quantile is more conservative (fewer merges than most images would allow). `get_plan`
 reads the result back as `local_fraction` / `global_fraction`.
@@ -72,7 +73,7 @@ def calibrate(model_name: str, images: str | Path, *, checkpoint: str | None = N
               resolution: tuple[int, int] | None = None, quantile: float = 0.5, seed: int = 0,
               progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Per-image ALGM fractions over the images in a folder and their `quantile` (a calibration dict)."""
-    from edgemerge.images import list_images, load_image, normalize
+    from edgemerge.images import MIN_IMAGE_SIDE, check_images, list_images, load_image, normalize
     from edgemerge.merge.patch import apply_merging
     from edgemerge.merge.plan import get_plan
     from edgemerge.models import get_config
@@ -84,6 +85,13 @@ def calibrate(model_name: str, images: str | Path, *, checkpoint: str | None = N
     if not 0.0 <= quantile <= 1.0:
         raise EdgemergeError(f"quantile must be within [0, 1], got {quantile}")
     files = list_images(images)
+    if checkpoint is not None:  # a FIFO or a device would block the load: refused with the images
+        from edgemerge.models.checkpoint import check_checkpoint_path
+
+        check_checkpoint_path(checkpoint)
+    # every image decoded once before the model runs: a bad last image is refused now, not after
+    # all the others were processed; none smaller than one patch
+    check_images(files, min_side=max(MIN_IMAGE_SIDE, cfg.patch_size))
     model = _load_model(model_name, checkpoint, resolution, seed)
     mcfg = getattr(model, "config", cfg)
     H, W = mcfg.resolution

@@ -9,7 +9,7 @@ import json
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -19,45 +19,82 @@ else:  # pragma: no cover
 from edgemerge.errors import EdgemergeError
 
 
+def _spec(allowed: str, ok: Callable[[Any, Any], bool] | None = None, *, toml: str | None = None,
+          choices: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A plan field's rule for plan files: `allowed` (said in the error), `ok(value, model config)`,
+    `toml`: the key it is read from when that is not the field's name ('' = not a plan-file key),
+    `choices`: the allowed strings. The schema of export_configs/*.toml is derived from these."""
+    return {"allowed": allowed, "ok": ok, "toml": toml, "choices": choices}
+
+
+def _stage_ok(v, cfg) -> bool:
+    return 1 <= v <= len(cfg.depths)
+
+
+def _layer_ok(v, cfg) -> bool:
+    return 0 <= v < cfg.depths[0]
+
+
+def _max_r(cfg) -> int:
+    """ToMe's r at most: half the patch tokens at the model's resolution (more never merges more)."""
+    return (cfg.resolution[0] // cfg.patch_size) * (cfg.resolution[1] // cfg.patch_size) // 2
+
+
 @dataclass(frozen=True)
 class GridSite:
     """Segformer++ merging of one token set: r = int(n * ratio) sources into one dst per cell."""
 
-    ratio: float
-    sy: int
-    sx: int
+    ratio: float = field(metadata=_spec("a number >= 0 and < 1", lambda v, cfg: 0 <= v < 1))
+    sy: int = field(metadata=_spec("[rows, columns] of the cell, each >= 1", lambda v, cfg: v >= 1, toml="grid"))
+    sx: int = field(metadata=_spec("[rows, columns] of the cell, each >= 1", lambda v, cfg: v >= 1, toml="grid"))
 
     def count(self, n: int) -> int:
         return int(n * self.ratio)
 
 
+_STAGES = _spec("stages 1..4 of the model", _stage_ok)  # of a site table: stages = [..]
+
+
 @dataclass(frozen=True)
 class SegformerPlan:
-    kv: dict[int, GridSite] = field(default_factory=dict)  # stage (1-based) -> site
-    q: dict[int, GridSite] = field(default_factory=dict)
-    q_pool: tuple[int, ...] = ()  # n2d: stages whose queries are 2x2-average-pooled
-    ffn: dict[int, GridSite] = field(default_factory=dict)  # MixFFN's fc1 input merged (cosine), restored for the conv
+    kv: dict[int, GridSite] = field(default_factory=dict, metadata=_STAGES)  # stage (1-based) -> site
+    q: dict[int, GridSite] = field(default_factory=dict, metadata=_STAGES)
+    # n2d: stages whose queries are 2x2-average-pooled
+    q_pool: tuple[int, ...] = field(default=(), metadata=_STAGES)
+    # MixFFN's fc1 input merged (cosine), restored for the conv
+    ffn: dict[int, GridSite] = field(default_factory=dict, metadata=_STAGES)
     proportional: bool = False  # log(size) on merged keys (Segformer++ does not use it)
-    metric: str = "tokens"  # "tokens" (Segformer++: cosine of the tokens) or "learned" (a Linear(C -> C) per site)
+    # "tokens" (Segformer++: cosine of the tokens) or "learned" (a Linear(C -> C) per site)
+    metric: str = field(default="tokens", metadata=_spec("", choices=("tokens", "learned")))
 
 
 @dataclass(frozen=True)
 class ToMePlan:
-    r: int  # tokens merged per block (ToMe's constant schedule)
-    metric: str = "keys"  # "keys" (ToMe) or "dtem" (a projection on norm1(x): the checkpoint's, else the keys')
-    metric_dim: int = 64
+    # tokens merged per block (ToMe's constant schedule)
+    r: int = field(metadata=_spec("an integer 0..{max_r} (half the patch tokens at the model's resolution)",
+                                  lambda v, cfg: 0 <= v <= _max_r(cfg)))
+    # "keys" (ToMe) or "dtem" (a projection on norm1(x): the checkpoint's, else the keys')
+    metric: str = field(default="keys", metadata=_spec("", choices=("keys", "dtem")))
+    metric_dim: int = field(default=64, metadata=_spec("an integer >= 1", lambda v, cfg: v >= 1))
     proportional: bool = True
+
+
+_LAYER = _spec("a block index 0..{last_block}", _layer_ok)
+_FRACTION = _spec("a number in [0, 1]", lambda v, cfg: 0 <= v <= 1)
 
 
 @dataclass(frozen=True)
 class ALGMPlan:
-    local_layer: int  # block index (0-based) after whose attention 2x2 windows merge
-    global_layer: int
-    threshold: float  # adaptive local threshold (paper values per model/dataset)
-    local_fraction: float  # static mode: fraction of 2x2 windows merged
-    global_fraction: float  # static mode: fraction of mergeable sources merged
-    mode: str = "static"  # "static" (exportable) or "adaptive" (paper, PyTorch only)
-    metric: str = "tokens"  # global site: "tokens" (ALGM) or "learned" (a Linear(C -> C) on them)
+    local_layer: int = field(metadata=_LAYER)  # block index (0-based) after whose attention 2x2 windows merge
+    global_layer: int = field(metadata=_LAYER)
+    # adaptive local threshold (paper values per model/dataset): a cosine similarity
+    threshold: float = field(metadata=_spec("a cosine similarity in [-1, 1]", lambda v, cfg: -1 <= v <= 1))
+    local_fraction: float = field(metadata=_FRACTION)  # static mode: fraction of 2x2 windows merged
+    global_fraction: float = field(metadata=_FRACTION)  # static mode: fraction of mergeable sources merged
+    # "static" (exportable) or "adaptive" (paper, PyTorch only): chosen by the caller, not the plan file
+    mode: str = field(default="static", metadata=_spec("", choices=("static", "adaptive"), toml=""))
+    # global site: "tokens" (ALGM) or "learned" (a Linear(C -> C) on them)
+    metric: str = field(default="tokens", metadata=_spec("", choices=("tokens", "learned")))
 
 
 @dataclass(frozen=True)
@@ -82,13 +119,161 @@ def family_of(model: str) -> str:
     return get_config(model).family
 
 
+PLAN_CLASSES: dict[str, type] = {"segformer": SegformerPlan, "vit": ToMePlan, "deit": ToMePlan,
+                                  "segmenter": ALGMPlan}
+
+
 def load_variants(model: str) -> dict[str, dict[str, Any]]:
+    """The variants of export_configs/<model>.toml, each checked against the plan schema (the plan
+    dataclasses' fields): any error names the file, the key and what is allowed."""
     path = config_dir() / f"{model}.toml"
     if not path.is_file():
         family_of(model)  # raises the 'unknown model' error first
         raise EdgemergeError(f"no merge config for {model} ({path} is missing)")
-    with open(path, "rb") as f:
-        return tomllib.load(f).get("variants", {})
+    try:
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise EdgemergeError(f"plan file {path}: TOML syntax error: {e}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise EdgemergeError(f"cannot read plan file {path}: {e}") from None
+    return check_plan_file(path, model, doc)
+
+
+def _did_you_mean(key: str, allowed: list[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(key, allowed, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def check_plan_file(path: Path, model: str, doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """`doc` (a parsed plan file) checked against the schema; returns its variants."""
+    from edgemerge.models import get_config
+
+    cfg = get_config(model)
+    where = f"plan file {path}"
+    unknown = [k for k in doc if k not in ("model", "variants")]
+    if unknown:
+        raise EdgemergeError(f"{where}: unknown top-level key {unknown[0]!r}; allowed: model, variants"
+                             + _did_you_mean(unknown[0], ["model", "variants"]))
+    if "model" in doc and doc["model"] != model:
+        raise EdgemergeError(f"{where}: model = {doc['model']!r}, but the file is {model}'s (allowed: {model!r})")
+    variants = doc.get("variants", {})
+    if not isinstance(variants, dict) or not all(isinstance(v, dict) for v in variants.values()):
+        raise EdgemergeError(f"{where}: variants must be tables ([variants.NAME])")
+    cls = PLAN_CLASSES.get(cfg.family)
+    for name, v in variants.items():
+        if name == "none":
+            if v:
+                raise EdgemergeError(f"{where}: [variants.none] is the unmerged model and takes no keys "
+                                     f"(got {', '.join(v)})")
+            continue
+        if cls is not None:
+            _check_fields(cls, v, f"{where}: variants.{name}", cfg)
+    return variants
+
+
+def _toml_key(f) -> str:
+    t = f.metadata.get("toml")
+    return f.name if t is None else t
+
+
+def _describe(f, cfg) -> str:
+    spec = f.metadata
+    if spec.get("choices"):
+        return "one of " + ", ".join(repr(c) for c in spec["choices"])
+    return spec.get("allowed", "").format(max_r=_max_r(cfg) if cfg.family in ("vit", "deit") else "",
+                                          last_block=cfg.depths[0] - 1)
+
+
+def _check_fields(cls: type, table: dict[str, Any], where: str, cfg, extra_keys: tuple[str, ...] = ()) -> None:
+    """Every key of `table` a plan-file key of `cls` (or one of `extra_keys`), every field without a
+    default given, every value of its field's type and within its rule."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    fields = [f for f in dataclasses.fields(cls) if _toml_key(f)]
+    by_key: dict[str, list] = {}
+    for f in fields:
+        by_key.setdefault(_toml_key(f), []).append(f)
+    allowed = [*by_key, *extra_keys]
+    for key in table:
+        if key not in allowed:
+            raise EdgemergeError(f"{where}: unknown key {key!r}{_did_you_mean(key, allowed)}; allowed: "
+                                 f"{', '.join(allowed)}")
+    for key, fs in by_key.items():
+        f = fs[0]
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if key not in table:
+            if required:
+                raise EdgemergeError(f"{where}: missing key {key!r} ({_describe(f, cfg)})")
+            continue
+        value = table[key]
+        if len(fs) > 1:  # several fields from one key: grid = [sy, sx]
+            if not (isinstance(value, list) and len(value) == len(fs)):
+                raise EdgemergeError(f"{where}.{key} = {value!r}: allowed: {_describe(f, cfg)}")
+            for item, fi in zip(value, fs):
+                _check_value(item, hints[fi.name], fi, f"{where}.{key}", value, cfg)
+        else:
+            _check_value(value, hints[f.name], f, f"{where}.{key}", value, cfg)
+
+
+def _check_value(value: Any, typ: Any, f, where: str, shown: Any, cfg) -> None:
+    import typing
+
+    def bad(why: str = "") -> EdgemergeError:
+        return EdgemergeError(f"{where} = {shown!r}{why}: allowed: {_describe(f, cfg)}")
+
+    origin = typing.get_origin(typ)
+    if origin is dict:  # a site table: { <the site's keys>, stages = [..] }
+        site_cls = typing.get_args(typ)[1]
+        if not isinstance(value, dict):
+            raise EdgemergeError(f"{where} must be a table {{ {', '.join(_site_keys(site_cls))} }}")
+        _check_fields(site_cls, value, where, cfg, extra_keys=("stages",))
+        _check_stages(value.get("stages"), f, f"{where}.stages", cfg, required=True)
+        return
+    if origin is tuple:  # stages only: { stages = [..] }
+        if not isinstance(value, dict) or set(value) != {"stages"}:
+            raise EdgemergeError(f"{where} must be a table {{ stages = [..] }} (got {shown!r})")
+        _check_stages(value["stages"], f, f"{where}.stages", cfg, required=True)
+        return
+    if typ is bool:
+        if not isinstance(value, bool):
+            raise EdgemergeError(f"{where} = {shown!r}: allowed: true or false")
+        return
+    if typ is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad(" (not an integer)")
+    elif typ is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad(" (not a number)")
+    elif typ is str:
+        if not isinstance(value, str) or value not in f.metadata.get("choices", (value,)):
+            raise bad()
+        return
+    ok = f.metadata.get("ok")
+    if ok is not None and not ok(value, cfg):
+        raise bad()
+
+
+def _site_keys(site_cls: type) -> list[str]:
+    import dataclasses
+
+    return list(dict.fromkeys(_toml_key(f) for f in dataclasses.fields(site_cls) if _toml_key(f))) + ["stages"]
+
+
+def _check_stages(stages: Any, f, where: str, cfg, required: bool) -> None:
+    n = len(cfg.depths)
+    allowed = f"a non-empty list of distinct stages 1..{n} of {cfg.name}"
+    if stages is None:
+        if required:
+            raise EdgemergeError(f"{where.rsplit('.', 1)[0]}: missing key 'stages' ({allowed})")
+        return
+    if (not isinstance(stages, list) or not stages or len(set(map(repr, stages))) != len(stages)
+            or not all(isinstance(s, int) and not isinstance(s, bool) and f.metadata["ok"](s, cfg) for s in stages)):
+        raise EdgemergeError(f"{where} = {stages!r}: allowed: {allowed}")
 
 
 def _grid_sites(d: dict[str, Any]) -> dict[int, GridSite]:
@@ -113,7 +298,8 @@ def get_plan(model: str, variant: str, *, calibration: dict[str, Any] | None = N
                              q_pool=tuple(int(s) for s in pool.get("stages", [])), ffn=_grid_sites(v.get("ffn", {})),
                              proportional=bool(v.get("proportional", False)), metric=v.get("metric", "tokens"))
     if family in ("vit", "deit"):
-        return ToMePlan(r=int(v["r"]), metric=v.get("metric", "keys"), metric_dim=int(v.get("metric_dim", 64)))
+        return ToMePlan(r=int(v["r"]), metric=v.get("metric", "keys"), metric_dim=int(v.get("metric_dim", 64)),
+                        proportional=bool(v.get("proportional", True)))
     if family == "segmenter":
         cal = calibration or {}
         return ALGMPlan(local_layer=int(v["local_layer"]), global_layer=int(v["global_layer"]),

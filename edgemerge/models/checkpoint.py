@@ -62,22 +62,90 @@ def _read_weights(path: Path) -> StateDict:
     return _read_weights_and_extra(path)[0]
 
 
+def check_checkpoint_path(path: str | Path) -> Path:
+    """The checkpoint path exists and is a directory (Hugging Face) or a regular file (a FIFO or a
+    device such as /dev/zero would block or never end the read) whose first bytes are safetensors',
+    a zip's or a pickle's. Reads 16 bytes at most."""
+    from edgemerge.images import file_kind
+
+    path = Path(path)
+    try:
+        kind = file_kind(path)
+    except FileNotFoundError:
+        raise EdgemergeError(f"checkpoint not found: {path}") from None
+    except OSError as e:
+        raise EdgemergeError(f"cannot read checkpoint {path}: {e.strerror}") from None
+    if kind not in (None, "a directory"):
+        raise EdgemergeError(f"checkpoint {path} is {kind}, not a regular file")
+    if kind is None:
+        try:
+            fmt = sniff_format(path)
+        except OSError as e:
+            raise EdgemergeError(f"cannot read checkpoint {path}: {e.strerror}") from None
+        if fmt == "unknown":
+            raise EdgemergeError(f"not a readable checkpoint: {path} is neither a safetensors file nor a torch.save "
+                                 "file (zip or pickle)")
+    return path
+
+
+def sniff_format(path: Path) -> str:
+    """'safetensors', 'zip' (torch.save since 1.6), 'pickle' (older torch.save) or 'unknown', from the
+    first bytes: the file's suffix says nothing reliable (a safetensors file renamed .pth, ...)."""
+    import struct
+
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
+        return "zip"
+    if len(head) >= 9 and head[8:9] == b"{":
+        (n,) = struct.unpack("<Q", head[:8])
+        if 2 <= n <= path.stat().st_size - 8:
+            return "safetensors"
+    if head[:1] == b"\x80" and len(head) > 1 and 2 <= head[1] <= 5:  # pickle protocol 2..5
+        return "pickle"
+    return "unknown"
+
+
+def _pickled_object_hint(e: Exception) -> str | None:
+    """A one-line hint when weights_only loading met a pickled class (a whole model saved with
+    torch.save(model)): the class it names, and what to save instead."""
+    text = str(e)
+    if "Weights only load failed" not in text and "Unsupported global" not in text:
+        return None
+    m = re.search(r"GLOBAL ([\w.]+)", text)
+    what = f" ({m.group(1)})" if m else ""
+    return (f"holds pickled Python objects{what}, not just tensors: a whole model saved with torch.save(model)? "
+            "edgemerge does not unpickle code; save `model.state_dict()` instead "
+            "(torch.save(model.state_dict(), path))")
+
+
 def _read_weights_and_extra(path: Path) -> tuple[StateDict, dict[str, Any]]:
     """The tensors, and the model-config details edgemerge saved with them (eps, head variant, ...):
-    our own layout has no format to infer them from, so a file we write carries them."""
+    our own layout has no format to infer them from, so a file we write carries them.
+
+    The format is sniffed from the content, not the suffix."""
+    check_checkpoint_path(path)  # a regular file of a known format
+    kind = sniff_format(path)
     try:
-        if path.suffix == ".safetensors":
+        if kind == "safetensors":
             from safetensors.torch import load_file
 
             obj: Any = load_file(str(path))
         else:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            with open(path, "rb") as f:  # a file object: torch.load decides nothing by the name either
+                obj = torch.load(f, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, random bytes, pickles we refuse, ...
+        hint = _pickled_object_hint(e)
+        if hint:
+            raise EdgemergeError(f"not a readable checkpoint: {path} {hint}") from None
         raise EdgemergeError(_one_line(f"not a readable checkpoint: {path} ({type(e).__name__}: {e})"[:300]))
     extra = obj.get(EXTRA_KEY) if isinstance(obj, dict) and isinstance(obj.get(EXTRA_KEY), dict) else {}
     for wrapper in ("state_dict", "model", "module"):
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
             obj = obj[wrapper]
+    if isinstance(obj, nn.Module):  # cannot happen with weights_only, but say it plainly if it does
+        raise EdgemergeError(f"not a readable checkpoint: {path} holds a whole {type(obj).__name__} model: save "
+                             "`model.state_dict()` instead")
     if not isinstance(obj, dict):
         raise EdgemergeError(f"not a readable checkpoint: {path} holds a {type(obj).__name__}, not a state dict")
     state = {str(k).removeprefix("module."): v for k, v in obj.items() if isinstance(v, Tensor)}
@@ -114,7 +182,7 @@ def _read_hf_dir(path: Path) -> tuple[StateDict, dict[str, Any], Path]:
     except (OSError, ValueError) as e:
         raise EdgemergeError(_one_line(f"not a readable checkpoint: {cfg_file} ({e})"))
     for fname in ("model.safetensors", "pytorch_model.bin"):
-        if (path / fname).is_file():
+        if (path / fname).exists():
             return _read_weights(path / fname), hf_cfg, path / fname
     raise EdgemergeError(f"Hugging Face dir {path} has no model.safetensors or pytorch_model.bin")
 
@@ -296,6 +364,17 @@ def _classes(from_weights: int | None, hf_cfg: dict | None) -> int:
     raise EdgemergeError("checkpoint has no classifier weights, so its class count is unknown")
 
 
+MIN_CLASSES = 2
+
+
+def check_num_classes(n: int, what: str) -> None:
+    """A segmentation or classification head needs two classes at least: with one every argmax is
+    0 (nothing to compare), with none there is no output at all."""
+    if n < MIN_CLASSES:
+        raise EdgemergeError(f"{what} {n} class{'es' if n != 1 else ''}: a segmentation or classification head "
+                             f"needs at least {MIN_CLASSES}")
+
+
 _CONVERTERS = {"segformer": _segformer, "vit": _vit, "deit": _vit, "segmenter": _segmenter}
 
 
@@ -308,6 +387,12 @@ def _fit(model: nn.Module, state: StateDict, name: str) -> StateDict:
     Returns the merge-method tensors (DTEM metric projections) set aside from `state`.
     """
     merge_state = {k: state.pop(k) for k in [k for k in state if MERGE_KEY in k]}
+    for key, t in merge_state.items():
+        if not t.is_floating_point():
+            raise EdgemergeError(f"checkpoint tensor {key} is {str(t.dtype).removeprefix('torch.')}: edgemerge needs "
+                                 "float weights")
+        if not bool(torch.isfinite(t).all()):
+            raise EdgemergeError(f"checkpoint tensor {key} holds NaN or Inf values: the weights are broken")
     want = model.state_dict()
     for key in [k for k in want if k.endswith("pos_embed") and k in state]:
         if state[key].shape != want[key].shape:
@@ -331,6 +416,16 @@ def _fit(model: nn.Module, state: StateDict, name: str) -> StateDict:
         if state[key].shape != value.shape:
             raise EdgemergeError(f"checkpoint does not fit {name}: {key} has shape {list(state[key].shape)}, "
                                  f"the model needs {list(value.shape)}")
+    for key, value in want.items():
+        got = state[key]
+        if value.is_floating_point() and not got.is_floating_point():
+            raise EdgemergeError(f"checkpoint does not fit {name}: {key} is {str(got.dtype).removeprefix('torch.')}, "
+                                 f"the model's parameter is {str(value.dtype).removeprefix('torch.')} (a quantized "
+                                 "checkpoint? edgemerge needs float weights)")
+        if got.is_floating_point() and not bool(torch.isfinite(got).all()):
+            what = "NaN" if bool(torch.isnan(got).any()) else "Inf"
+            raise EdgemergeError(f"checkpoint tensor {key} holds {what} values: the weights are broken "
+                                 "(a diverged training run?)")
     model.load_state_dict(state, strict=True)
     return merge_state
 
@@ -340,9 +435,9 @@ def load_checkpoint(name: str, path: str | Path, *, num_classes: int | None = No
                     decoder: str | None = None) -> tuple[nn.Module, CheckpointInfo]:
     """Build zoo model `name` with the checkpoint's weights (and class count), in eval mode."""
     cfg = configure(name, resolution=resolution, decoder=decoder)
-    path = Path(path)
-    if not path.exists():
-        raise EdgemergeError(f"checkpoint not found: {path}")
+    path = check_checkpoint_path(path)
+    if num_classes is not None:
+        check_num_classes(num_classes, "num_classes asks for")
     hf_cfg: dict | None = None
     saved_extra: dict[str, Any] = {}
     if path.is_dir():
@@ -359,6 +454,7 @@ def load_checkpoint(name: str, path: str | Path, *, num_classes: int | None = No
     ours, classes, extra = _CONVERTERS[cfg.family](state, fmt, hf_cfg, cfg)
     if decoder is not None and extra.get("decoder", decoder) != decoder:
         raise EdgemergeError(f"checkpoint has a {extra['decoder']} decoder, but decoder={decoder!r} was asked")
+    check_num_classes(classes, f"the head of checkpoint {path} has")
     if num_classes is not None and num_classes != classes:
         raise EdgemergeError(f"checkpoint has {classes} classes, but num_classes={num_classes} was asked")
     cfg = dataclasses.replace(cfg, num_classes=classes, extra={**cfg.extra, **extra, **saved_extra})
