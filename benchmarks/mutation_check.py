@@ -21,9 +21,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST = ["tests/test_compare.py", "tests/validate/test_decision_gate.py", "tests/validate/test_validate_units.py"]
-PLANTED = ["tests/validate/test_planted_builds.py", "-k", "tome-fp16 or segformer-fp32"]
-SELF_CHECK = ["tests/export/test_export.py", "-k", "wrong_match or deit-t"]
+# Each entry is one pytest invocation; a mutant's tests are a list of them, run until one fails.
+FAST = [["tests/test_compare.py", "tests/validate/test_decision_gate.py", "tests/validate/test_validate_units.py"]]
+PLANTED = [["tests/validate/test_planted_builds.py", "-k", "tome-fp16 or segformer-fp32"]]
+SELF_CHECK = [["tests/export/test_export.py", "-k", "wrong_match or deit-t"]]
 
 # (name, file, old, new, tests)
 MUTANTS = [
@@ -61,7 +62,7 @@ MUTANTS = [
     ("limits: artifact fp16 rel_l2 10x looser", "edgemerge/compare.py",
      "\"rel_l2\": (\"<=\", 5e-3)", "\"rel_l2\": (\"<=\", 5e-2)", FAST + PLANTED),
     ("limits: self-check fp16 without rel_l2", "edgemerge/compare.py",
-     "(\">=\", 0.995), \"rel_l2\": (\"<=\", 4e-3),", "(\">=\", 0.995),", SELF_CHECK + ["tests/test_compare.py"]),
+     "(\">=\", 0.995), \"rel_l2\": (\"<=\", 4e-3),", "(\">=\", 0.995),", FAST + SELF_CHECK),
     ("check: >= read as >", "edgemerge/compare.py",
      "passed = bool(value >= limit) if op == \">=\"", "passed = bool(value > limit) if op == \">=\"", FAST),
     ("near-ties: argmax margin < instead of <=", "edgemerge/compare.py",
@@ -79,22 +80,27 @@ MUTANTS = [
 ]
 
 
-def run_mutant(name: str, file: str, old: str, new: str, tests: list[str], scratch: Path) -> dict:
+def run_mutant(name: str, file: str, old: str, new: str, tests: list[list[str]], scratch: Path) -> dict:
     target = scratch / file
     text = target.read_text()
     if text.count(old) != 1:
         return {"mutant": name, "file": file, "status": "stale", "note": f"snippet found {text.count(old)} times"}
     target.write_text(text.replace(old, new))
     t0 = time.perf_counter()
+    env = {**os.environ, "PYTHONPATH": str(scratch)}
+    ran = []
     try:
-        env = {**os.environ, "PYTHONPATH": str(scratch)}
-        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests],
-                              cwd=scratch, env=env, capture_output=True, text=True)
+        for args in tests:
+            ran.append(" ".join(args))
+            proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *args],
+                                  cwd=scratch, env=env, capture_output=True, text=True)
+            if proc.returncode != 0:
+                break
     finally:
         target.write_text(text)
     last = (proc.stdout.strip().splitlines() or [""])[-1]
     return {"mutant": name, "file": file, "status": "killed" if proc.returncode != 0 else "survived",
-            "tests": " ".join(tests), "result": last, "seconds": round(time.perf_counter() - t0, 1)}
+            "tests": " | ".join(ran), "result": last, "seconds": round(time.perf_counter() - t0, 1)}
 
 
 def main() -> int:

@@ -162,3 +162,26 @@ def test_worst_site_is_the_check():
     assert figures["same_destination_worst"] == 1.0 and rows[0]["passed"]
     _, rows = C.judge_decisions(sites, [WANT], "fp32")  # a site missing in the artifact
     assert not rows[0]["passed"]
+
+
+def test_fp16_limits_catch_a_scale_that_cosine_cannot_see():
+    """Logits x1.01: cosine 1, argmax unchanged; the rel. L2 bound alone fails it, in the export's
+    self-check and in validate (the max-error bound is not needed to catch it)."""
+    ref = scores(shape=(8, 10))
+    for profile in ("self-check", "artifact"):
+        judged = C.compare(ref * 1.01, ref, profile, "fp16")
+        failed = {c["metric"] for c in judged.checks if not c["passed"]}
+        assert "rel_l2" in failed and "cosine" not in failed and "argmax_agreement" not in failed, (profile, failed)
+        assert C.compare(ref * (1 + 1e-4), ref, profile, "fp16").passed  # rounding-sized error passes
+
+
+def test_a_margin_equal_to_the_bound_is_a_near_tie():
+    """Pixel 0: margin 0.25; the error 0.125 makes the bound exactly 0.25 (2 x max error, under the
+    fp16 cap of 1e-2 of the range 100): the flipped pixel is a near-tie, not a failure."""
+    ref = np.array([[[[0.0, 0.0]], [[0.25, 100.0]]]])  # [1, 2 classes, 1, 2 pixels]
+    got = ref.copy()
+    got[0, 0, 0, 0] = 0.125
+    got[0, 1, 0, 0] = 0.125  # the tie pixel now ties exactly: argmax flips to class 0
+    fig = C.metrics(got, ref, "fp16")
+    assert fig["near_ties"]["bound"] == 0.25 and fig["near_ties"]["flipped"] == 1
+    assert fig["argmax_agreement"] == 1.0
