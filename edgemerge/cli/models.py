@@ -6,7 +6,7 @@ import json
 
 import click
 
-from edgemerge.cli import main
+from edgemerge.cli import console, main
 from edgemerge.cli.options import json_option
 
 
@@ -33,11 +33,10 @@ def models(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    from rich.console import Console
     from rich.table import Table
 
     table = Table("name", "family", "params", "resolution", "classes", "variants")
     for r in rows:
         table.add_row(r["name"], r["family"], f"{r['params'] / 1e6:.1f}M", "x".join(map(str, r["resolution"])),
                       str(r["num_classes"]), ", ".join(r["variants"]))
-    Console().print(table)
+    console().print(table)

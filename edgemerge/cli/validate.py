@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from edgemerge.cli import main, progress_reporter
+from edgemerge.cli import console, main, progress_reporter
 from edgemerge.cli.options import plugins_option
 from edgemerge.validate.api import _fmt
 
@@ -44,7 +44,6 @@ MERGE_NOTE = ("merge.same_destination_worst: at the worst merge site, of the tok
 def validate(artifact, images, labels, num, atol, rtol, min_agreement, localize, out, rows, plugins,
              reference) -> None:
     """Check that ARTIFACT (bundle dir, model.onnx or model.plan) matches PyTorch; exit 1 when not."""
-    from rich.console import Console
     from rich.table import Table
 
     from edgemerge.errors import CheckFailed
@@ -86,7 +85,7 @@ def validate(artifact, images, labels, num, atol, rtol, min_agreement, localize,
         if lab.get("miou_unmerged") is not None and report["model"]["variant"] != "none":
             table.add_row("mIoU unmerged PyTorch", _fmt(lab["miou_unmerged"]),
                           f"merging costs {_fmt(lab['miou_cost_of_merging'])}", "[dim]info[/]")
-    Console().print(table)
+    console().print(table)
     loc = report.get("localize")
     if loc and loc.get("first_divergent"):
         f = loc["first_divergent"]
