@@ -95,3 +95,34 @@ def test_an_unrelated_matching_fails_where_token_counts_hide_it(sites):
         assert site["merging_same_destination"] < LIMIT
         if i == 0 and s["kind"] == "bipartite" and s["count"] < len(s["args"]["src"]) / 4:  # ToMe's first block
             assert site["tokens_same_fate"] > 0.85 and site["merging_same_destination"] < 0.5
+
+
+def test_replay_judges_the_matching_on_the_artifacts_own_metric():
+    """An artifact whose metric differs from PyTorch's by rounding-sized noise, and whose decisions
+    are exactly the reference op's on that metric: every merging token agrees (its matching is
+    right), although PyTorch's own decisions differ (the noise flips near-ties)."""
+    from edgemerge.images import normalize, synthetic_images
+    from edgemerge.merge import ops
+    from edgemerge.merge.core import observe
+    from edgemerge.reference import build_reference, replay_reference
+
+    model, cfg, _ = build_reference("deit-t", "tome")
+    x = normalize(synthetic_images(1, 224, 224, seed=5), cfg.mean, cfg.std)
+    events = []
+    with torch.no_grad(), observe(lambda e: e.own is not None and events.append(e)):
+        model(torch.from_numpy(x))
+    rng = np.random.default_rng(0)
+    metrics, slots = [], []
+    for e in events:
+        m = e.metric.float().numpy()
+        noisy = (m * (1 + 3e-3 * rng.standard_normal(m.shape))).astype(np.float32)
+        a = e.args
+        metrics.append(noisy)
+        slots.append(ops.match_bipartite_ref(torch.from_numpy(noisy), e.count, a["src"], a["dst"], a["protect"]).numpy())
+    _, sites = replay_reference(model, [x], [slots], [metrics])
+    figures, rows = C.judge_decisions(sites, slots, "fp32")
+    assert figures["judged_on"] == "the artifact's metric"
+    assert figures["same_destination_worst"] == 1.0
+    flipped = [C.judge_site(g, s["own"], s["kind"], s["count"], s["args"], s["margins"], 0.0)["merging_same_destination"]
+               for g, s in zip(slots, sites)]
+    assert min(flipped) < 1.0  # PyTorch's own metric decides otherwise somewhere: the noise mattered
