@@ -73,7 +73,7 @@ def test_ctrl_c_while_writing_the_bundle_exits_130_and_leaves_nothing(tmp_path, 
 
 
 @pytest.mark.parametrize("args, words", [
-    (["--num-classes", "0"], "num_classes must be >= 1, got 0"),
+    (["--num-classes", "0"], "needs at least 2 classes"),
     (["--checkpoint", "missing.pth"], "checkpoint not found: "),
 ])
 def test_bad_model_options_refused_before_any_progress(tmp_path, no_export, args, words):
