@@ -56,8 +56,9 @@ def file_kind(path: str | Path) -> str | None:
     return "not a regular file"
 
 
-def require_regular_file(path: str | Path, what: str = "image") -> Path:
-    """`path` if it is a regular file; else a one-line error saying what it is instead."""
+def require_regular_file(path: str | Path, what: str = "image", *, allow_dir: bool = False) -> Path:
+    """`path` if it is a regular file (or, with `allow_dir`, a directory); else a one-line error
+    saying what it is instead (a FIFO or a device would block or never end the read)."""
     path = Path(path)
     try:
         kind = file_kind(path)
@@ -65,7 +66,7 @@ def require_regular_file(path: str | Path, what: str = "image") -> Path:
         raise EdgemergeError(f"{what} not found: {path}") from None
     except OSError as e:
         raise EdgemergeError(f"cannot read {what} {path}: {e.strerror}") from None
-    if kind is not None:
+    if kind is not None and not (allow_dir and kind == "a directory"):
         raise EdgemergeError(f"{what} {path} is {kind}, not a regular file")
     return path
 

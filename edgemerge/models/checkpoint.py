@@ -66,18 +66,10 @@ def check_checkpoint_path(path: str | Path) -> Path:
     """The checkpoint path exists and is a directory (Hugging Face) or a regular file (a FIFO or a
     device such as /dev/zero would block or never end the read) whose first bytes are safetensors',
     a zip's or a pickle's. Reads 16 bytes at most."""
-    from edgemerge.images import file_kind
+    from edgemerge.images import require_regular_file
 
-    path = Path(path)
-    try:
-        kind = file_kind(path)
-    except FileNotFoundError:
-        raise EdgemergeError(f"checkpoint not found: {path}") from None
-    except OSError as e:
-        raise EdgemergeError(f"cannot read checkpoint {path}: {e.strerror}") from None
-    if kind not in (None, "a directory"):
-        raise EdgemergeError(f"checkpoint {path} is {kind}, not a regular file")
-    if kind is None:
+    path = require_regular_file(path, "checkpoint", allow_dir=True)
+    if not path.is_dir():
         try:
             fmt = sniff_format(path)
         except OSError as e:
