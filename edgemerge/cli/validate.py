@@ -95,6 +95,8 @@ def validate(artifact, images, labels, num, atol, rtol, min_agreement, localize,
     for w in report.get("warnings", []):
         click.echo(f"edgemerge: warning: {w}", err=True)
     click.echo(f"report: {report['report_files']['json']}")
+    if report["report_files"].get("png"):
+        click.echo(f"figure: {report['report_files']['png']}")
     if not report["passed"]:
         raise CheckFailed(report["failure"])
 

@@ -170,6 +170,7 @@ def test_report_has_every_field(bundles, tmp_path):
     assert {"same_destination_worst", "metric_rel_l2_worst", "near_ties_excused", "tokens_same_fate",
             "per_site"} <= set(merge)
     assert any(c["output"] == "merge" and c["passed"] for c in report["checks"])  # a check, not information
+    assert f"figure: {(tmp_path / 'report.png').resolve()}" in res.stdout  # said, as report.json's path is
     png = (tmp_path / "report.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left
