@@ -77,14 +77,19 @@ def test_identity_metric_is_algm():
 
 
 @pytest.mark.slow
-def test_train_lowers_the_loss_and_exports_a_matmul_metric(data, tmp_path):
+def test_train_changes_the_decisions_and_exports_a_matmul_metric(data, tmp_path):
+    """Training runs, records its held-out figures, changes which tokens merge, and the trained
+    metric exports with a passing self-check. That it lowers the loss is not asserted here: on
+    random weights and images it did not train on it does not (soft KL 0.004182 -> 0.004195 with
+    --steps 8, lr 1e-2); tests/train/test_heldout_camvid.py judges that on a real model."""
     run = tmp_path / "run"
     res = CliRunner().invoke(main, ["train-metric", "-m", MODEL, "-v", "algm-lm", "-c", str(data / "vit-t.pth"),
                                     "-i", str(data / "img"), "-o", str(run), "--steps", "8", "--batch", "4",
                                     "--lr", "1e-2", "-r", "128x128"])
     assert res.exit_code == 0, res.output
     record = json.loads((run / "train_record.json").read_text())
-    assert record["eval_after"]["soft_kl"] < record["eval_before"]["soft_kl"]
+    assert record["eval_images"] > 0 and {"soft_kl", "hard_kl"} <= set(record["eval_after"])
+    assert len(record["losses"]) == 8 and all(np.isfinite(record["losses"]))
     [site] = record["picked_mass_last_step"]
     assert 0 < site["mass"] <= site["r"] * 1.05
     x = torch.randn(2, 3, *RES, generator=torch.Generator().manual_seed(0))
