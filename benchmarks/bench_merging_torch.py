@@ -31,9 +31,10 @@ from pathlib import Path
 
 import torch
 
-from edgemerge.merge import apply_merging, get_plan, remove_merging
+from edgemerge.merge.patch import apply_merging, remove_merging
+from edgemerge.merge.plan import get_plan
 from edgemerge.merge.flops import gflops
-from edgemerge.models import build_model
+from edgemerge.models.registry import build_model
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -14,8 +14,9 @@ import resource
 import sys
 import time
 
-from edgemerge.export.bundle import ExportOptions, export_bundle
-from edgemerge.manifest import parse_resolution
+from edgemerge.contracts.manifest import ExportOptions
+from edgemerge.export.bundle import export_bundle
+from edgemerge.contracts.manifest import parse_resolution
 
 
 def main(argv: list[str]) -> None:

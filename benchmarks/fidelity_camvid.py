@@ -27,11 +27,13 @@ import torch.nn.functional as F
 from PIL import Image
 
 from edgemerge.bench.runners import ort_session_options
-from edgemerge.errors import CheckFailed
-from edgemerge.export.bundle import ExportOptions, export_bundle
-from edgemerge.reference import build_reference
-from edgemerge.images import list_images, load_image, normalize
-from edgemerge.merge import get_plan, resolve
+from edgemerge.contracts.errors import CheckFailed
+from edgemerge.contracts.manifest import ExportOptions
+from edgemerge.export.bundle import export_bundle
+from edgemerge.merge.reference import build_reference
+from edgemerge.contracts.images import list_images, load_image, normalize
+from edgemerge.merge.plan import get_plan
+from edgemerge.merge.counts import resolve
 from edgemerge.merge.flops import gflops
 from edgemerge.models.registry import configure
 

@@ -21,9 +21,9 @@ import onnxruntime as ort
 import torch
 
 from edgemerge.export.exporter import finalize, torch_to_onnx
-from edgemerge.manifest import parse_resolution
+from edgemerge.contracts.manifest import parse_resolution
 from edgemerge.merge.flops import count_gflops
-from edgemerge.reference import build_reference
+from edgemerge.merge.reference import build_reference
 
 
 def _session(model, x: torch.Tensor, threads: int) -> ort.InferenceSession:
@@ -80,8 +80,9 @@ def main() -> None:
 
 
 def _meta_copy(name: str, variant: str, res: tuple[int, int], fold: bool):
-    from edgemerge.merge import apply_merging, get_plan
-    from edgemerge.models import build_model
+    from edgemerge.merge.patch import apply_merging
+    from edgemerge.merge.plan import get_plan
+    from edgemerge.models.registry import build_model
 
     with torch.device("meta"):
         model = build_model(name, resolution=res)

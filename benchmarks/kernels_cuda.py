@@ -30,9 +30,10 @@ sys.path.insert(0, str(REPO / "tests" / "plugins"))
 from conftest import build_capi, find_nvcc  # noqa: E402  (the kernel tests' ctypes build)
 
 from edgemerge.merge import core, ops  # noqa: E402
-from edgemerge.merge import get_plan, resolve  # noqa: E402
+from edgemerge.merge.plan import get_plan
+from edgemerge.merge.counts import resolve
 from edgemerge.merge.plan import SegformerPlan  # noqa: E402
-from edgemerge.models import get_config  # noqa: E402
+from edgemerge.models.registry import get_config
 
 
 def _p(t: torch.Tensor) -> ctypes.c_void_p:

@@ -37,12 +37,12 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fidelity_camvid import confusion, predict, scores  # noqa: E402
 
-from edgemerge.reference import build_reference  # noqa: E402
-from edgemerge.images import list_images, load_image, normalize  # noqa: E402
+from edgemerge.merge.reference import build_reference  # noqa: E402
+from edgemerge.contracts.images import list_images, load_image, normalize  # noqa: E402
 from edgemerge.merge.flops import gflops  # noqa: E402
-from edgemerge.models import get_config  # noqa: E402
+from edgemerge.models.registry import get_config
 from edgemerge.models.registry import configure  # noqa: E402
-from edgemerge.train import TrainOptions, train_metric  # noqa: E402
+from edgemerge.train.metric import TrainOptions, train_metric
 
 MODEL = "segformer-b0"
 SHARED = Path(__file__).resolve().parents[2] / "shared"

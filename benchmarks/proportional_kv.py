@@ -17,9 +17,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from edgemerge.images import list_images, load_image, normalize
-from edgemerge.merge import apply_merging, get_plan
-from edgemerge.models import load_checkpoint
+from edgemerge.contracts.images import list_images, load_image, normalize
+from edgemerge.merge.patch import apply_merging
+from edgemerge.merge.plan import get_plan
+from edgemerge.models.checkpoint import load_checkpoint
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 

@@ -28,9 +28,10 @@ import onnx  # noqa: E402
 import plants  # noqa: E402
 from test_zoo_defaults import CONFIGS  # noqa: E402
 
-from edgemerge.errors import EdgemergeError  # noqa: E402
-from edgemerge.export.bundle import ExportOptions, export_bundle  # noqa: E402
-from edgemerge.validate import validate_artifact  # noqa: E402
+from edgemerge.contracts.errors import EdgemergeError  # noqa: E402
+from edgemerge.contracts.manifest import ExportOptions
+from edgemerge.export.bundle import export_bundle
+from edgemerge.validate.api import validate_artifact
 
 PLANTS = {
     "logits x1.01": lambda m, rng: plants.scale_logits(m, 1.01),

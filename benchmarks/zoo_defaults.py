@@ -17,8 +17,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "export")
 
 from test_zoo_defaults import CONFIGS  # noqa: E402
 
-from edgemerge.errors import EdgemergeError  # noqa: E402
-from edgemerge.export.bundle import ExportOptions, export_bundle  # noqa: E402
+from edgemerge.contracts.errors import EdgemergeError  # noqa: E402
+from edgemerge.contracts.manifest import ExportOptions
+from edgemerge.export.bundle import export_bundle
 
 
 def main() -> int:

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from edgemerge import __version__
 from edgemerge.cli import main
-from edgemerge.models import list_models
+from edgemerge.models.registry import list_models
 
 
 def test_help_lists_commands():
@@ -45,7 +45,7 @@ def _one_line_error(args, code=2):
 
 
 def test_truncated_checkpoint(tmp_path):
-    from edgemerge.models import build_model
+    from edgemerge.models.registry import build_model
 
     path = tmp_path / "b0.pth"
     torch.save(build_model("segformer-b0").state_dict(), path)
@@ -63,7 +63,7 @@ def test_not_a_checkpoint(tmp_path):
 
 
 def test_class_count_mismatch(tmp_path):
-    from edgemerge.models import build_model
+    from edgemerge.models.registry import build_model
 
     path = tmp_path / "b0.pth"
     torch.save(build_model("segformer-b0", num_classes=19).state_dict(), path)

@@ -1,9 +1,9 @@
-"""edgemerge/compare.py: the one comparison, its limits table, and the fair argmax judgement."""
+"""edgemerge/contracts/compare.py: the one comparison, its limits table, and the fair argmax judgement."""
 
 import numpy as np
 import pytest
 
-from edgemerge import compare as C
+from edgemerge.contracts import compare as C
 
 
 def scores(seed=0, shape=(2, 5, 16, 16)):

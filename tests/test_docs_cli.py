@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from edgemerge.cli import main
-from edgemerge.compare import LIMITS
+from edgemerge.contracts.compare import LIMITS
 from edgemerge.export.bundle import MAX_OPSET, MIN_OPSET
 
 REPO = Path(__file__).resolve().parents[1]
@@ -80,7 +80,7 @@ def sci(x: float) -> str:
 
 def test_readme_judging_table_is_the_code_limits():
     """One set of numbers: the README's table of limits (the fp16 argmax 99.5% of the export's
-    self-check, 99% of validate's default) reads them from edgemerge.compare's table."""
+    self-check, 99% of validate's default) reads them from edgemerge.contracts.compare's table."""
     rows = {ln.split("|")[1].strip(): [c.strip() for c in ln.split("|")[2:4]]
             for ln in README.splitlines() if ln.startswith("| export self-check") or ln.startswith("| `validate`")}
     (check_row,), (validate_row,) = ([v for k, v in rows.items() if k.startswith(s)] for s in ("export", "`validate`"))

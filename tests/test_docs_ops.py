@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from edgemerge import opspec
+from edgemerge.contracts import opspec
 
 REPO = Path(__file__).resolve().parents[1]
 TABLE = [line for line in (REPO / "docs/ops.md").read_text().splitlines() if line.startswith("| Token")]

@@ -8,8 +8,8 @@ import os
 
 import pytest
 
-from edgemerge import files
-from edgemerge.files import write_files
+from edgemerge.contracts import files
+from edgemerge.contracts.files import write_files
 
 
 def _tree(root) -> dict[str, bytes]:

@@ -12,9 +12,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgemerge import identity
-from edgemerge.errors import EdgemergeError
-from edgemerge.identity import METADATA_KEY, check_manifest, read_metadata_props, stamp
+from edgemerge.contracts import identity
+from edgemerge.contracts.errors import EdgemergeError
+from edgemerge.contracts.identity import METADATA_KEY, check_manifest, read_metadata_props, stamp
 
 MANIFEST = {"model": "segformer-b0", "variant": "fast", "resolution": [128, 128], "batch": 1,
             "precision": "fp32", "merge_ops": "plugin", "num_classes": 19, "seed": 0,

@@ -1,9 +1,20 @@
-"""The layers: export, validate, bench, trt, show and train sit on the contracts below them
-(manifest, compare, reference, record, device_tool, graphs, merge, models) and never import one
-another; the CLI wires them together (it hands validate and bench the TensorRT loader and the
-exporter). Each top package is imported, with all of its modules, in a fresh interpreter where the
-other top packages cannot be imported at all."""
+"""The floor plan, as a test: packages in layers, each importing only from its own layer and the
+ones below; the command packages side by side never import one another; the CLI alone wires them.
 
+    cli
+    export  validate  bench  show  train  tune      (commands: never one another)
+    trt                                             (the TensorRT backend)
+    merge                                           (merging in PyTorch, family adapters, reference)
+    models                                          (the zoo: modules, configs, checkpoints)
+    device                                          (the device route: standard library only)
+    contracts                                       (manifest, comparison, op spec, files, ...)
+
+Every import is read (module level and inside functions: a local import hides a cycle from an
+import-time test), and each command package is also imported whole in a fresh interpreter where
+the others cannot be imported at all.
+"""
+
+import ast
 import pkgutil
 import subprocess
 import sys
@@ -13,60 +24,74 @@ import pytest
 
 import edgemerge
 
-TOP = ("export", "validate", "bench", "trt", "show", "train")
+ROOT = Path(edgemerge.__file__).parent
+LAYERS = [("contracts",), ("device",), ("models",), ("merge",), ("trt",),
+          ("export", "validate", "bench", "show", "train", "tune"), ("cli",)]
+LEVEL = {pkg: i for i, layer in enumerate(LAYERS) for pkg in layer if (ROOT / pkg / "__init__.py").is_file()}
+COMMANDS = tuple(p for p in LAYERS[-2] if p in LEVEL)
+
+
+def test_every_package_has_a_layer_and_says_what_it_owns():
+    """A new folder must be placed in the floor plan, and its docstring must say what it owns."""
+    packages = sorted(p.name for p in ROOT.iterdir() if (p / "__init__.py").is_file())
+    placed = {pkg for layer in LAYERS for pkg in layer}
+    assert set(packages) <= placed, set(packages) - placed
+    flat = sorted(p.name for p in ROOT.glob("*.py") if p.name != "__init__.py")
+    assert flat == [], f"modules outside a package: {flat}"
+    for pkg in packages:
+        doc = ast.get_docstring(ast.parse((ROOT / pkg / "__init__.py").read_text()))
+        assert doc and len(doc.split()) >= 20, f"edgemerge/{pkg}/__init__.py: say what it owns and may import"
+
+
+def imported_names(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return {n for n in names if n.startswith("edgemerge.")}
+
+
+def crossings(pkg: str) -> list[str]:
+    bad = []
+    for f in sorted((ROOT / pkg).rglob("*.py")):
+        for name in imported_names(f):
+            other = name.split(".")[1]
+            if other == pkg or other not in LEVEL:  # edgemerge.__version__ and friends
+                continue
+            if LEVEL[other] > LEVEL[pkg] or (pkg in COMMANDS and other in COMMANDS):
+                bad.append(f"{f.relative_to(ROOT)}: {name}")
+    return bad
+
+
+@pytest.mark.parametrize("pkg", sorted(LEVEL))
+def test_imports_run_down_only(pkg):
+    assert not crossings(pkg)
+
+
+def test_the_rule_catches_a_planted_crossing(tmp_path, monkeypatch):
+    """The check is not vacuous: an import upward, or sideways between commands, is reported."""
+    fake = tmp_path / "edgemerge"
+    for pkg, text in {"merge": "from edgemerge.export.bundle import x\n",
+                      "bench": "import edgemerge.validate.api\n", "models": "from edgemerge.merge import core\n"}.items():
+        (fake / pkg).mkdir(parents=True)
+        (fake / pkg / "m.py").write_text(text)
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", fake)
+    monkeypatch.setattr(sys.modules[__name__], "LEVEL", {pkg: i for i, layer in enumerate(LAYERS) for pkg in layer})
+    assert crossings("merge") and crossings("bench") and crossings("models")
 
 
 def modules_of(name: str) -> list[str]:
-    path = Path(edgemerge.__file__).parent / name
-    if not path.is_dir():
-        return [f"edgemerge.{name}"]
-    return [f"edgemerge.{name}"] + [f"edgemerge.{name}.{m.name}" for m in pkgutil.iter_modules([str(path)])]
+    return [f"edgemerge.{name}"] + [f"edgemerge.{name}.{m.name}" for m in pkgutil.iter_modules([str(ROOT / name)])]
 
 
-@pytest.mark.parametrize("name", TOP)
-def test_top_package_imports_none_of_the_others(name):
-    blocked = [f"edgemerge.{other}" for other in TOP if other != name] + ["edgemerge.cli"]
+@pytest.mark.parametrize("name", COMMANDS)
+def test_command_package_imports_without_the_others(name):
+    blocked = [f"edgemerge.{other}" for other in COMMANDS if other != name] + ["edgemerge.cli"]
     code = ("import sys\n"
             f"for b in {blocked!r}: sys.modules[b] = None\n"
             "import importlib\n"
             f"for m in {modules_of(name)!r}: importlib.import_module(m)\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr.strip().splitlines()[-1]
-
-
-def test_contracts_import_no_top_package():
-    lower = ["edgemerge.manifest", "edgemerge.compare", "edgemerge.reference", "edgemerge.record",
-             "edgemerge.device_tool", "edgemerge.device_script", "edgemerge.graphs", "edgemerge.files",
-             "edgemerge.progress", "edgemerge.identity", "edgemerge.images", "edgemerge.trtlib",
-             "edgemerge.merge", "edgemerge.models"]
-    blocked = [f"edgemerge.{t}" for t in TOP] + ["edgemerge.cli"]
-    code = ("import sys\n"
-            f"for b in {blocked!r}: sys.modules[b] = None\n"
-            f"for m in {lower!r}: __import__(m)\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr.strip().splitlines()[-1]
-
-
-def imported_names(path: Path) -> set[str]:
-    """Every module an edgemerge file imports, at the top or inside a function."""
-    import ast
-
-    names = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            names |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            names.add(node.module)
-            names |= {f"{node.module}.{a.name}" for a in node.names}
-    return names
-
-
-@pytest.mark.parametrize("name", TOP)
-def test_no_function_local_import_crosses_the_layer_either(name):
-    """Function-local imports hide a cycle from the import test above: read every import."""
-    root = Path(edgemerge.__file__).parent
-    files = sorted((root / name).glob("*.py")) if (root / name).is_dir() else [root / f"{name}.py"]
-    others = [f"edgemerge.{o}" for o in TOP if o != name] + ["edgemerge.cli"]
-    crossing = {f"{f.name}: {m}" for f in files for m in imported_names(f)
-                if any(m == o or m.startswith(o + ".") for o in others)}
-    assert not crossing, sorted(crossing)

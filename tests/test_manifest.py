@@ -1,16 +1,13 @@
-"""edgemerge/manifest.py: the typed manifest, its one reader, and the export options it gives back."""
+"""edgemerge/contracts/manifest.py: the typed manifest, its one reader, and the export options it gives back."""
 
 import json
-import re
-from pathlib import Path
 
 import pytest
 
-from edgemerge import device_tool
-from edgemerge.errors import EdgemergeError
-from edgemerge.manifest import ExportOptions, Manifest, read_manifest
+from edgemerge.contracts.errors import EdgemergeError
+from edgemerge.contracts.manifest import ExportOptions, Manifest, read_manifest
 
-BASE = {"model": "segformer-b0", "variant": "fast", "resolution": [512, 512], "precision": "fp16",
+BASE = {"model": "segformer-b0", "variant": "fast", "resolution": [512, 512], "precision": "fp16", "onnx_sha256": "00",
         "checkpoint": {"path": "/ck", "format": "hf", "sha256": "ab"}, "seed": 3, "future_field": 1}
 
 
@@ -24,7 +21,7 @@ def test_round_trip_keeps_unknown_fields(tmp_path):
 def test_defaults_are_the_exporters():
     """One place for defaults: an old manifest without `inputs` means the exporter's `images`, fp32
     (bench used to fall back to `pixel_values` in fp16)."""
-    m = Manifest.from_dict({k: BASE[k] for k in ("model", "variant", "resolution")})
+    m = Manifest.from_dict({k: BASE[k] for k in ("model", "variant", "resolution", "onnx_sha256")})
     assert m.input_spec() == ("images", (1, 3, 512, 512), "float32")
     assert (m.precision, m.merge_ops, m.batch, m.opset, m.seed) == ("fp32", "plugin", 1, 18, 0)
 
@@ -42,12 +39,3 @@ def test_bad_manifests_are_one_line(tmp_path, data, match):
     (tmp_path / "manifest.json").write_text(json.dumps(data))
     with pytest.raises(EdgemergeError, match=match):
         read_manifest(tmp_path)
-
-
-def test_the_device_tool_reads_only_manifest_fields():
-    """edgemerge_device.py reads manifest.json as plain JSON (standard library only): every key it
-    reads must be a field of the typed manifest."""
-    source = Path(device_tool.__file__).read_text()
-    keys = set(re.findall(r"""manifest(?:\.get\(|\[)["']([a-z_0-9]+)["']""", source))
-    keys |= set(re.findall(r"""for k in \(([^)]*)\) if k in manifest""", source)[0].replace('"', "").replace(" ", "").split(","))
-    assert keys and keys <= set(Manifest.__dataclass_fields__), keys - set(Manifest.__dataclass_fields__)

@@ -8,9 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgemerge.errors import EdgemergeError
-from edgemerge.identity import check_manifest
-from edgemerge.manifest import Manifest, read_manifest
+from edgemerge.contracts.errors import EdgemergeError
+from edgemerge.contracts.identity import check_manifest
+from edgemerge.contracts.manifest import Manifest, read_manifest
 
 MANIFEST = "manifest.json"
 BACKENDS = ("trt", "onnxruntime", "torch")

@@ -23,8 +23,8 @@ import numpy as np
 
 from edgemerge import __version__
 from edgemerge.bench.artifact import BACKENDS, Artifact, default_backend, read_artifact
-from edgemerge.errors import EdgemergeError
-from edgemerge.images import normalize, synthetic_images
+from edgemerge.contracts.errors import EdgemergeError
+from edgemerge.contracts.images import normalize, synthetic_images
 
 DEVICES = ("cpu", "cuda")
 POWER_MIN_SECONDS = 2.0  # each model runs at least this long under tegrastats
@@ -177,7 +177,7 @@ def machine_info(device: str, backend: str) -> dict[str, Any]:
         pass
     if device == "cuda":
         try:
-            from edgemerge.record import query_gpu
+            from edgemerge.device.gpu import query_gpu
 
             info["gpu"], info["compute_capability"] = query_gpu()
         except Exception:  # the GPU query is informative only
@@ -291,7 +291,7 @@ def run_bench(opts: BenchOptions, progress: Callable[[str], None] = lambda s: No
 
         power = find_tegrastats()  # fail before any heavy work
     if backend == "trt":
-        from edgemerge.trtlib import require_tensorrt
+        from edgemerge.trt.lib import require_tensorrt
 
         require_tensorrt()
 
@@ -371,7 +371,7 @@ def _model_result(art: Artifact, times: list[float], memory: dict, batch: int, e
               "gflops": (art.gflops or {}).get("merged"), "raw_ms": [t * 1e3 for t in times]}
     result["throughput_ips"] = result["latency_ms"]["throughput_ips"]
     if art.kind == "plan":  # what the engine holds: the merge ops as plugins, or their bodies
-        from edgemerge.record import read_record
+        from edgemerge.trt.record import read_record
 
         result["engine_build"] = read_record(art.path).engine_build()
     if energy:
@@ -445,13 +445,13 @@ def json_bytes(report: dict[str, Any]) -> bytes:
 
 
 def write_json(report: dict[str, Any], path: str | Path) -> Path:
-    from edgemerge.files import atomic_write_bytes
+    from edgemerge.contracts.files import atomic_write_bytes
 
     return atomic_write_bytes(path, json_bytes(report), mode=0o644)
 
 
 def plot_report(report: dict[str, Any], path: str | Path) -> Path:
-    from edgemerge.files import atomic_write_bytes
+    from edgemerge.contracts.files import atomic_write_bytes
 
     return atomic_write_bytes(path, plot_bytes(report), mode=0o644)
 

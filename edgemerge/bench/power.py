@@ -13,7 +13,7 @@ import subprocess
 import threading
 import time
 
-from edgemerge.errors import EdgemergeError
+from edgemerge.contracts.errors import EdgemergeError
 
 _RAIL = re.compile(r"\b(VDD_IN|POM_5V_IN)\s+(\d+)(?:mW)?/(\d+)(?:mW)?")
 

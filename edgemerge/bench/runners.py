@@ -14,7 +14,7 @@ from collections import OrderedDict
 import numpy as np
 
 from edgemerge.bench.artifact import Artifact
-from edgemerge.errors import EdgemergeError
+from edgemerge.contracts.errors import EdgemergeError
 
 
 def ort_session_options(threads: int | None = None):
@@ -54,7 +54,7 @@ class SessionFromPath:
 def OnnxrtRunnerFromArtifact(artifact: Artifact, device: str = "cpu", threads: int | None = None):
     from polygraphy.backend.onnxrt import OnnxrtRunner
 
-    from edgemerge.progress import quiet_polygraphy
+    from edgemerge.contracts.progress import quiet_polygraphy
 
     quiet_polygraphy()
     if artifact.kind != "onnx":
@@ -65,7 +65,7 @@ def OnnxrtRunnerFromArtifact(artifact: Artifact, device: str = "cpu", threads: i
 def TrtRunnerFromArtifact(artifact: Artifact, plugins: list[str] | None = None, load_engine=None):
     """TensorRT through polygraphy; `load_engine(path, plugins=...)` is edgemerge.trt's (handed over
     by the caller), which refuses with one line an engine whose record does not fit here."""
-    from edgemerge.trtlib import require_tensorrt
+    from edgemerge.trt.lib import require_tensorrt
 
     if artifact.kind != "plan":
         raise EdgemergeError(f"{artifact.path}: the trt backend needs a built engine (model.plan); "
@@ -73,7 +73,7 @@ def TrtRunnerFromArtifact(artifact: Artifact, plugins: list[str] | None = None, 
     require_tensorrt()
     from polygraphy.backend.trt import TrtRunner
 
-    from edgemerge.progress import quiet_polygraphy
+    from edgemerge.contracts.progress import quiet_polygraphy
 
     if load_engine is None:
         raise EdgemergeError("the trt backend needs a TensorRT engine loader (edgemerge.trt.load_engine)")
@@ -102,7 +102,7 @@ class TorchRunner(_polygraphy_base()):
         self.model = None
         import torch  # noqa: F401  (imported here, so that import costs stay out of the memory figure)
 
-        import edgemerge.reference  # noqa: F401
+        import edgemerge.merge.reference  # noqa: F401
         import edgemerge.merge  # noqa: F401
         import edgemerge.models  # noqa: F401
 
@@ -113,7 +113,7 @@ class TorchRunner(_polygraphy_base()):
             raise EdgemergeError("--device cuda: torch sees no CUDA GPU here")
         if self.device == "cpu":
             torch.set_num_threads(os.cpu_count() or 1)
-        from edgemerge.reference import reference_from_manifest  # checks the checkpoint's sha256
+        from edgemerge.merge.reference import reference_from_manifest  # checks the checkpoint's sha256
 
         model = reference_from_manifest(self.artifact.manifest, self.variant).to(self.device)
         self.dtype = torch.float16 if (self.device == "cuda" and self.artifact.manifest.get("precision") == "fp16") \

@@ -17,8 +17,7 @@ from typing import Callable, Iterator
 import click
 
 from edgemerge import __version__
-from edgemerge.errors import EdgemergeError
-from edgemerge.progress import counter  # noqa: F401  (re-exported for the commands)
+from edgemerge.contracts.errors import EdgemergeError
 
 COMMAND_MODULES = ("models", "plan", "calibrate", "train_metric", "export", "build", "validate", "bench", "show")
 
@@ -107,14 +106,14 @@ class _Group(click.Group):
 
 
 def check_output_file(path, what: str = "output file"):
-    """The output-path check every command runs before its work (see edgemerge.files)."""
-    from edgemerge.files import check_output_file as check
+    """The output-path check every command runs before its work (see edgemerge.contracts.files)."""
+    from edgemerge.contracts.files import check_output_file as check
 
     return check(path, what)
 
 
 def check_output_dir(path, what: str = "output directory"):
-    from edgemerge.files import check_output_dir as check
+    from edgemerge.contracts.files import check_output_dir as check
 
     return check(path, what)
 

@@ -42,15 +42,15 @@ def bench(artifact, baseline, unmerged, baseline_dir, backend, device, iters, wa
     import os
     from pathlib import Path
 
-    from edgemerge.bench import BenchOptions, json_bytes, plot_bytes, run_bench, summary_lines
-    from edgemerge.files import write_files
+    from edgemerge.bench.core import BenchOptions, json_bytes, plot_bytes, run_bench, summary_lines
+    from edgemerge.contracts.files import write_files
 
     if report_path is None:  # beside the artifact, not wherever the command happens to run
         where = Path(artifact) if Path(artifact).is_dir() else Path(artifact).parent
         report_path = where / "bench.json"
     runs_on = backend or ("trt" if Path(artifact).suffix == ".plan" else "onnxruntime")  # bench's default
     if plugins and runs_on != "trt":  # they would be silently ignored
-        from edgemerge.errors import EdgemergeError
+        from edgemerge.contracts.errors import EdgemergeError
 
         raise EdgemergeError(f"--plugins loads TensorRT plugin libraries, which only an engine uses; {artifact} "
                              f"runs on {runs_on}: bench the bundle's model.plan (or --backend trt), or drop --plugins")

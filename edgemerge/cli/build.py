@@ -62,11 +62,11 @@ def build(artifact: Path, out: Path | None, plugins: tuple[str, ...], workspace_
     TensorRT comes with JetPack. Engines are not portable: build on the device that runs them.
     """
     from edgemerge.cli import check_output_file
-    from edgemerge.errors import EdgemergeError
+    from edgemerge.contracts.errors import EdgemergeError
     from edgemerge.trt import builder
 
     model = resolve_onnx(artifact)
-    builder.read_manifest(model)  # a file outside a bundle is refused before the TensorRT check
+    builder.check_bundle_onnx(model)  # a file outside a bundle is refused before the TensorRT check
     engine = check_output_file(out or model.with_suffix(".plan"), "engine")
     if not tensorrt_importable():
         raise EdgemergeError(TRT_HINT)

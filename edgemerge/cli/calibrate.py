@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from edgemerge.cli import check_output_file, console as make_console, counter, main, progress_reporter
+from edgemerge.cli import check_output_file, console as make_console, main, progress_reporter
+from edgemerge.contracts.progress import counter
 from edgemerge.cli.options import resolution_option
 
 

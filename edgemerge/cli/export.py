@@ -9,8 +9,11 @@ from edgemerge.cli.options import plugins_option, resolution_option
 
 
 @main.command()
-@click.option("--model", "-m", required=True, help="Zoo model name (see `edgemerge models`).")
-@click.option("--variant", "-v", default="none", show_default=True, help="Merge variant.")
+@click.option("--model", "-m", default=None, help="Zoo model name (see `edgemerge models`); required unless --plan names it.")
+@click.option("--variant", "-v", default=None, help="Merge variant of export_configs/MODEL.toml.  [default: none]")
+@click.option("--plan", "plan_file", type=click.Path(), default=None,
+              help="A plan file instead of a shipped variant: export_configs' schema with `model` and one "
+                   "[variants.NAME] (what `edgemerge tune` writes as plan.toml).")
 @click.option("--checkpoint", "-c", type=click.Path(), default=None,
               help="Weights, detected from the content: a Hugging Face dir (model.safetensors or pytorch_model.bin), "
                    "a .safetensors file, mmseg/NVlabs SegFormer, timm ViT/DeiT or Segmenter .pth, DTEM's .pth.tar, "
@@ -30,11 +33,13 @@ from edgemerge.cli.options import plugins_option, resolution_option
 @click.option("--out", "-o", type=click.Path(), default=None,
               help="Bundle directory, default: MODEL-VARIANT plus what differs from the defaults "
                    "(-fp16, -HxW, -native, -bN); an existing bundle there is replaced, and said so.")
-def export(model, variant, checkpoint, resolution, batch, precision, merge_ops, opset, num_classes,
+def export(model, variant, plan_file, checkpoint, resolution, batch, precision, merge_ops, opset, num_classes,
            calibration, seed, engine, plugins, out) -> None:
     """Export a merged model to a self-checked ONNX bundle for TensorRT."""
-    from edgemerge.export.bundle import ExportOptions, export_bundle
+    from edgemerge.contracts.manifest import ExportOptions
+    from edgemerge.export.bundle import export_bundle
 
+    model, variant = _model_and_variant(model, variant, plan_file)
     if checkpoint is not None:  # a missing file, a FIFO or a device: refused before the export starts
         from edgemerge.models.checkpoint import check_checkpoint_path
 
@@ -42,7 +47,8 @@ def export(model, variant, checkpoint, resolution, batch, precision, merge_ops, 
     console = make_console(stderr=True)
     opts = ExportOptions(model=model, variant=variant, checkpoint=checkpoint, resolution=resolution,
                          batch=batch, precision=precision, merge_ops=merge_ops, opset=opset, out=out, seed=seed,
-                         num_classes=num_classes, calibration=calibration, engine=engine, plugins=list(plugins) or None)
+                         num_classes=num_classes, calibration=calibration, engine=engine, plugins=list(plugins) or None,
+                         plan_file=plan_file)
     with progress_reporter("exporting") as report:
         manifest = export_bundle(opts, progress=report, build_engine=_build_engine if engine else None)
     if checkpoint is None:  # after the export, so that bad input stays a one-line error
@@ -64,6 +70,20 @@ def export(model, variant, checkpoint, resolution, batch, precision, merge_ops, 
     else:
         click.echo("  engine      not built here (TensorRT/GPU absent or --engine not given): "
                    "run build_on_device.sh on the target")
+
+
+def _model_and_variant(model: str | None, variant: str | None, plan_file: str | None) -> tuple[str, str]:
+    """--model/--variant, or what the plan file names (it holds one model's one variant)."""
+    if plan_file is None:
+        if model is None:
+            raise click.UsageError("Missing option '--model' / '-m' (or give --plan FILE).")
+        return model, variant or "none"
+    if variant is not None:
+        raise click.UsageError("--plan FILE names its variant: drop --variant")
+    from edgemerge.merge.plan import read_plan_file
+
+    named, name, _, _ = read_plan_file(plan_file, model)
+    return named, name
 
 
 def _two_classes_at_least(n):

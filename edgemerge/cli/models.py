@@ -15,10 +15,10 @@ from edgemerge.cli.options import json_option
 def models(as_json: bool) -> None:
     """List every zoo model and its merge variants."""
     from edgemerge.merge.plan import load_variants
-    from edgemerge.models import get_config, list_models
+    from edgemerge.models.registry import get_config, list_models
     import torch
 
-    from edgemerge.models import build_model, count_params
+    from edgemerge.models.registry import build_model, count_params
 
     def count_params_of(name: str) -> int:
         with torch.device("meta"):  # shapes only: no memory, no init time

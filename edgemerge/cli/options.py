@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from edgemerge.manifest import parse_resolution
+from edgemerge.contracts.manifest import parse_resolution
 
 
 class Resolution(click.ParamType):

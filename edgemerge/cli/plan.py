@@ -18,10 +18,11 @@ from edgemerge.cli.options import json_option, resolution_option
 @json_option
 def plan(model: str, variant: str, resolution: tuple[int, int] | None, calibration: str | None, as_json: bool) -> None:
     """Tokens in and kept per stage / merge site, and GFLOPs merged vs unmerged."""
-    from edgemerge.merge import get_plan, resolve
+    from edgemerge.merge.plan import get_plan
+    from edgemerge.merge.counts import resolve
     from edgemerge.merge.flops import gflops
     from edgemerge.merge.plan import load_calibration, plan_dict
-    from edgemerge.models import get_config
+    from edgemerge.models.registry import get_config
 
     cal = load_calibration(calibration)
     res = resolution or get_config(model).resolution

@@ -26,9 +26,9 @@ from edgemerge.cli.options import resolution_option
 def show(model, variant, image, checkpoint, resolution, site, all_sites, seed, out, no_caption) -> None:
     """Draw which tokens merged over IMAGE, one PNG per merge site: one colour per merged group
     (touching groups never share one), unmerged tokens clear in a thin grey border."""
-    from edgemerge.images import MIN_IMAGE_SIDE, check_mode, read_image
-    from edgemerge.models import get_config
-    from edgemerge.show import show_merges
+    from edgemerge.contracts.images import MIN_IMAGE_SIDE, check_mode, read_image
+    from edgemerge.models.registry import get_config
+    from edgemerge.show.merges import show_merges
 
     # the image decodes, is a regular file (a FIFO would block, /dev/zero never ends) and is at
     # least a patch on each side; the checkpoint is a file or a directory: all before the model is built

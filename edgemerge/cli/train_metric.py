@@ -36,7 +36,7 @@ def train_metric(model: str, variant: str, checkpoint: str, images: str, eval_im
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from edgemerge.train import TrainOptions, train_metric as run
+    from edgemerge.train.metric import TrainOptions, train_metric as run
 
     opts = TrainOptions(model=model, variant=variant, checkpoint=checkpoint, images=images, labels=labels, out=out,
                         eval_images=eval_images, holdout=holdout, steps=steps, epochs=epochs, batch=batch, lr=lr,

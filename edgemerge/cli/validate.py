@@ -46,8 +46,8 @@ def validate(artifact, images, labels, num, atol, rtol, min_agreement, localize,
     """Check that ARTIFACT (bundle dir, model.onnx or model.plan) matches PyTorch; exit 1 when not."""
     from rich.table import Table
 
-    from edgemerge.errors import CheckFailed
-    from edgemerge.validate import validate_artifact
+    from edgemerge.contracts.errors import CheckFailed
+    from edgemerge.validate.api import validate_artifact
 
     with progress_reporter("validating") as report_progress:
         report = validate_artifact(artifact, images=images, labels=labels, num=num, atol=atol, rtol=rtol,

@@ -17,21 +17,21 @@ import numpy as np
 import onnx
 
 from edgemerge import __version__
-from edgemerge.compare import compare, describe, judge_decisions, metrics
-from edgemerge.errors import CheckFailed, EdgemergeError
-from edgemerge.manifest import MERGE_OPS, PRECISIONS, ExportOptions, Manifest, parse_resolution  # noqa: F401  (re-exported)
-from edgemerge.files import check_output_dir, sha256_file
-from edgemerge.graphs import merge_sites
-from edgemerge.reference import build_reference
-from edgemerge.identity import stamp
-from edgemerge.images import normalize, synthetic_images
+from edgemerge.contracts.compare import compare, describe, judge_decisions, metrics
+from edgemerge.contracts.errors import CheckFailed, EdgemergeError
+from edgemerge.contracts.manifest import MERGE_OPS, PRECISIONS, ExportOptions, Manifest
+from edgemerge.contracts.files import check_output_dir, sha256_file
+from edgemerge.contracts.graphs import merge_sites
+from edgemerge.merge.reference import build_reference
+from edgemerge.contracts.identity import stamp
+from edgemerge.contracts.images import normalize, synthetic_images
 from edgemerge.merge.core import record_decisions
 
 FORBIDDEN_NATIVE = ("ScatterND",)  # and ScatterElements with a reduction, TopK with K > 3840
 # TopK's K: NvInfer.h v10.3.0 says "up to 3840", onnx-tensorrt docs/operators.md (release/10.1-GA,
 # and at the v10.15 parser) "less than 3840": the stricter reading holds for both.
 TOPK_LIMIT = 3840
-# The self-check's figures (edgemerge.compare, profile "self-check") kept in the manifest.
+# The self-check's figures (edgemerge.contracts.compare, profile "self-check") kept in the manifest.
 FIGURES = ("max_abs", "mean_abs", "range", "max_abs_rel_range", "rel_l2", "cosine", "argmax_agreement",
            "argmax_agreement_all", "near_ties")
 # Reference inputs: a segmentation model is judged on every pixel of two; a classifier's output is
@@ -73,7 +73,7 @@ def check_opset(opset: int) -> None:
 
 def check_engine_possible(plugins: list[str] | None) -> None:
     """--engine needs TensorRT and a GPU here (and the plugin library, when named): say so before exporting."""
-    from edgemerge.record import current_environment
+    from edgemerge.trt.record import current_environment
 
     env = current_environment()  # one line when TensorRT is missing
     if env.gpu_name is None:
@@ -150,11 +150,11 @@ def self_check(model, proto: onnx.ModelProto, batches: list[np.ndarray], ref_out
     ORT's merge decisions (its `slot` tensors) are replayed in PyTorch, and the logits must then
     meet the precision's limits: that is what the graph computes. Separately, at every merge site
     ORT's decision is judged against the one PyTorch makes there given the same history
-    (edgemerge.compare.judge_decisions: the tokens that merge in either must merge into the same
+    (edgemerge.contracts.compare.judge_decisions: the tokens that merge in either must merge into the same
     destination, near-ties excused). Figures without replay are reported too.
     """
-    from edgemerge.graphs import match_metrics, slot_tensors, with_outputs
-    from edgemerge.reference import replay_reference
+    from edgemerge.contracts.graphs import match_metrics, slot_tensors, with_outputs
+    from edgemerge.merge.reference import replay_reference
 
     names = slot_tensors(proto) or []
     metric_names = (match_metrics(proto) or []) if names else []
@@ -209,7 +209,7 @@ def _versions() -> dict[str, str]:
 def default_out(opts: ExportOptions) -> Path:
     """MODEL-VARIANT, plus whatever differs from the defaults (fp16, HxW, native ops, batch), so
     that a native or 128x128 export does not replace the plugin/512x512 one."""
-    from edgemerge.models import get_config
+    from edgemerge.models.registry import get_config
 
     parts = [opts.model, opts.variant]
     if opts.precision != "fp32":
@@ -259,8 +259,32 @@ def export_bundle(opts: ExportOptions, progress: Callable[[str], None] = lambda 
     return {**manifest.to_dict(), "bundle": str(out), "replaced": replaced}  # not in manifest.json: what this run did
 
 
+def plan_table(opts: ExportOptions) -> dict[str, Any] | None:
+    """The variant table of a user's plan file (`--plan`, checked against the schema); None for a
+    variant of export_configs/. The file names its model and its one variant, which must be the
+    ones asked for."""
+    if opts.plan_file is None:
+        return None
+    from edgemerge.merge.plan import read_plan_file
+
+    _, name, table, _ = read_plan_file(opts.plan_file, opts.model)
+    if opts.variant != name:
+        raise EdgemergeError(f"plan file {opts.plan_file} holds variant {name!r}, not {opts.variant!r}")
+    return table
+
+
+def _plan_file_record(opts: ExportOptions) -> dict[str, Any]:
+    """What manifest.json keeps of a plan file: enough to rebuild the reference without the file."""
+    from edgemerge.merge.plan import read_plan_file
+
+    _, name, table, extra = read_plan_file(opts.plan_file, opts.model)
+    return {"path": str(Path(opts.plan_file).resolve()), "sha256": sha256_file(opts.plan_file), "variant": name,
+            "table": table, **extra}
+
+
 def _check_options(opts: ExportOptions, build_engine: Callable | None) -> Path:
     """Refuse bad options, an unwritable output and an impossible --engine before any work."""
+    plan_table(opts)
     if opts.precision not in PRECISIONS:
         raise EdgemergeError(f"unknown precision {opts.precision!r}; known: {', '.join(PRECISIONS)}")
     if opts.merge_ops not in MERGE_OPS:
@@ -288,17 +312,19 @@ def _reference(opts: ExportOptions, progress: Callable[[str], None]) -> _Referen
     and merge decisions on the reference inputs: one forward per input, reused by the self-check."""
     import torch
 
-    from edgemerge.merge import get_plan, resolve
-    from edgemerge.merge.plan import load_calibration
-    from edgemerge.models import get_config
+    from edgemerge.merge.counts import resolve
+    from edgemerge.merge.plan import get_plan, load_calibration, plan_from_table
+    from edgemerge.models.registry import get_config
 
     calibration = load_calibration(opts.calibration)
-    plan = get_plan(opts.model, opts.variant, calibration=calibration)
+    table = plan_table(opts)
+    plan = (get_plan(opts.model, opts.variant, calibration=calibration) if table is None else
+            plan_from_table(opts.model, table, calibration=calibration, checked=True))
     resolve(opts.model, plan, opts.resolution or get_config(opts.model).resolution)  # refuses before any work
     progress("building the PyTorch model")
     model, cfg, info = build_reference(opts.model, opts.variant, checkpoint=opts.checkpoint,
                                        resolution=opts.resolution, seed=opts.seed,
-                                       num_classes=opts.num_classes, calibration=calibration)
+                                       num_classes=opts.num_classes, calibration=calibration, plan_table=table)
     H, W = opts.resolution or cfg.resolution
     counts = resolve(model.config, plan, (H, W))  # the model as built (a checkpoint's DeiT: 2 prefix tokens)
     n_ref = reference_inputs(cfg.family)
@@ -329,7 +355,8 @@ def _export_graph(opts: ExportOptions, ref: _Reference, progress: Callable[[str]
     stamp(proto, {"model": opts.model, "variant": opts.variant, "resolution": [H, W], "batch": opts.batch,
                   "precision": opts.precision, "merge_ops": opts.merge_ops, "num_classes": ref.num_classes,
                   "seed": opts.seed, "checkpoint": None if ref.info is None else {"sha256": ref.info.sha256},
-                  "calibration": ref.calibration})  # what validate cross-checks the manifest against
+                  "calibration": ref.calibration,  # what validate cross-checks the manifest against
+                  **({"plan_file": {"table": plan_table(opts)}} if opts.plan_file else {})})
     if proto.ByteSize() >= 2 ** 31:
         raise EdgemergeError("the model is over 2 GB; external-data bundles are not supported yet")
     return proto
@@ -349,7 +376,7 @@ def _manifest(opts: ExportOptions, ref: _Reference, proto: onnx.ModelProto, onnx
         merge_ops=opts.merge_ops, opset=opts.opset,
         plan={"model": opts.model, "variant": opts.variant, "resolution": [H, W], "plan": plan_dict(ref.plan),
               **ref.counts,  # counts and FLOPs of the model as built (a checkpoint's classes and tokens)
-              "gflops": gflops(ref.model.config, opts.variant, (H, W), calibration=ref.calibration)},
+              "gflops": gflops(ref.model.config, opts.variant, (H, W), calibration=ref.calibration, plan=ref.plan)},
         inputs=inputs, outputs=outputs, mean=list(ref.cfg.mean), std=list(ref.cfg.std),
         num_classes=ref.num_classes,
         checkpoint=None if info is None else {"path": str(Path(info.path).resolve()), "format": info.format,
@@ -360,7 +387,8 @@ def _manifest(opts: ExportOptions, ref: _Reference, proto: onnx.ModelProto, onnx
         reference={"file": "reference.npz", "inputs": len(ref.batches),
                    "images": f"synthetic_images(n={opts.batch * len(ref.batches)}, seed={opts.seed})"},
         versions=_versions(), self_check=figures,
-        files=["model.onnx", "manifest.json", "reference.npz"])
+        files=["model.onnx", "manifest.json", "reference.npz"],
+        extra={"plan_file": _plan_file_record(opts)} if opts.plan_file else {})
 
 
 def _write_bundle(out: Path, opts: ExportOptions, ref: _Reference, proto: onnx.ModelProto, figures: dict,
@@ -394,7 +422,7 @@ def _write_bundle(out: Path, opts: ExportOptions, ref: _Reference, proto: onnx.M
 def _finish_engine_or_script(tmp: Path, manifest: Manifest, opts: ExportOptions, progress,
                              build_engine: Callable | None) -> None:
     """Build the engine when TensorRT and a GPU are here (and asked for), else the device script."""
-    from edgemerge import device_script
+    from edgemerge.trt import device_script
 
     if opts.engine:
         progress("building the TensorRT engine")

@@ -1,7 +1,7 @@
 """PyTorch -> ONNX: merge ops as `edgemerge` nodes with their function bodies, or inlined.
 
 torch's dynamo exporter sees each merge op as one opaque `torch.ops.edgemerge.*` call; the
-translation table below, derived from the op spec (edgemerge/opspec.py), writes it as a node in
+translation table below, derived from the op spec (edgemerge/contracts/opspec.py), writes it as a node in
 the `edgemerge` domain whose op_type is the TensorRT plugin name, with `plugin_namespace` and its
 static counts as attributes. `finalize`
 then adds the model-local functions (plugin mode) or inlines them (native mode).
@@ -24,10 +24,10 @@ from torch import Tensor, nn
 
 from edgemerge.export import functions as F
 from edgemerge.merge import ops as _ops  # noqa: F401  (registers torch.ops.edgemerge.*)
-from edgemerge.errors import EdgemergeError
+from edgemerge.contracts.errors import EdgemergeError
 from edgemerge.export.fp16 import keep_fp32
-from edgemerge.graphs import inline_merge_ops, name_merge_sites, record_match_metrics, reserved_names
-from edgemerge.opspec import OPS, OpSpec
+from edgemerge.contracts.graphs import inline_merge_ops, name_merge_sites, record_match_metrics, reserved_names
+from edgemerge.contracts.opspec import OPS, OpSpec
 
 _E = onnxscript.values.Opset(F.DOMAIN, F.DOMAIN_VERSION)
 _NS = F.PLUGIN_NAMESPACE

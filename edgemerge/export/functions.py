@@ -45,15 +45,15 @@ import onnx
 from onnx import AttributeProto, FunctionProto, TensorProto, helper
 from onnx.defs import OpSchema
 
-from edgemerge.graphs import BODY_PREFIX
-from edgemerge.opspec import DOMAIN
-from edgemerge.opspec import OPS as SPEC
+from edgemerge.contracts.graphs import BODY_PREFIX
+from edgemerge.contracts.opspec import DOMAIN
+from edgemerge.contracts.opspec import OPS as SPEC
 
 DOMAIN_VERSION = 1
 PLUGIN_NAMESPACE = DOMAIN
 _ATTR_TYPES = {"int": AttributeProto.INT, "ints": AttributeProto.INTS}
 
-# op_type -> (inputs, outputs, {attribute: type}), derived from edgemerge.opspec (the op spec).
+# op_type -> (inputs, outputs, {attribute: type}), derived from edgemerge.contracts.opspec (the op spec).
 OPS: dict[str, tuple[list[str], list[str], dict[str, int]]] = {
     name: ([p.name for p in op.inputs], [p.name for p in op.outputs],
            {a.name: _ATTR_TYPES[a.kind] for a in op.plugin_attributes()})

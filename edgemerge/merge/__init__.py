@@ -1,12 +1,8 @@
-"""Token merging: reference ops, ToMe-shaped matching, merge plans and the model patch.
+"""Token merging in PyTorch: the reference ops (`ops`), ToMe-shaped matching that returns
+merge/unmerge closures and publishes every decision to observers (`core`), merge plans as data
+(`plan`), the model patch (`patch`), static counts and FLOPs read off the patched model (`counts`,
+`flops`), ALGM calibration (`calibrate`), soft (trainable) merging (`soft`), and the PyTorch
+reference a bundle is built from and judged against (`reference`).
 
-Imports only torch (and the zoo's module classes it patches).
+Imports torch, contracts and models; never trt or a command package.
 """
-
-from edgemerge.merge.core import MergeFns, alternating, bipartite_match, grid, window_match
-from edgemerge.merge.patch import apply_merging, remove_merging
-from edgemerge.merge.counts import resolve
-from edgemerge.merge.plan import MergePlan, get_plan
-
-__all__ = ["MergeFns", "alternating", "bipartite_match", "grid", "window_match", "apply_merging",
-           "remove_merging", "MergePlan", "get_plan", "resolve"]

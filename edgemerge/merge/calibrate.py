@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from edgemerge.errors import EdgemergeError
+from edgemerge.contracts.errors import EdgemergeError
 from edgemerge.merge import core
 
 @dataclass
@@ -60,7 +60,8 @@ def _quantile(values: list[float], q: float) -> float:
 
 
 def _load_model(model_name: str, checkpoint: str | None, resolution: tuple[int, int] | None, seed: int):
-    from edgemerge.models import build_model, load_checkpoint
+    from edgemerge.models.registry import build_model
+    from edgemerge.models.checkpoint import load_checkpoint
 
     if checkpoint is not None:
         model, _ = load_checkpoint(model_name, checkpoint, resolution=resolution)
@@ -73,10 +74,10 @@ def calibrate(model_name: str, images: str | Path, *, checkpoint: str | None = N
               resolution: tuple[int, int] | None = None, quantile: float = 0.5, seed: int = 0,
               progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Per-image ALGM fractions over the images in a folder and their `quantile` (a calibration dict)."""
-    from edgemerge.images import MIN_IMAGE_SIDE, check_images, list_images, load_image, normalize
+    from edgemerge.contracts.images import MIN_IMAGE_SIDE, check_images, list_images, load_image, normalize
     from edgemerge.merge.patch import apply_merging
     from edgemerge.merge.plan import get_plan
-    from edgemerge.models import get_config
+    from edgemerge.models.registry import get_config
 
     cfg = get_config(model_name)
     if cfg.family != "segmenter":
@@ -124,7 +125,7 @@ def calibrate(model_name: str, images: str | Path, *, checkpoint: str | None = N
 
 def write_calibration(result: dict[str, Any], path: str | Path) -> Path:
     """Write the calibration JSON atomically (a temp file in the same folder, then a rename)."""
-    from edgemerge.files import atomic_write_bytes
+    from edgemerge.contracts.files import atomic_write_bytes
 
     return atomic_write_bytes(path, (json.dumps(result, indent=2) + "\n").encode())
 

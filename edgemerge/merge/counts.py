@@ -16,7 +16,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from edgemerge.errors import EdgemergeError
+from edgemerge.contracts.errors import EdgemergeError
 from edgemerge.merge.patch import _vit_of, apply_merging
 from edgemerge.merge.plan import ALGMPlan, MergePlan
 from edgemerge.models.registry import ModelConfig, build_from_config, get_config

@@ -44,20 +44,22 @@ def count_gflops(model: torch.nn.Module, resolution: tuple[int, int], batch: int
 
 
 def gflops(model: str | ModelConfig, variant: str, resolution: tuple[int, int], *,
-           calibration: dict | None = None) -> dict:
+           calibration: dict | None = None, plan=None) -> dict:
     """{'merged': G, 'unmerged': G, 'ratio': unmerged / merged} for batch 1 at `resolution`.
 
     `model`: a zoo name, or the config a built model carries (`model.config`), as for
     `counts.resolve`: a checkpoint's class count changes Segformer's classifier (150 classes cost
-    0.94 GFLOPs at 384x512, CamVid's 11 cost 0.07), a distilled DeiT has one token more."""
-    from edgemerge.merge import apply_merging, get_plan
-    from edgemerge.models import deployed_form
+    0.94 GFLOPs at 384x512, CamVid's 11 cost 0.07), a distilled DeiT has one token more.
+    `plan`: the MergePlan itself (a user's plan file), instead of the variant's."""
+    from edgemerge.merge.patch import apply_merging
+    from edgemerge.merge.plan import get_plan
+    from edgemerge.models.registry import deployed_form
 
     cfg = get_config(model) if isinstance(model, str) else model
     with torch.device("meta"):
         net = build_from_config(dataclasses.replace(cfg, resolution=tuple(resolution)))
     deployed_form(net)  # FLOPs of what is exported
     unmerged = count_gflops(net, resolution)
-    apply_merging(net, get_plan(cfg.name, variant, calibration=calibration))
+    apply_merging(net, plan if plan is not None else get_plan(cfg.name, variant, calibration=calibration))
     merged = count_gflops(net, resolution)
     return {"merged": round(merged, 3), "unmerged": round(unmerged, 3), "ratio": round(unmerged / merged, 3)}

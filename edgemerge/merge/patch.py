@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from edgemerge.errors import EdgemergeError
+from edgemerge.contracts.errors import EdgemergeError
 from edgemerge.merge import core
 from edgemerge.merge.plan import (ALGMPlan, GridSite, MergePlan, NoPlan, SegformerPlan, ToMePlan,
                                   algm_global_count, algm_local_count, tome_count)
@@ -238,7 +238,7 @@ def segformer_metrics(attn: nn.Module, plan: SegformerPlan, stage: int, state: d
 
 def learned_metric_keys(model_name: str, plan: MergePlan) -> list[str]:
     """The weight key of every learned metric `plan` reads from a checkpoint ([] if it reads none)."""
-    from edgemerge.models import get_config
+    from edgemerge.models.registry import get_config
 
     cfg = get_config(model_name)
     if isinstance(plan, ToMePlan) and plan.metric == "dtem":
@@ -341,6 +341,6 @@ def remove_merging(model: nn.Module) -> nn.Module:
 def merged_model(name: str, variant: str, **build) -> nn.Module:
     """Convenience: a zoo model with random weights, patched for `variant`."""
     from edgemerge.merge.plan import get_plan
-    from edgemerge.models import build_model
+    from edgemerge.models.registry import build_model
 
     return apply_merging(build_model(name, **build), get_plan(name, variant))

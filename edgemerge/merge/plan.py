@@ -16,7 +16,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from edgemerge.errors import EdgemergeError
+from edgemerge.contracts.errors import EdgemergeError
 
 
 def _spec(allowed: str, ok: Callable[[Any, Any], bool] | None = None, *, toml: str | None = None,
@@ -114,7 +114,7 @@ def config_dir() -> Path:
 
 
 def family_of(model: str) -> str:
-    from edgemerge.models import get_config
+    from edgemerge.models.registry import get_config
 
     return get_config(model).family
 
@@ -149,7 +149,7 @@ def _did_you_mean(key: str, allowed: list[str]) -> str:
 
 def check_plan_file(path: Path, model: str, doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """`doc` (a parsed plan file) checked against the schema; returns its variants."""
-    from edgemerge.models import get_config
+    from edgemerge.models.registry import get_config
 
     cfg = get_config(model)
     where = f"plan file {path}"
@@ -227,12 +227,21 @@ def _check_value(value: Any, typ: Any, f, where: str, shown: Any, cfg) -> None:
         return EdgemergeError(f"{where} = {shown!r}{why}: allowed: {_describe(f, cfg)}")
 
     origin = typing.get_origin(typ)
-    if origin is dict:  # a site table: { <the site's keys>, stages = [..] }
+    if origin is dict:  # a site table { <the site's keys>, stages = [..] }, or a list of them (per stage)
         site_cls = typing.get_args(typ)[1]
-        if not isinstance(value, dict):
-            raise EdgemergeError(f"{where} must be a table {{ {', '.join(_site_keys(site_cls))} }}")
-        _check_fields(site_cls, value, where, cfg, extra_keys=("stages",))
-        _check_stages(value.get("stages"), f, f"{where}.stages", cfg, required=True)
+        tables = value if isinstance(value, list) else [value]
+        if not tables or not all(isinstance(v, dict) for v in tables):
+            raise EdgemergeError(f"{where} must be a table {{ {', '.join(_site_keys(site_cls))} }} "
+                                 "or a list of them with distinct stages")
+        seen: set = set()
+        for i, table in enumerate(tables):
+            at = f"{where}[{i}]" if isinstance(value, list) else where
+            _check_fields(site_cls, table, at, cfg, extra_keys=("stages",))
+            _check_stages(table.get("stages"), f, f"{at}.stages", cfg, required=True)
+            twice = seen & set(table["stages"])
+            if twice:
+                raise EdgemergeError(f"{at}.stages: stage {min(twice)} has a site already in {where}")
+            seen |= set(table["stages"])
         return
     if origin is tuple:  # stages only: { stages = [..] }
         if not isinstance(value, dict) or set(value) != {"stages"}:
@@ -276,22 +285,37 @@ def _check_stages(stages: Any, f, where: str, cfg, required: bool) -> None:
         raise EdgemergeError(f"{where} = {stages!r}: allowed: {allowed}")
 
 
-def _grid_sites(d: dict[str, Any]) -> dict[int, GridSite]:
-    return {int(s): GridSite(float(d["ratio"]), int(d["grid"][0]), int(d["grid"][1])) for s in d.get("stages", [])}
+def _grid_sites(d: dict[str, Any] | list[dict[str, Any]]) -> dict[int, GridSite]:
+    """A site table (every stage alike) or a list of them (a site per group of stages)."""
+    return {int(s): GridSite(float(t["ratio"]), int(t["grid"][0]), int(t["grid"][1]))
+            for t in (d if isinstance(d, list) else [d]) for s in t.get("stages", [])}
 
 
 def get_plan(model: str, variant: str, *, calibration: dict[str, Any] | None = None,
              mode: str | None = None) -> MergePlan:
     """The variant's spec for `model`; `calibration` (from `edgemerge calibrate`) overrides ALGM's fractions."""
-    family = family_of(model)
     variants = load_variants(model)
-    if calibration is not None:
-        check_calibration(model, family, calibration)
     if variant not in variants:
         raise EdgemergeError(f"unknown variant '{variant}' for {model}; known: {', '.join(variants)}")
-    v = variants[variant]
-    if variant == "none":
+    return plan_from_table(model, variants[variant], calibration=calibration, mode=mode, checked=True)
+
+
+def plan_from_table(model: str, v: dict[str, Any], *, calibration: dict[str, Any] | None = None,
+                    mode: str | None = None, checked: bool = False, where: str = "plan") -> MergePlan:
+    """The plan of one variant table in the plan-file schema (`{}`: no merging), checked against
+    the schema unless it was (a table from `load_variants` or `read_plan_file`). What `tune` builds
+    its candidates as and a user's plan file holds: the same keys as export_configs/*.toml."""
+    family = family_of(model)
+    if calibration is not None:
+        check_calibration(model, family, calibration)
+    if not v:
         return NoPlan()
+    if not checked:
+        from edgemerge.models.registry import get_config
+
+        cls = PLAN_CLASSES.get(family)
+        if cls is not None:
+            _check_fields(cls, v, where, get_config(model))
     if family == "segformer":
         pool = v.get("q_pool", {})
         return SegformerPlan(kv=_grid_sites(v.get("kv", {})), q=_grid_sites(v.get("q", {})),
@@ -308,6 +332,39 @@ def get_plan(model: str, variant: str, *, calibration: dict[str, Any] | None = N
                         global_fraction=float(cal.get("global_fraction", v["global_fraction"])),
                         mode=mode or "static", metric=v.get("metric", "tokens"))
     raise EdgemergeError(f"no merging method for family {family}")
+
+
+PLAN_FILE_EXTRA = ("tune",)  # tables a user's plan file may add: what made it (not read by export)
+
+
+def read_plan_file(path: str | Path, model: str | None = None) -> tuple[str, str, dict[str, Any], dict[str, Any]]:
+    """A user's plan file (`edgemerge export --plan`, `tune`'s plan.toml): export_configs' schema
+    with `model`, exactly one `[variants.NAME]` and an optional `[tune]` record. Returns (model,
+    variant name, its table, the file's other tables); checked like export_configs, the file, the
+    key and the allowed values named in every refusal."""
+    path = Path(path)
+    if not path.is_file():
+        raise EdgemergeError(f"plan file {path} not found" if not path.exists() else
+                             f"plan file {path} is not a regular file")
+    try:
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise EdgemergeError(f"plan file {path}: TOML syntax error: {e}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise EdgemergeError(f"cannot read plan file {path}: {e}") from None
+    named = doc.get("model")
+    if not isinstance(named, str):
+        raise EdgemergeError(f"plan file {path}: missing key 'model' (the zoo name it is for, e.g. \"segformer-b0\")")
+    if model is not None and named != model:
+        raise EdgemergeError(f"plan file {path} is for {named}, not {model}: drop --model or use a plan made for it")
+    extra = {k: doc.pop(k) for k in PLAN_FILE_EXTRA if k in doc}
+    variants = check_plan_file(path, named, doc)
+    if len(variants) != 1:
+        raise EdgemergeError(f"plan file {path}: holds {len(variants)} variants ({', '.join(variants) or 'none'}); "
+                             "a plan file holds exactly one [variants.NAME]")
+    (name, table), = variants.items()
+    return named, name, table, extra
 
 
 def check_calibration(model: str, family: str, calibration: dict[str, Any]) -> None:

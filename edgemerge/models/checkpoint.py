@@ -28,8 +28,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from edgemerge.errors import EdgemergeError
-from edgemerge.files import sha256_file
+from edgemerge.contracts.errors import EdgemergeError
+from edgemerge.contracts.files import sha256_file
 from edgemerge.models import convert
 from edgemerge.models.registry import ModelConfig, build_from_config, configure
 from edgemerge.models.vit import resize_pos_embed
@@ -66,7 +66,7 @@ def check_checkpoint_path(path: str | Path) -> Path:
     """The checkpoint path exists and is a directory (Hugging Face) or a regular file (a FIFO or a
     device such as /dev/zero would block or never end the read) whose first bytes are safetensors',
     a zip's or a pickle's. Reads 16 bytes at most."""
-    from edgemerge.images import require_regular_file
+    from edgemerge.contracts.images import require_regular_file
 
     path = require_regular_file(path, "checkpoint", allow_dir=True)
     if not path.is_dir():

@@ -1,5 +1,5 @@
-"""Training merge metrics (DTEM) with the backbone frozen: `train_metric` behind `edgemerge train-metric`."""
+"""`edgemerge train-metric`: a learned merge metric (DTEM's idea) trained with the backbone frozen,
+through the family adapter's soft (differentiable) forward.
 
-from edgemerge.train.metric import TrainOptions, train_metric
-
-__all__ = ["TrainOptions", "train_metric"]
+Imports contracts, models and merge; never another command package.
+"""

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from edgemerge.errors import EdgemergeError
+from edgemerge.contracts.errors import EdgemergeError
 
 MIN_LR = 1e-6
 CLIP = 5.0
@@ -167,7 +167,7 @@ class Split:
 
 def split_images(opts: TrainOptions) -> Split:
     """The training and judging files: `eval_images` if given, else a seeded holdout split of `images`."""
-    from edgemerge.images import list_images
+    from edgemerge.contracts.images import list_images
 
     files = list_images(opts.images)
     if opts.eval_images is not None:
@@ -193,7 +193,7 @@ def split_images(opts: TrainOptions) -> Split:
 
 def _load_images(files: list[Path], cfg, labels: str | None) -> tuple[Tensor, Tensor | None]:
     """Images [N, 3, H, W] normalised, and label maps [N, H, W] (nearest-resized) when asked."""
-    from edgemerge.images import load_image, normalize
+    from edgemerge.contracts.images import load_image, normalize
 
     H, W = cfg.resolution
     images = torch.stack([torch.from_numpy(normalize(load_image(f, H, W)[None], cfg.mean, cfg.std)[0]) for f in files])
@@ -281,7 +281,7 @@ def train_metric(opts: TrainOptions, progress: Callable[[int, int, float], None]
     """Train every merge site's metric of `opts.variant`; returns the training record (also written)."""
     from edgemerge.merge.patch import learned_metric_keys
     from edgemerge.merge.plan import get_plan
-    from edgemerge.models import load_checkpoint
+    from edgemerge.models.checkpoint import load_checkpoint
     from edgemerge.models.checkpoint import save_checkpoint
     from edgemerge.train.vit import SoftStats
 
@@ -395,7 +395,7 @@ def train_metric(opts: TrainOptions, progress: Callable[[int, int, float], None]
               "picked_mass_last_step": [{"r": r, "mass": round(m, 4)} for r, m in zip(stats.counts, stats.mass)],
               "train_seconds": round(seconds, 1), "torch": torch.__version__, "seed": opts.seed,
               "checkpoint": CHECKPOINT_FILE}
-    from edgemerge.files import atomic_write_bytes
+    from edgemerge.contracts.files import atomic_write_bytes
 
     atomic_write_bytes(out / RECORD_FILE, (json.dumps(record, indent=2) + "\n").encode())
     return record

@@ -1,18 +1,8 @@
-"""TensorRT side of edgemerge: plugins, engine builds with a build record, device build scripts.
+"""The TensorRT backend: the plugins (C++ library loading, `tensorrt.plugin` registration and its
+torch implementation), engine builds with their build record checks (`builder`, `record`), the
+runtime import (`lib`) and the device script (`device_script`).
 
 Imports without TensorRT (and without torch); a function that needs TensorRT raises
-`EdgemergeError` with an install hint when it is called.
+`EdgemergeError` with an install hint when it is called. Imports contracts, device, models and
+merge; never a command package.
 """
-
-from edgemerge.trtlib import MISSING_TRT, has_aot_plugins, has_python_plugins, require_tensorrt, trt_version
-from edgemerge.trt.builder import build_engine, load_engine
-from edgemerge.device_script import copy_plugin_sources, write_build_script
-from edgemerge.trt.plugins import load_plugin_library, register_python_plugins
-from edgemerge.record import BuildRecord, Environment, check_record
-
-__all__ = [
-    "MISSING_TRT", "BuildRecord", "Environment", "build_engine", "check_record",
-    "copy_plugin_sources", "has_aot_plugins", "has_python_plugins", "load_engine",
-    "load_plugin_library", "register_python_plugins", "require_tensorrt", "trt_version",
-    "write_build_script",
-]

@@ -15,18 +15,20 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from contextlib import contextmanager
 
-from edgemerge import __version__, device_tool
-from edgemerge.errors import CheckFailed, EdgemergeError
-from edgemerge.graphs import onnx_has_fp16  # noqa: F401  (re-exported)
-from edgemerge.manifest import MANIFEST, Manifest, manifest_path
-from edgemerge.manifest import read_manifest as _read_manifest
-from edgemerge.trtlib import has_python_plugins, parse_version, require_tensorrt
-from edgemerge.record import (
-    NO_PLUGINS, PYTHON_PLUGINS, BuildRecord, Environment, atomic_write_bytes, check_record,
-    current_environment, layers_path, read_record, sha256_file, write_record,
-)
+from edgemerge import __version__
+from edgemerge.device.layers import inspect_layers
+from edgemerge.device.parser import graph_for
+from edgemerge.device.record import make_record
+from edgemerge.contracts.errors import EdgemergeError
+from edgemerge.contracts.graphs import onnx_has_fp16
+from edgemerge.contracts.manifest import MANIFEST, manifest_path
+from edgemerge.contracts.manifest import read_manifest
+from edgemerge.trt.lib import has_python_plugins, require_tensorrt
+from edgemerge.device.parser import parse_version
+from edgemerge.device.record import NO_PLUGINS, PYTHON_PLUGINS, BuildRecord, layers_path, write_record
+from edgemerge.trt.record import Environment, check_record, current_environment, read_record
+from edgemerge.contracts.files import atomic_write_bytes, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +36,8 @@ log = logging.getLogger(__name__)
 
 # ---- pure steps -------------------------------------------------------------------------------
 
-def read_manifest(onnx_path: str | os.PathLike) -> Manifest:
-    """The bundle's manifest.json beside the ONNX file; an ONNX file alone is refused, because the
+def check_bundle_onnx(onnx_path: str | os.PathLike) -> Path:
+    """An ONNX file with its bundle's manifest beside it; an ONNX file alone is refused, because the
     engine's record must name the bundle it was built from and the precision it was exported at."""
     onnx_path = Path(onnx_path)
     if not onnx_path.is_file():
@@ -43,7 +45,7 @@ def read_manifest(onnx_path: str | os.PathLike) -> Manifest:
     if not manifest_path(onnx_path).is_file():
         raise EdgemergeError(
             f"{onnx_path}: no {MANIFEST} beside it; build from an `edgemerge export` bundle directory")
-    return _read_manifest(onnx_path, ("precision",))
+    return onnx_path
 
 
 def check_onnx_matches_manifest(onnx_path: Path, manifest: dict) -> str:
@@ -108,15 +110,6 @@ def _plugin_label(lib: Path, plan_dir: Path) -> str:
         return str(lib)
 
 
-@contextmanager
-def device_errors():
-    """device_tool's one-line failures as the package's: exit 1 for a failed check, else 2."""
-    try:
-        yield
-    except device_tool.DeviceError as e:
-        raise (CheckFailed if e.exit_code == 1 else EdgemergeError)(str(e)) from None
-
-
 def prepare_plugins(manifest: dict, plugins: list[str] | None, plan_dir: Path,
                     version: tuple[int, int, int]) -> tuple[str, str | None, str | None]:
     """Load what the build needs: (record label, sha256, python plugin mode); NO_PLUGINS when the
@@ -150,13 +143,13 @@ def build_engine(onnx_path: str | os.PathLike, out_path: str | os.PathLike | Non
                  timing_cache: str | os.PathLike | None = None, allow_body_only: bool = False) -> BuildRecord:
     """Build a bundle's `model.onnx` into `model.plan` + `model.plan.json`; returns the record.
 
-    The same route as build_on_device.sh: the graph from `device_tool.graph_for` (TensorRT's
+    The same route as build_on_device.sh: the graph from `edgemerge.device.parser.graph_for` (TensorRT's
     parser rule), TF32 off (as trtexec --noTF32), detailed layer information written beside the
     engine and counted against the manifest's merge sites. A plugin bundle built without a plugin
     is refused unless `allow_body_only`; so is an engine whose plugin layers fall short.
     """
     onnx_path = Path(onnx_path)
-    manifest = read_manifest(onnx_path)
+    manifest = read_manifest(check_bundle_onnx(onnx_path))
     check_onnx_matches_manifest(onnx_path, manifest)
     out = Path(out_path) if out_path is not None else onnx_path.with_suffix(".plan")
 
@@ -169,8 +162,7 @@ def build_engine(onnx_path: str | os.PathLike, out_path: str | os.PathLike | Non
             f"TensorRT {trt.__version__} has no Python plugins (< 10.6) and no --plugins library was given: "
             "build libedgemerge_plugins.so and pass --plugins, or --allow-body-only for an engine "
             "built from the merge ops' standard-op bodies")
-    with device_errors():
-        graph_file, graph_kind = device_tool.graph_for(onnx_path.parent, version, uses_plugins)
+    graph_file, graph_kind = graph_for(onnx_path.parent, version, uses_plugins)
     graph_path = onnx_path.parent / graph_file
     typing = choose_typing(version, manifest["precision"], onnx_has_fp16(graph_path),
                            hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"))
@@ -192,16 +184,14 @@ def build_engine(onnx_path: str | os.PathLike, out_path: str | os.PathLike | Non
     seconds = time.perf_counter() - start
     info = engine_layer_info(trt, data)
     atomic_write_bytes(layers_path(out), json.dumps(info, indent=1).encode(), mode=0o644)
-    with device_errors():  # refuses a plugin build whose engine holds too few plugin layers
-        layers = device_tool.inspect_layers(info, manifest, uses_plugins=uses_plugins,
-                                            allow_body_only=allow_body_only)
+    # refuses a plugin build whose engine holds too few plugin layers
+    layers = inspect_layers(info, manifest, uses_plugins=uses_plugins, allow_body_only=allow_body_only)
     atomic_write_bytes(out, data, mode=0o644)
-    with device_errors():
-        record = device_tool.make_record(
-            out, onnx_path, manifest, tensorrt_version=trt.__version__, plugins=label, plugins_sha256=lib_sha,
-            strongly_typed=typing.strongly_typed, fp16_flag=typing.fp16_flag, graph=graph_kind,
-            plugin_layers=layers, edgemerge_version=__version__, build_seconds=round(seconds, 1),
-            extra={"python_plugins": py_mode} if py_mode else None, tf32=False)  # CreateConfig(tf32=False) above
+    record = make_record(
+        out, onnx_path, manifest, tensorrt_version=trt.__version__, plugins=label, plugins_sha256=lib_sha,
+        strongly_typed=typing.strongly_typed, fp16_flag=typing.fp16_flag, graph=graph_kind,
+        plugin_layers=layers, edgemerge_version=__version__, build_seconds=round(seconds, 1),
+        extra={"python_plugins": py_mode} if py_mode else None, tf32=False)  # CreateConfig(tf32=False) above
     write_record(out, record)
     return record
 

@@ -3,7 +3,7 @@
 - `load_plugin_library(path)`: the C++ IPluginV3 library (`libedgemerge_plugins.so`, the only
   option on TensorRT 10.3 / JetPack 6).
 - `register_python_plugins()`: `tensorrt.plugin` registrations for TensorRT >= 10.6, generated
-  from the one table in `edgemerge.opspec`. On >= 10.9 with nvcc (no newer than the driver)
+  from the one table in `edgemerge.contracts.opspec`. On >= 10.9 with nvcc (no newer than the driver)
   the AOT implementation compiles the shared kernels `plugins/kernels/*.cu`
   to PTX, which TensorRT embeds in the engine (no Python needed when the engine runs). Otherwise
   the JIT implementation runs the op with torch on TensorRT's stream (Python needed at run time).
@@ -23,9 +23,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from edgemerge.errors import EdgemergeError
-from edgemerge import opspec
-from edgemerge.trtlib import has_aot_plugins, has_python_plugins, require_tensorrt, trt_version
+from edgemerge.contracts.errors import EdgemergeError
+from edgemerge.contracts import opspec
+from edgemerge.device.gpu import cuda_arch
+from edgemerge.trt.lib import has_aot_plugins, has_python_plugins, require_tensorrt, trt_version
 
 log = logging.getLogger(__name__)
 
@@ -75,13 +76,17 @@ def load_plugin_library(path: str | os.PathLike) -> Path:
 
 
 def plugin_source_dir() -> Path | None:
-    """`plugins/` of a source checkout, or the copy a bundle carries (EDGEMERGE_PLUGINS_DIR)."""
-    env = os.environ.get("EDGEMERGE_PLUGINS_DIR")
-    candidates = [Path(env)] if env else []
+    """The plugin sources (CUDA kernels, C++ plugins, CMakeLists.txt): the copy a bundle carries
+    (EDGEMERGE_PLUGINS_DIR), `plugins/` of a source checkout, an installed wheel's, or a share dir;
+    None when there are none. The one finder: the JIT kernels and the bundle's copy use it."""
+    import sys
+
     import edgemerge
 
-    candidates.append(Path(edgemerge.__file__).resolve().parent.parent / "plugins")
-    candidates.append(Path(edgemerge.__file__).resolve().parent / "plugin_sources")  # installed wheel
+    env = os.environ.get("EDGEMERGE_PLUGINS_DIR")
+    package = Path(edgemerge.__file__).resolve().parent
+    candidates = [Path(env)] if env else []
+    candidates += [package.parent / "plugins", package / "plugin_sources", Path(sys.prefix) / "share" / "edgemerge" / "plugins"]
     for c in candidates:
         if (c / "kernels").is_dir():
             return c
@@ -171,7 +176,7 @@ def cuda_compiler() -> str | None:
 @lru_cache(maxsize=64)
 def compile_ptx(source: str, arch: str | None = None) -> bytes:
     """PTX for `source` with nvcc, the compiler of the C++ plugin too."""
-    arch = arch or _current_arch()
+    arch = arch or cuda_arch()
     nvcc = cuda_compiler()
     if nvcc is None:
         raise EdgemergeError("no usable nvcc for the AOT plugins (set CUDACXX; it must not be newer than the driver)")
@@ -183,13 +188,6 @@ def compile_ptx(source: str, arch: str | None = None) -> bytes:
         if run.returncode != 0:
             raise EdgemergeError(f"nvcc -ptx failed: {run.stderr.strip().splitlines()[-1:]}")
         return ptx.read_bytes()
-
-
-def _current_arch() -> str:
-    from edgemerge.record import query_gpu
-
-    _, cc = query_gpu()
-    return cc.replace(".", "") if cc else "87"
 
 
 # ---- tensorrt.plugin registration --------------------------------------------------------------

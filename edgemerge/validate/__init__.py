@@ -1,10 +1,7 @@
-"""Validate an exported artifact (ONNX file or TensorRT engine) against the PyTorch model.
+"""`edgemerge validate`: an exported artifact (ONNX file or TensorRT engine) against the PyTorch
+model, merge decisions included, with a report.
 
 Importable without torch and TensorRT: the reference falls back to the bundle's reference.npz,
-and TensorRT is imported only to run an engine.
+and TensorRT is imported only to run an engine. Imports contracts, device, models, merge and trt;
+never another command package.
 """
-
-from edgemerge.validate.api import failure_message, validate_artifact
-from edgemerge.validate.metrics import THRESHOLDS, thresholds_for
-
-__all__ = ["THRESHOLDS", "failure_message", "thresholds_for", "validate_artifact"]

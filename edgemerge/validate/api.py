@@ -16,17 +16,17 @@ from typing import Callable
 import numpy as np
 
 from edgemerge import __version__
-from edgemerge.compare import describe, judge_decisions
-from edgemerge.errors import EdgemergeError
-from edgemerge.record import read_record
+from edgemerge.contracts.compare import check, confusion, describe, judge_decisions, miou
+from edgemerge.contracts.errors import EdgemergeError
+from edgemerge.trt.record import read_record
 from edgemerge.validate import inputs as inputs_mod
 from edgemerge.validate import metrics as M
 from edgemerge.validate import reference as R
 from edgemerge.validate import runners
 from edgemerge.validate.artifact import find_artifact
-from edgemerge.files import check_output_dir, write_files
-from edgemerge.progress import counter
-from edgemerge.reference import replay_reference
+from edgemerge.contracts.files import check_output_dir, write_files
+from edgemerge.contracts.progress import counter
+from edgemerge.merge.reference import reference_from_manifest, replay_reference
 from edgemerge.validate.report import MAX_FIGURE_INPUTS, class_names, json_bytes, png_bytes
 
 REFERENCES = ("auto", "pytorch", "stored")
@@ -138,7 +138,7 @@ def validate_artifact(path: str | Path, *, images: str | Path | None = None, lab
         per_output[main_out]["without_replay"] = {k: v for k, v in M.output_metrics(got, ref, art.precision).items()
                                                   if k in ("max_abs", "max_abs_rel_range", "rel_l2", "cosine",
                                                            "argmax_agreement")}
-    checks = [{"output": main_out, **c} for c in M.check(per_output[main_out], limits)]
+    checks = [{"output": main_out, **c} for c in check(per_output[main_out], limits)]
     checks += [{"output": "merge", **c} for c in decision_rows]
     ref_pred = ref.argmax(1) if ref.ndim == 4 else None
     got_pred = got.argmax(1) if got.ndim == 4 else None
@@ -198,7 +198,7 @@ def _reference(art, use_torch: bool, images, labels, num, progress):
     inp = (inputs_mod.folder_inputs(manifest, images, labels, num, progress) if images is not None
            else inputs_mod.synthetic_inputs(manifest, num))  # bad folders are refused before any work
     progress("rebuilding the PyTorch reference from the manifest")
-    model = R.build_from_manifest(manifest)  # refuses a changed or missing checkpoint
+    model = reference_from_manifest(manifest)  # refuses a changed or missing checkpoint
     progress(f"running PyTorch on {inp.source['count']} input(s)")
     ref_out = R.run_pytorch(model, inp.batches, progress=counter(progress, "PyTorch: batch"))
     return inp, ref_out, model, "pytorch", stored
@@ -240,10 +240,10 @@ def _cost_of_merging(manifest, inp, label_figs: dict, num_classes: int, progress
     if manifest["variant"] == "none":
         return {"miou_unmerged": label_figs["miou_reference"], "miou_cost_of_merging": 0.0}
     progress("rebuilding the unmerged PyTorch model (variant none) for its mIoU")
-    model = R.build_from_manifest(manifest, variant="none")
+    model = reference_from_manifest(manifest, variant="none")
     out = R.run_pytorch(model, inp.batches, progress=counter(progress, "PyTorch unmerged: batch"))
     pred = np.concatenate(out).argmax(1)
-    unmerged = M.miou(M.confusion(pred, M.resize_labels(inp.labels, *pred.shape[1:]), num_classes))
+    unmerged = miou(confusion(pred, M.resize_labels(inp.labels, *pred.shape[1:]), num_classes))
     merged = label_figs["miou_reference"]
     return {"miou_unmerged": unmerged,
             "miou_cost_of_merging": None if unmerged is None or merged is None else unmerged - merged}
@@ -255,7 +255,7 @@ def _merge_decisions(art, model, batches, got_slots, got_metrics, progress
 
     The artifact's decisions are replayed in PyTorch, which decides again at every site given the
     same history: the logits are then judged on numerics alone, and each site's decision on its
-    own (edgemerge.compare.judge_decisions), so a wrong matching fails even where the outputs
+    own (edgemerge.contracts.compare.judge_decisions), so a wrong matching fails even where the outputs
     happen to be insensitive to it (random weights, a few tokens)."""
     if model is None:
         return {"available": False, "reason": "the stored reference (reference.npz) holds no merge decisions; "

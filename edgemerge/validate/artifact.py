@@ -11,13 +11,11 @@ import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgemerge.errors import EdgemergeError
-from edgemerge.manifest import REQUIRED, Manifest
-from edgemerge.manifest import read_manifest as _read_manifest
-from edgemerge.files import sha256_file
-from edgemerge.identity import check_manifest
+from edgemerge.contracts.errors import EdgemergeError
+from edgemerge.contracts.manifest import MANIFEST, read_manifest
+from edgemerge.contracts.files import sha256_file
+from edgemerge.contracts.identity import check_manifest
 
-MANIFEST = "manifest.json"
 ENGINE_SUFFIXES = (".plan", ".engine", ".trt")
 
 
@@ -39,11 +37,6 @@ class Artifact:
 
 def _tensorrt_importable() -> bool:
     return importlib.util.find_spec("tensorrt") is not None
-
-
-def read_manifest(path: Path) -> Manifest:
-    """The bundle's manifest, with what validation needs (edgemerge.manifest is its one reader)."""
-    return _read_manifest(path, REQUIRED + ("precision", "onnx_sha256"))
 
 
 def find_artifact(path: str | Path) -> Artifact:
@@ -85,7 +78,7 @@ def find_artifact(path: str | Path) -> Artifact:
     else:
         onnx_path = None
     if kind == "engine":
-        from edgemerge.record import read_record
+        from edgemerge.trt.record import read_record
 
         record = read_record(path)  # one line when the build record is missing
         hashes["engine_sha256"] = sha256_file(path)

@@ -14,8 +14,8 @@ from typing import Callable
 
 import numpy as np
 
-from edgemerge.errors import EdgemergeError
-from edgemerge.images import (IMAGE_SUFFIXES, check_images, image_size, list_images, load_image, normalize,
+from edgemerge.contracts.errors import EdgemergeError
+from edgemerge.contracts.images import (IMAGE_SUFFIXES, check_images, image_size, list_images, load_image, normalize,
                               require_regular_file, synthetic_images)
 
 DEFAULT_SYNTHETIC = 4

@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 
 from edgemerge.validate.artifact import Artifact
-from edgemerge.graphs import with_outputs
+from edgemerge.contracts.graphs import with_outputs
 
 FP16_TOLERANCE = 1e-2  # relative to the tensor's range: fp16 rounding stays well below it
 MAX_LISTED = 5
@@ -64,7 +64,7 @@ _CACHE: dict[str, onnx.ModelProto] = {}  # the last fresh export, keyed by what 
 
 
 def _reference_export(manifest: dict, out: Path, progress: Callable[[str], None], exporter: Callable) -> onnx.ModelProto:
-    from edgemerge.reference import checked_checkpoint
+    from edgemerge.merge.reference import checked_checkpoint
 
     checkpoint = checked_checkpoint(manifest)
     key = json.dumps([manifest.get(k) for k in ("model", "variant", "resolution", "batch", "merge_ops", "opset",
@@ -165,7 +165,7 @@ def localize_divergence(art: Artifact, batch: np.ndarray, limits: dict, *,
     tol = limits.get("max_abs_rel_range", ("<=", None))[1]
     tol = tol if tol is not None else (FP16_TOLERANCE if art.precision == "fp16" else 1e-3)
     got_model = onnx.load(str(art.onnx_path))
-    from edgemerge.errors import EdgemergeError
+    from edgemerge.contracts.errors import EdgemergeError
 
     with tempfile.TemporaryDirectory(prefix="edgemerge-localize-") as tmp:
         try:

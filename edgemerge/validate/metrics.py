@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgemerge.compare import LIMITS, bad_limit, check, confusion, limits_for, metrics, miou  # noqa: F401
-from edgemerge.errors import EdgemergeError
+from edgemerge.contracts.compare import LIMITS, bad_limit, confusion, limits_for, metrics, miou
+from edgemerge.contracts.errors import EdgemergeError
 
-# The comparison (figures, limits, near-ties) lives in edgemerge.compare; validate judges an
+# The comparison (figures, limits, near-ties) lives in edgemerge.contracts.compare; validate judges an
 # artifact with its "artifact" profile.
 THRESHOLDS: dict[str, dict[str, tuple[str, float]]] = {p: LIMITS[("artifact", p)] for p in ("fp32", "fp16")}
 
@@ -27,7 +27,7 @@ def check_limits(*, atol: float | None = None, rtol: float | None = None,
 def thresholds_for(precision: str, *, atol: float | None = None, rtol: float | None = None,
                    min_agreement: float | None = None, replayed: bool = True) -> dict[str, tuple[str, float]]:
     """The "artifact" limits at `precision` (or "unreplayed" when the artifact's merge decisions
-    could not be replayed), with the user's overrides (edgemerge.compare.limits_for)."""
+    could not be replayed), with the user's overrides (edgemerge.contracts.compare.limits_for)."""
     return limits_for("artifact" if replayed else "unreplayed", precision, atol=atol, rtol=rtol,
                       min_agreement=min_agreement)
 

@@ -12,9 +12,7 @@ from typing import Callable
 
 import numpy as np
 
-from edgemerge.errors import EdgemergeError
-from edgemerge.reference import checked_checkpoint  # noqa: F401  (re-exported)
-from edgemerge.reference import reference_from_manifest as build_from_manifest  # noqa: F401
+from edgemerge.contracts.errors import EdgemergeError
 
 REFERENCE_FILE = "reference.npz"
 

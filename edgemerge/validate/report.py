@@ -1,5 +1,5 @@
 """report.json (every figure, limit, version and hash) and report.png (what the disagreement looks
-like), written together and atomically (`edgemerge.files.write_files`): both or neither."""
+like), written together and atomically (`edgemerge.contracts.files.write_files`): both or neither."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import math
 from pathlib import Path
 
-from edgemerge.files import atomic_write_bytes
+from edgemerge.contracts.files import atomic_write_bytes
 
 import numpy as np
 
@@ -44,7 +44,7 @@ def write_json(path: Path, report: dict) -> Path:
 
 def _palette(k: int) -> np.ndarray:
     """k class colours: Kelly's high-contrast colours while they last (up to 19), then seeded random."""
-    from edgemerge.images import GROUP_COLOURS
+    from edgemerge.contracts.images import GROUP_COLOURS
 
     rng = np.random.default_rng(12345)
     extra = rng.integers(40, 256, (max(k - len(GROUP_COLOURS), 0), 3))

@@ -13,9 +13,9 @@ from typing import Callable
 
 import numpy as np
 
-from edgemerge.errors import EdgemergeError
-from edgemerge.graphs import match_metrics, slot_tensors, with_outputs
-from edgemerge.progress import quiet_polygraphy
+from edgemerge.contracts.errors import EdgemergeError
+from edgemerge.contracts.graphs import match_metrics, slot_tensors, with_outputs
+from edgemerge.contracts.progress import quiet_polygraphy
 
 
 

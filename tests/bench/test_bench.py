@@ -11,12 +11,14 @@ import stat
 
 import pytest
 
-from edgemerge import device_tool
+from edgemerge.device import cli as device_cli
 from click.testing import CliRunner
 
-from edgemerge.bench import latency_stats, parse_tegrastats
+from edgemerge.bench.core import latency_stats
+from edgemerge.bench.power import parse_tegrastats
 from edgemerge.cli import main
-from edgemerge.export.bundle import ExportOptions, export_bundle
+from edgemerge.contracts.manifest import ExportOptions
+from edgemerge.export.bundle import export_bundle
 
 REPORT_FIELDS = ("artifact", "baseline", "backend", "device", "iters", "warmup", "models", "speedup_p50",
                  "flop_ratio", "versions", "machine")
@@ -108,7 +110,7 @@ def test_bench_unmerged_reuses_a_kept_baseline(bundle, tmp_path):
 
     import onnx
 
-    from edgemerge.identity import stamp
+    from edgemerge.contracts.identity import stamp
 
     unmerged = {**manifest, "variant": "none"}
     model = onnx.load(str(kept / "model.onnx"))
@@ -222,7 +224,7 @@ def test_bench_trt_path_with_onnxruntime_standing_in(bundle, tmp_path, monkeypat
     import polygraphy.backend.trt as ptrt
     from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
 
-    import edgemerge.trtlib as trt_mod
+    import edgemerge.trt.lib as trt_mod
     import edgemerge.trt.builder as builder
 
     monkeypatch.setattr(trt_mod, "require_tensorrt", lambda: types.SimpleNamespace(__version__="10.3.0"))
@@ -245,7 +247,7 @@ def test_bench_trt_path_with_onnxruntime_standing_in(bundle, tmp_path, monkeypat
         (b / "model.plan.layers.json").write_text(json.dumps({"Layers": layers, "Bindings": []}))
         lib = b / "libedgemerge_plugins.so"
         lib.write_bytes(b"\x7fELF")
-        assert device_tool.main(["record", "--bundle", str(b), "--trt-version", "10.3.0", "--graph", "strip-functions",
+        assert device_cli.main(["record", "--bundle", str(b), "--trt-version", "10.3.0", "--graph", "strip-functions",
                                  "--layers", str(b / "model.plan.layers.json"), "--plugins", str(lib)]) == 0
     jpath = tmp_path / "bench.json"
     result = CliRunner().invoke(main, ["bench", str(merged), "--backend", "trt", "--baseline", str(base),

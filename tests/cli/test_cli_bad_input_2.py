@@ -16,9 +16,9 @@ import torch
 
 import edgemerge.merge.calibrate as calibrate_mod
 import edgemerge.merge.plan as plan_mod
-import edgemerge.show as show_mod
+import edgemerge.show.merges as show_mod
 from cli_helpers import one_line_error, refuse_work, run_cli, tree
-from edgemerge.errors import EdgemergeError
+from edgemerge.contracts.errors import EdgemergeError
 
 REPO = Path(__file__).resolve().parents[2]
 EDGEMERGE = [sys.executable, "-m", "edgemerge.cli"]
@@ -96,7 +96,7 @@ def test_show_image_that_is_not_a_regular_file(tmp_path, monkeypatch, what):
 def test_16bit_grayscale_is_scaled_not_white(tmp_path):
     from PIL import Image
 
-    from edgemerge.images import load_image
+    from edgemerge.contracts.images import load_image
 
     a = np.linspace(0, 32767, 32 * 48).reshape(32, 48).astype(np.uint16)  # at most half of 16-bit white
     Image.fromarray(a).save(tmp_path / "g16.png")
@@ -108,7 +108,7 @@ def test_16bit_grayscale_is_scaled_not_white(tmp_path):
 def test_exif_orientation_is_applied(tmp_path):
     from PIL import Image
 
-    from edgemerge.images import image_size, load_image
+    from edgemerge.contracts.images import image_size, load_image
 
     rgb = np.random.default_rng(0).integers(0, 255, (32, 48, 3), dtype=np.uint8)
     im = Image.fromarray(rgb)
@@ -192,7 +192,7 @@ def test_jpeg_content_named_png_refused_as_label(tmp_path):
 
 @pytest.fixture(scope="module")
 def vit_t_state():
-    from edgemerge.models import build_model
+    from edgemerge.models.registry import build_model
 
     torch.manual_seed(0)
     return {k: v.clone() for k, v in build_model("vit-t").state_dict().items()}
@@ -294,7 +294,7 @@ def test_plan_schema_keys_come_from_the_dataclasses():
     import dataclasses
 
     from edgemerge.merge.plan import SegformerPlan, _check_fields, _toml_key
-    from edgemerge.models import get_config
+    from edgemerge.models.registry import get_config
 
     keys = [_toml_key(f) for f in dataclasses.fields(SegformerPlan)]
     with pytest.raises(EdgemergeError) as e:

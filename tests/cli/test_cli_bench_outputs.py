@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-import edgemerge.bench as bench_pkg
+import edgemerge.bench.core as bench_pkg
 from cli_helpers import run_cli
 
 

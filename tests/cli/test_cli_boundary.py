@@ -8,8 +8,8 @@ import os
 import pytest
 
 from cli_helpers import one_line_error, run_cli, tree
-from edgemerge.errors import EdgemergeError
-from edgemerge.files import check_output_dir, check_output_file, write_files
+from edgemerge.contracts.errors import EdgemergeError
+from edgemerge.contracts.files import check_output_dir, check_output_file, write_files
 
 
 def test_negative_seed_is_refused(tmp_path):
@@ -19,7 +19,8 @@ def test_negative_seed_is_refused(tmp_path):
 
 
 def test_negative_seed_refused_by_the_library(tmp_path):
-    from edgemerge.export.bundle import ExportOptions, export_bundle
+    from edgemerge.contracts.manifest import ExportOptions
+    from edgemerge.export.bundle import export_bundle
 
     with pytest.raises(EdgemergeError, match="seed must be >= 0"):
         export_bundle(ExportOptions(model="segformer-b0", variant="fast", seed=-1, out=str(tmp_path / "b")))

@@ -16,7 +16,7 @@ def bundle(folder, onnx=True, manifest=True):
     if onnx:
         (folder / "model.onnx").write_bytes(b"not parsed before TensorRT")
     if manifest:
-        (folder / "manifest.json").write_text(json.dumps({"model": "segformer-b0", "precision": "fp32"}))
+        (folder / "manifest.json").write_text(json.dumps({"model": "segformer-b0", "variant": "none", "resolution": [64, 64], "precision": "fp32", "onnx_sha256": "00"}))
     return folder
 
 

@@ -8,7 +8,7 @@ import importlib.util
 import pytest
 
 from cli_helpers import one_line_error, refuse_work, run_cli, tree
-from edgemerge.errors import EdgemergeError
+from edgemerge.contracts.errors import EdgemergeError
 from edgemerge.export import bundle
 
 
@@ -46,7 +46,7 @@ def test_engine_without_tensorrt_refused_before_export(tmp_path, no_export):
 
 
 def test_engine_without_gpu_refused_before_export(tmp_path, no_export, monkeypatch):
-    from edgemerge import record
+    from edgemerge.trt import record
 
     monkeypatch.setattr(record, "current_environment",
                         lambda: record.Environment(tensorrt_version="10.3.0", gpu_name=None, compute_capability=None))
@@ -59,7 +59,7 @@ def test_engine_without_gpu_refused_before_export(tmp_path, no_export, monkeypat
 def test_ctrl_c_while_writing_the_bundle_exits_130_and_leaves_nothing(tmp_path, monkeypatch):
     """Interrupted once the temporary bundle folder exists (the device script being written):
     exit 130, one line, neither the bundle nor its temporary folder left."""
-    from edgemerge import device_script
+    from edgemerge.trt import device_script
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt

@@ -32,7 +32,8 @@ def test_bench_accepts_iterations():
     ({"precision": "fp16", "merge_ops": "native", "batch": 2}, "segformer-b0-fast-fp16-native-b2"),
 ])
 def test_default_bundle_name_says_what_differs(kw, name):
-    from edgemerge.export.bundle import ExportOptions, default_out
+    from edgemerge.contracts.manifest import ExportOptions
+    from edgemerge.export.bundle import default_out
 
     assert str(default_out(ExportOptions(model="segformer-b0", variant="fast", **kw))) == name
 
@@ -41,7 +42,7 @@ def test_default_bundle_name_says_what_differs(kw, name):
 def test_export_names_the_checkpoint_and_says_when_it_replaces(tmp_path, monkeypatch):
     import torch
 
-    from edgemerge.models import build_model
+    from edgemerge.models.registry import build_model
 
     torch.save(build_model("segformer-b0", num_classes=19).state_dict(), tmp_path / "b0.pth")
     monkeypatch.chdir(tmp_path)
@@ -50,7 +51,7 @@ def test_export_names_the_checkpoint_and_says_when_it_replaces(tmp_path, monkeyp
     assert first.exit_code == 0, first.output
     assert "bundle: segformer-b0-fast-128x128/\n" in first.stdout  # nothing replaced
     assert "checkpoint  " in first.stdout and "19 classes" in first.stdout
-    from edgemerge.manifest import read_manifest
+    from edgemerge.contracts.manifest import read_manifest
     from edgemerge.merge.flops import gflops
     from edgemerge.models.registry import configure
 

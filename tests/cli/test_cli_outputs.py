@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from cli_helpers import one_line_error, refuse_work, run_cli, tree
-from edgemerge.images import synthetic_images
+from edgemerge.contracts.images import synthetic_images
 from edgemerge.merge import calibrate as calibrate_mod
 
 
@@ -77,7 +77,8 @@ def test_show_full_disk_leaves_nothing(image_dir, tmp_path, full_disk):
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
     pytest.importorskip("onnxruntime")
-    from edgemerge.export.bundle import ExportOptions, export_bundle
+    from edgemerge.contracts.manifest import ExportOptions
+    from edgemerge.export.bundle import export_bundle
 
     out = tmp_path_factory.mktemp("bench") / "b0"
     export_bundle(ExportOptions(model="segformer-b0", variant="fast", resolution=(128, 128), out=str(out)))
@@ -86,7 +87,7 @@ def bundle(tmp_path_factory):
 
 @pytest.mark.slow
 def test_bench_json_unwritable(bundle, unwritable, monkeypatch):
-    import edgemerge.bench as bench
+    import edgemerge.bench.core as bench
 
     monkeypatch.setattr(bench, "run_bench", lambda *a, **k: (_ for _ in ()).throw(
         AssertionError("the benchmark ran before the output was refused")))

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from cli_helpers import run_cli, tree
-from edgemerge.images import synthetic_images
+from edgemerge.contracts.images import synthetic_images
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -10,8 +10,9 @@ pytest.importorskip("polygraphy")
 
 from cli_helpers import one_line_error, refuse_work, run_cli, tree  # noqa: E402
 
-from edgemerge.export.bundle import ExportOptions, export_bundle  # noqa: E402
-from edgemerge.validate import reference  # noqa: E402
+from edgemerge.contracts.manifest import ExportOptions
+from edgemerge.export.bundle import export_bundle
+from edgemerge.validate import api as validate_api  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -26,7 +27,7 @@ def bundle(tmp_path_factory):
 @pytest.fixture
 def no_work(monkeypatch):
     """Fail the test when validation gets as far as rebuilding the model: refusals come first."""
-    refuse_work(monkeypatch, reference, "build_from_manifest", "the work")
+    refuse_work(monkeypatch, validate_api, "reference_from_manifest", "the work")
 
 
 def test_out_is_an_existing_file(bundle, tmp_path, no_work):
@@ -69,7 +70,7 @@ def test_ctrl_c_exits_130(bundle, tmp_path, monkeypatch):
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(reference, "build_from_manifest", interrupted)
+    monkeypatch.setattr(validate_api, "reference_from_manifest", interrupted)
     res = run_cli("validate", bundle, "--out", tmp_path / "rep")
     assert res.exit_code == 130 and res.stderr.strip().splitlines()[-1] == "edgemerge: interrupted", res.output
     assert "error" not in res.stderr
@@ -88,7 +89,7 @@ def _edited_copy(bundle, dst, unstamp: bool = False, **changes):
     shutil.copytree(bundle, dst, ignore=shutil.ignore_patterns("validate_report"))
     manifest = json.loads((dst / "manifest.json").read_text())
     if unstamp:  # restamped to agree with the edited manifest, so the run itself must catch the edit
-        from edgemerge.identity import stamp
+        from edgemerge.contracts.identity import stamp
 
         model = onnx.load(str(dst / "model.onnx"))
         stamp(model, {**manifest, **changes})
@@ -154,7 +155,7 @@ def _folder(root, name, arrays):
 def frames(tmp_path):
     import numpy as np
 
-    from edgemerge.images import synthetic_images
+    from edgemerge.contracts.images import synthetic_images
 
     ims = (synthetic_images(3, 90, 120, seed=1).transpose(0, 2, 3, 1) * 255).round()
     return _folder(tmp_path, "frames", ims)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-import edgemerge.validate as validate_pkg
+import edgemerge.validate.api as validate_pkg
 from cli_helpers import run_cli
 
 

@@ -9,10 +9,12 @@ import torch
 from click.testing import CliRunner
 
 from edgemerge.cli import main
-from edgemerge.export.bundle import ExportOptions, export_bundle
-from edgemerge.reference import build_reference
+from edgemerge.contracts.manifest import ExportOptions
+from edgemerge.export.bundle import export_bundle
+from edgemerge.merge.reference import build_reference
 from edgemerge.merge import core
-from edgemerge.models import build_model, load_checkpoint
+from edgemerge.models.registry import build_model
+from edgemerge.models.checkpoint import load_checkpoint
 
 RES = (112, 112)
 C, DEPTH, F = 192, 12, 64  # vit-t; DTEM's metric width for C < 1024

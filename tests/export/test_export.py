@@ -14,7 +14,8 @@ import torch
 from click.testing import CliRunner
 
 from edgemerge.cli import main
-from edgemerge.export.bundle import ExportOptions, export_bundle, native_problems
+from edgemerge.contracts.manifest import ExportOptions
+from edgemerge.export.bundle import export_bundle, native_problems
 from edgemerge.export.functions import DOMAIN
 
 REPO = Path(__file__).resolve().parents[2]
@@ -59,7 +60,7 @@ def test_export_self_checks(tmp_path, model, res, variant, merge_ops, precision)
             assert attrs["plugin_namespace"].s == b"edgemerge"
         assert {(f.domain, f.name) for f in proto.functions} == {(DOMAIN, n.op_type) for n in custom}
         assert any(o.domain == DOMAIN for o in proto.opset_import)
-        from edgemerge.opspec import check_onnx_model
+        from edgemerge.contracts.opspec import check_onnx_model
 
         assert check_onnx_model(proto) == []
     if merge_ops == "native":
@@ -183,7 +184,7 @@ def test_bad_resolution_text(tmp_path):
 
 
 def test_checkpoint_of_another_model(tmp_path):
-    from edgemerge.models import build_model
+    from edgemerge.models.registry import build_model
 
     torch.save(build_model("segformer-b0").state_dict(), tmp_path / "b0.pth")
     msg = _bad(tmp_path, ["-m", "segformer-b2", "-c", str(tmp_path / "b0.pth"), "-r", "64x64"])
@@ -226,7 +227,7 @@ def test_failed_self_check_leaves_nothing(tmp_path, monkeypatch):
 def test_plugins_agree_with_exported_nodes(tmp_path):
     """The op spec (which the C++ creators and the Python plugins are checked against) matches the
     nodes of real exports."""
-    from edgemerge.opspec import OPS, check_onnx_model
+    from edgemerge.contracts.opspec import OPS, check_onnx_model
 
     cpp = {name: [a.name for a in op.plugin_attributes()] for name, op in OPS.items()}
     seen = set()

@@ -16,8 +16,8 @@ import torch
 
 from edgemerge.export.bundle import native_problems
 from edgemerge.export.functions import OPS, function_proto, one_op_model
-from edgemerge.graphs import BODY_PREFIX
-from edgemerge.opspec import OPS as SPEC_OPS
+from edgemerge.contracts.graphs import BODY_PREFIX
+from edgemerge.contracts.opspec import OPS as SPEC_OPS
 from edgemerge.merge import core, ops
 
 

@@ -6,7 +6,8 @@ CI runs each configuration once and rotates the seed (random weights) over 0, 1,
 
 import pytest
 
-from edgemerge.export.bundle import ExportOptions, export_bundle
+from edgemerge.contracts.manifest import ExportOptions
+from edgemerge.export.bundle import export_bundle
 
 CONFIGS = [("segmenter-vit-t", "algm"), ("segmenter-vit-s", "algm"), ("segformer-b0", "hq"),
            ("segformer-b0", "fast"), ("segformer-b0", "n2d"), ("deit-t", "tome"), ("deit-t", "dtem"),

@@ -12,12 +12,14 @@ from click.testing import CliRunner
 from PIL import Image
 
 from edgemerge.cli import main
-from edgemerge.errors import EdgemergeError
-from edgemerge.images import load_image, normalize, synthetic_images
-from edgemerge.merge import apply_merging, core, get_plan
+from edgemerge.contracts.errors import EdgemergeError
+from edgemerge.contracts.images import load_image, normalize, synthetic_images
+from edgemerge.merge.patch import apply_merging
+from edgemerge.merge import core
+from edgemerge.merge.plan import get_plan
 from edgemerge.merge.calibrate import _quantile, calibrate, record_merges
 from edgemerge.merge.plan import algm_global_count, algm_local_count
-from edgemerge.models import build_model, get_config
+from edgemerge.models.registry import build_model, get_config
 
 MODEL = "segmenter-vit-t"
 

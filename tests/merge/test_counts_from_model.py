@@ -9,12 +9,14 @@ from dataclasses import replace
 import pytest
 import torch
 
-from edgemerge.merge import apply_merging, core, get_plan
-from edgemerge.merge import resolve
+from edgemerge.merge.patch import apply_merging
+from edgemerge.merge import core
+from edgemerge.merge.plan import get_plan
+from edgemerge.merge.counts import resolve
 from edgemerge.merge.plan import load_variants
-from edgemerge.models import list_models
+from edgemerge.models.registry import list_models
 from edgemerge.models.registry import build_from_config, configure
-from edgemerge.reference import prefix_tokens
+from edgemerge.merge.reference import prefix_tokens
 
 CASES = [(m, v) for m in list_models() for v in load_variants(m) if v != "none"
          and not m.endswith(("-b3", "-b4", "-b5", "-l"))]  # the larger ones add time, not cases

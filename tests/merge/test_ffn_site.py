@@ -6,11 +6,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from edgemerge.export.bundle import ExportOptions, export_bundle
-from edgemerge.merge import apply_merging, get_plan, resolve
+from edgemerge.contracts.manifest import ExportOptions
+from edgemerge.export.bundle import export_bundle
+from edgemerge.merge.patch import apply_merging
+from edgemerge.merge.plan import get_plan
+from edgemerge.merge.counts import resolve
 from edgemerge.merge.patch import SegformerPPMixFFN, _swap
 from edgemerge.merge.plan import GridSite
-from edgemerge.models import build_model
+from edgemerge.models.registry import build_model
 from edgemerge.models.segformer import MixFFN
 from edgemerge.train.segformer import SoftMixFFN
 
@@ -111,7 +114,7 @@ def test_ffn_variant_exports_with_a_passing_self_check(tmp_path):
 
 
 def test_show_records_the_ffn_sites():
-    from edgemerge.show import record_merges
+    from edgemerge.show.merges import record_merges
 
     torch.manual_seed(0)
     model = apply_merging(build_model("segformer-b0", resolution=RES).eval(), get_plan("segformer-b0", "xfast-ffn-pa"))

@@ -23,8 +23,10 @@ import pytest
 import torch
 from torch import nn
 
-from edgemerge.merge import apply_merging, core, get_plan
-from edgemerge.models import build_model
+from edgemerge.merge.patch import apply_merging
+from edgemerge.merge import core
+from edgemerge.merge.plan import get_plan
+from edgemerge.models.registry import build_model
 from edgemerge.models.tokens import TokenState
 
 SEG_RES = (256, 256)  # stage 1: 64x64 tokens, keys/values 8x8 after the sr-8 reduction

@@ -8,10 +8,13 @@ import onnx
 import pytest
 import torch
 
-from edgemerge.export.bundle import ExportOptions, export_bundle
-from edgemerge.merge import apply_merging, get_plan, resolve
+from edgemerge.contracts.manifest import ExportOptions
+from edgemerge.export.bundle import export_bundle
+from edgemerge.merge.patch import apply_merging
+from edgemerge.merge.plan import get_plan
+from edgemerge.merge.counts import resolve
 from edgemerge.merge.plan import SegformerPlan
-from edgemerge.models import build_model
+from edgemerge.models.registry import build_model
 
 SEGFORMERS = [f"segformer-b{i}" for i in range(6)]
 

@@ -6,10 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from edgemerge.merge import apply_merging, core, get_plan, ops, remove_merging
+from edgemerge.merge.patch import apply_merging, remove_merging
+from edgemerge.merge import core, ops
+from edgemerge.merge.plan import get_plan
 from edgemerge.merge.patch import MergingBlock, SegformerPPAttention, WindowSite
 from edgemerge.merge.plan import ALGMPlan, GridSite, NoPlan, SegformerPlan, ToMePlan
-from edgemerge.models import TokenState, build_model
+from edgemerge.models.tokens import TokenState
+from edgemerge.models.registry import build_model
 from edgemerge.models.vit import VisionTransformer
 
 

@@ -8,8 +8,9 @@ import pytest
 from click.testing import CliRunner
 
 from edgemerge.cli import main
-from edgemerge.errors import EdgemergeError
-from edgemerge.merge import get_plan, resolve
+from edgemerge.contracts.errors import EdgemergeError
+from edgemerge.merge.plan import get_plan
+from edgemerge.merge.counts import resolve
 
 
 def _plan(*args: str):

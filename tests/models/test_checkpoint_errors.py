@@ -5,8 +5,9 @@ import os
 import pytest
 import torch
 
-from edgemerge.errors import EdgemergeError
-from edgemerge.models import build_model, load_checkpoint
+from edgemerge.contracts.errors import EdgemergeError
+from edgemerge.models.registry import build_model
+from edgemerge.models.checkpoint import load_checkpoint
 from edgemerge.models.convert import segformer_to_nvlabs
 
 transformers = pytest.importorskip("transformers")

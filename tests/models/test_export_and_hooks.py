@@ -5,7 +5,7 @@ import warnings
 import pytest
 import torch
 
-from edgemerge.models import build_model
+from edgemerge.models.registry import build_model
 from edgemerge.models.segformer import SegformerAttention
 
 

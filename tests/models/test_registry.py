@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from edgemerge.errors import EdgemergeError
-from edgemerge.models import build_model, count_params, get_config, list_models
+from edgemerge.contracts.errors import EdgemergeError
+from edgemerge.models.registry import build_model, count_params, get_config, list_models
 
 NAMES = [f"segformer-b{i}" for i in range(6)] + ["vit-t", "vit-s", "vit-b", "vit-l", "deit-t", "deit-s", "deit-b"] + [
     f"segmenter-vit-{s}" for s in "tsbl"]

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from edgemerge.models import build_model, load_checkpoint
+from edgemerge.models.registry import build_model
+from edgemerge.models.checkpoint import load_checkpoint
 from edgemerge.models import convert
 from edgemerge.models.checkpoint import save_checkpoint
 

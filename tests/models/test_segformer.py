@@ -7,7 +7,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from edgemerge.models import build_model, load_checkpoint
+from edgemerge.models.registry import build_model
+from edgemerge.models.checkpoint import load_checkpoint
 from edgemerge.models import convert
 from edgemerge.models.registry import get_config
 

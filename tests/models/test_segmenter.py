@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from edgemerge.models import build_model, load_checkpoint
+from edgemerge.models.registry import build_model
+from edgemerge.models.checkpoint import load_checkpoint
 from edgemerge.models.convert import ours_to_segmenter
 
 X = torch.randn(2, 3, 64, 96, generator=torch.Generator().manual_seed(0))

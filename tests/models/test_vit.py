@@ -3,7 +3,9 @@
 import pytest
 import torch
 
-from edgemerge.models import TokenState, build_model, load_checkpoint
+from edgemerge.models.tokens import TokenState
+from edgemerge.models.registry import build_model
+from edgemerge.models.checkpoint import load_checkpoint
 
 transformers = pytest.importorskip("transformers")
 

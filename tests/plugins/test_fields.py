@@ -1,4 +1,4 @@
-"""docs/ops.md's attribute bullets match the op spec (edgemerge/opspec.py), op by op.
+"""docs/ops.md's attribute bullets match the op spec (edgemerge/contracts/opspec.py), op by op.
 
 The C++ creators are checked against the same spec through TensorRT's own interface (their
 names, versions, namespaces and INT32 fields, from the built library):
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from edgemerge import opspec
+from edgemerge.contracts import opspec
 
 from .conftest import PLUGINS, REPO
 

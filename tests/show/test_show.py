@@ -9,7 +9,7 @@ from PIL import Image
 
 from edgemerge.cli import main
 from edgemerge.merge.patch import merged_model
-from edgemerge.show import (GROUP_COLOURS, MIN_CAPTION_WIDTH, MergeSite, draw_site, group_colours, legend_entries,
+from edgemerge.show.merges import (GROUP_COLOURS, MIN_CAPTION_WIDTH, MergeSite, draw_site, group_colours, legend_entries,
                             record_merges, select_sites)
 
 W, H = 200, 150  # not the model's resolution, not square: the picture must still be 200x150
@@ -86,7 +86,8 @@ def test_show_unreadable_image_and_bad_site_exit_2(image, tmp_path):
 
 def test_recorded_slots_match_the_plan():
     """Each Segformer site's slot covers its grid, and the kept count is what the plan resolves to."""
-    from edgemerge.merge import get_plan, resolve
+    from edgemerge.merge.plan import get_plan
+    from edgemerge.merge.counts import resolve
 
     model = merged_model("segformer-b0", "hq", resolution=(128, 128)).eval()
     with record_merges(model) as sites, torch.no_grad():
@@ -109,7 +110,7 @@ def test_recorded_slots_match_the_plan():
 
 def test_vit_sites_compose_to_the_patch_grid():
     """ToMe: each site's groups live on the original patch grid and only grow block by block."""
-    from edgemerge.reference import build_reference
+    from edgemerge.merge.reference import build_reference
 
     model, _, _ = build_reference("vit-t", "tome", resolution=(64, 64))
     with record_merges(model) as sites, torch.no_grad():

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 import torch
 
-from edgemerge.train import TrainOptions, train_metric
+from edgemerge.train.metric import TrainOptions, train_metric
 from edgemerge.train.metric import distillation_loss
 
 SHARED = Path(__file__).resolve().parents[3] / "shared"
@@ -60,9 +60,9 @@ def shuffled_control(checkpoint: Path, out: Path, seed: int = 0) -> Path:
 
 def deployed_kl(checkpoint: Path, files: list[str]) -> float:
     """KL(unmerged || fast-lm) of the models export builds from `checkpoint`, on `files`."""
-    from edgemerge.images import load_image, normalize
-    from edgemerge.models import get_config
-    from edgemerge.reference import build_reference
+    from edgemerge.contracts.images import load_image, normalize
+    from edgemerge.models.registry import get_config
+    from edgemerge.merge.reference import build_reference
 
     cfg = get_config("segformer-b0")
     x = torch.from_numpy(normalize(np.stack([load_image(f, *RES) for f in files]), cfg.mean, cfg.std))

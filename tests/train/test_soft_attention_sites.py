@@ -16,10 +16,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from edgemerge.merge import apply_merging, get_plan, remove_merging
+from edgemerge.merge.patch import apply_merging, remove_merging
+from edgemerge.merge.plan import get_plan
 from edgemerge.merge.patch import SegformerPPAttention, _swap, segformer_metrics
 from edgemerge.merge.plan import GridSite, SegformerPlan
-from edgemerge.models import build_model
+from edgemerge.models.registry import build_model
 from edgemerge.models.segformer import SegformerAttention
 from edgemerge.train.segformer import SoftSegformerAttention, apply_soft_segformer, segformer_soft_metrics
 

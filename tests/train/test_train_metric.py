@@ -16,12 +16,14 @@ from click.testing import CliRunner
 from PIL import Image
 
 from edgemerge.cli import main
-from edgemerge.export.bundle import ExportOptions, export_bundle
-from edgemerge.reference import _randomize_norm_stats, build_reference
-from edgemerge.images import synthetic_images
+from edgemerge.contracts.manifest import ExportOptions
+from edgemerge.export.bundle import export_bundle
+from edgemerge.merge.reference import _randomize_norm_stats, build_reference
+from edgemerge.contracts.images import synthetic_images
 from edgemerge.merge.plan import get_plan
-from edgemerge.models import build_model, load_checkpoint
-from edgemerge.train import TrainOptions, train_metric
+from edgemerge.models.registry import build_model
+from edgemerge.models.checkpoint import load_checkpoint
+from edgemerge.train.metric import TrainOptions, train_metric
 from edgemerge.train.metric import _metrics_from, distillation_loss
 from edgemerge.train.vit import SoftStats, soft_vit_forward
 
@@ -51,8 +53,8 @@ def _opts(data, out, **kw) -> TrainOptions:
 
 def _kl_of_deployed(checkpoint, variant, files) -> float:
     """KL(unmerged || merged) of the hard-merging model built from `checkpoint`, as export builds it."""
-    from edgemerge.images import load_image, normalize
-    from edgemerge.models import get_config
+    from edgemerge.contracts.images import load_image, normalize
+    from edgemerge.models.registry import get_config
 
     cfg = get_config("vit-t")
     x = torch.from_numpy(normalize(np.stack([load_image(f, *RES) for f in files]), cfg.mean, cfg.std))

@@ -14,12 +14,13 @@ from click.testing import CliRunner
 from PIL import Image
 
 from edgemerge.cli import main
-from edgemerge.export.bundle import ExportOptions, export_bundle
-from edgemerge.reference import _randomize_norm_stats, build_reference
-from edgemerge.images import synthetic_images
+from edgemerge.contracts.manifest import ExportOptions
+from edgemerge.export.bundle import export_bundle
+from edgemerge.merge.reference import _randomize_norm_stats, build_reference
+from edgemerge.contracts.images import synthetic_images
 from edgemerge.merge import core
-from edgemerge.models import build_model
-from edgemerge.train import TrainOptions, train_metric
+from edgemerge.models.registry import build_model
+from edgemerge.train.metric import TrainOptions, train_metric
 
 RES = (128, 128)
 
@@ -121,7 +122,7 @@ def test_labels_add_the_task_loss(data, tmp_path):
 def test_pooled_query_stages_pool_in_training_as_at_inference():
     """xfast-pa-lm pools stage 1-2 queries (no metric there): the soft forward pools them too, so
     the kv metrics of those stages train under what inference runs."""
-    from edgemerge.merge import get_plan
+    from edgemerge.merge.plan import get_plan
     from edgemerge.train.segformer import apply_soft_segformer, segformer_soft_metrics
 
     torch.manual_seed(0)

@@ -15,13 +15,16 @@ from click.testing import CliRunner
 from PIL import Image
 
 from edgemerge.cli import main
-from edgemerge.export.bundle import ExportOptions, export_bundle
-from edgemerge.images import synthetic_images
-from edgemerge.merge import apply_merging, core, get_plan
+from edgemerge.contracts.manifest import ExportOptions
+from edgemerge.export.bundle import export_bundle
+from edgemerge.contracts.images import synthetic_images
+from edgemerge.merge.patch import apply_merging
+from edgemerge.merge import core
+from edgemerge.merge.plan import get_plan
 from edgemerge.merge.patch import identity_or_state, remove_merging
-from edgemerge.models import build_model
+from edgemerge.models.registry import build_model
 from edgemerge.models.checkpoint import save_checkpoint
-from edgemerge.reference import _randomize_norm_stats, build_reference
+from edgemerge.merge.reference import _randomize_norm_stats, build_reference
 from edgemerge.train.segmenter import soft_segmenter_forward
 
 RES = (128, 128)

@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from edgemerge import opspec
-from edgemerge.device_tool import NATIVE, STRIP, AS_IS, read_manifest
-from edgemerge.device_script import PLUGIN_LIB, SCRIPT, TOOL, build_script, copy_plugin_sources, write_build_script
+from edgemerge.contracts import opspec
+from edgemerge.device.parser import NATIVE, STRIP, AS_IS
+from edgemerge.contracts.manifest import read_manifest
+from edgemerge.device import zipapp
+from edgemerge.trt.device_script import PLUGIN_LIB, SCRIPT, TOOL, build_script, copy_plugin_sources, write_build_script
 from trt_helpers import write_bundle
 
 REPO = Path(__file__).resolve().parents[2]
@@ -38,7 +40,7 @@ def trtexec_line(text):
 def test_script_is_valid_bash_and_executable(tmp_path, precision):
     path = make_bundle(tmp_path, precision)
     assert path.name == SCRIPT and path.stat().st_mode & 0o111
-    assert (tmp_path / TOOL).read_bytes() == (REPO / "edgemerge" / "device_tool.py").read_bytes()
+    assert (tmp_path / TOOL).read_bytes() == zipapp.build()
     subprocess.run(["bash", "-n", str(path)], check=True)
 
 
@@ -215,7 +217,7 @@ def test_fp16_flag_is_never_passed_to_trtexec_11(tmp_path):
         bundle = tmp_path / version
         write_bundle(bundle, precision="fp32")
         (bundle / "plugins").mkdir()
-        manifest = read_manifest(bundle) | {"precision": "fp16"}
+        manifest = read_manifest(bundle).to_dict() | {"precision": "fp16"}
         (bundle / "manifest.json").write_text(json.dumps(manifest))
         write_build_script(bundle, manifest)
         proc, calls = run_script(bundle, version)

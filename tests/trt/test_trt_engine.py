@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgemerge.trt import trt_version
+from edgemerge.trt.lib import trt_version
 from trt_helpers import op_case, op_model, write_bundle
 
 pytest.importorskip("torch", reason="the reference outputs come from edgemerge.merge.ops (torch)")
@@ -16,7 +16,7 @@ pytest.importorskip("torch", reason="the reference outputs come from edgemerge.m
 def _have_gpu():
     if trt_version() is None:
         return False
-    from edgemerge.record import query_gpu
+    from edgemerge.device.gpu import query_gpu
 
     return query_gpu()[1] is not None
 
@@ -54,7 +54,7 @@ def _build_and_run(tmp_path, op, precision, merge_ops, plugins):
 
 @pytest.mark.parametrize("op,precision", CASES)
 def test_python_plugins(tmp_path, op, precision):
-    from edgemerge.trtlib import has_python_plugins
+    from edgemerge.trt.lib import has_python_plugins
 
     if not has_python_plugins(trt_version()):
         pytest.skip("TensorRT < 10.6 has no Python plugins")

@@ -3,8 +3,9 @@ import sys
 
 import pytest
 
-from edgemerge.errors import EdgemergeError
-from edgemerge.trt import MISSING_TRT, build_engine, trt_version
+from edgemerge.contracts.errors import EdgemergeError
+from edgemerge.trt.lib import MISSING_TRT, trt_version
+from edgemerge.trt.builder import build_engine
 from trt_helpers import write_bundle
 
 no_trt = pytest.mark.skipif(trt_version() is not None, reason="TensorRT is installed here")
@@ -12,7 +13,7 @@ no_trt = pytest.mark.skipif(trt_version() is not None, reason="TensorRT is insta
 
 def test_package_imports_without_tensorrt_or_torch():
     code = ("import sys, edgemerge.trt, edgemerge.trt.builder, edgemerge.trt.plugins, "
-            "edgemerge.device_script, edgemerge.opspec, edgemerge.cli.build; "
+            "edgemerge.trt.device_script, edgemerge.contracts.opspec, edgemerge.cli.build; "
             "print('tensorrt' in sys.modules, 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from edgemerge import opspec
+from edgemerge.contracts import opspec
 from edgemerge.trt.plugins import aot_source, autotune_combination, plugin_signatures
 from trt_helpers import unmerge_model
 

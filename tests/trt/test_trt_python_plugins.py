@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import fake_trtp as F
-from edgemerge import opspec
+from edgemerge.contracts import opspec
 from edgemerge.trt.plugins import _register_op, cuda_compiler, plugin_source_dir
 
 KERNEL_OPS = [name for name, op in opspec.OPS.items() if op.kernel is not None]

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from edgemerge import opspec
+from edgemerge.contracts import opspec
 from edgemerge.trt.plugins import _register_op
 
 PACKAGE = "tensorrt-cu12-bindings"
@@ -145,7 +145,7 @@ def vendor(request, tmp_path_factory):
 
 
 def test_aot_validation_exists_exactly_where_edgemerge_offers_aot(vendor):
-    from edgemerge.trtlib import has_aot_plugins
+    from edgemerge.trt.lib import has_aot_plugins
 
     assert hasattr(vendor, "_validate_aot_impl") == has_aot_plugins(vendor.EDGEMERGE_TEST_VERSION)
 
@@ -153,7 +153,7 @@ def test_aot_validation_exists_exactly_where_edgemerge_offers_aot(vendor):
 def test_the_oldest_python_plugin_release_is_covered():
     """edgemerge offers Python plugins from 10.6 (trtlib.has_python_plugins) and AOT from 10.9: the
     vendor check covers every minor from there."""
-    from edgemerge.trtlib import has_python_plugins
+    from edgemerge.trt.lib import has_python_plugins
 
     minors = {tuple(int(p) for p in v.split(".")[:2]) for v in VERSIONS}
     assert not has_python_plugins((10, 5, 0)) and has_python_plugins((10, 6, 0))

@@ -1,21 +1,26 @@
 """The build-record checks, with the environment as a parameter: no TensorRT or GPU needed."""
 
 import json
+from pathlib import Path
 import subprocess
 import sys
 
 import pytest
 
-from edgemerge.errors import EdgemergeError
-from edgemerge.trt.builder import check_engine, choose_typing, read_manifest
-from edgemerge.record import (
-    NO_PLUGINS, PYTHON_PLUGINS, BuildRecord, Environment, record_path, sha256_file, write_record,
-)
+from edgemerge.contracts.errors import EdgemergeError
+from edgemerge.contracts.manifest import read_manifest
+from edgemerge.trt.builder import check_bundle_onnx, check_engine, choose_typing
+from edgemerge.device.record import NO_PLUGINS, PYTHON_PLUGINS, BuildRecord, record_path, write_record
+from edgemerge.trt.record import Environment
+from edgemerge.contracts.files import sha256_file
 from trt_helpers import write_bundle
 
-import edgemerge.device_tool
+import tempfile
 
-TOOL = edgemerge.device_tool.__file__
+from edgemerge.device import zipapp
+
+TOOL = Path(tempfile.mkdtemp(prefix="edgemerge-device-")) / "edgemerge_device.py"  # what a bundle carries
+TOOL.write_bytes(zipapp.build())
 
 ORIN = Environment("10.3.0.30", "Orin", "8.7")
 
@@ -128,13 +133,13 @@ def test_python_plugins_record(tmp_path):
 def test_onnx_without_manifest(tmp_path):
     onnx_path = write_bundle(tmp_path, manifest=False)
     with pytest.raises(EdgemergeError) as e:
-        read_manifest(onnx_path)
+        check_bundle_onnx(onnx_path)
     assert "manifest.json" in one_line(e)
 
 
 def test_onnx_missing(tmp_path):
     with pytest.raises(EdgemergeError) as e:
-        read_manifest(tmp_path / "model.onnx")
+        check_bundle_onnx(tmp_path / "model.onnx")
     assert "not found" in one_line(e)
 
 
@@ -167,7 +172,7 @@ def test_trt11_refuses_fp16_bundle_with_fp32_onnx():
 
 
 def test_onnx_has_fp16(tmp_path):
-    from edgemerge.trt.builder import onnx_has_fp16
+    from edgemerge.contracts.graphs import onnx_has_fp16
 
     assert onnx_has_fp16(write_bundle(tmp_path / "a", precision="fp16"))
     assert not onnx_has_fp16(write_bundle(tmp_path / "b", precision="fp32"))
@@ -243,7 +248,7 @@ def test_record_refuses_contradicting_tf32(tmp_path):
 def test_make_record_reads_layer_types_beside_the_engine(tmp_path):
     """The polygraphy route writes model.plan.layers.json before the record: the record keeps its
     LayerType strings without being handed them."""
-    from edgemerge.device_tool import layers_path, make_record
+    from edgemerge.device.record import layers_path, make_record
 
     onnx_path = write_bundle(tmp_path)
     plan = tmp_path / "model.plan"

@@ -66,7 +66,7 @@ def write_bundle(directory: Path, precision="fp32", merge_ops="plugin", model=No
     import onnx.inliner
     import onnxscript.optimizer
 
-    from edgemerge.graphs import merge_sites
+    from edgemerge.contracts.graphs import merge_sites
 
     directory.mkdir(parents=True, exist_ok=True)
     onnx_path = directory / "model.onnx"
@@ -81,7 +81,7 @@ def write_bundle(directory: Path, precision="fp32", merge_ops="plugin", model=No
 
     if manifest:
         (directory / "manifest.json").write_text(json.dumps({
-            "model": "test-" + model.graph.name, "variant": "none", "precision": precision, "merge_ops": merge_ops,
+            "model": "test-" + model.graph.name, "variant": "none", "resolution": [1, 1], "precision": precision, "merge_ops": merge_ops,
             "onnx_sha256": hashlib.sha256(onnx_path.read_bytes()).hexdigest(),
             "inputs": ports(model.graph.input), "outputs": ports(model.graph.output),
             "merge_sites": merge_sites(model),

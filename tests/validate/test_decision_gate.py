@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import plants
-from edgemerge import compare as C
+from edgemerge.contracts import compare as C
 
 torch = pytest.importorskip("torch")
 
@@ -23,9 +23,9 @@ CASES = [("deit-t", "tome", None), ("segmenter-vit-t", "algm", (256, 256)), ("se
 
 @pytest.fixture(scope="module", params=CASES, ids=[c[0] for c in CASES])
 def sites(request):
-    from edgemerge.images import normalize, synthetic_images
+    from edgemerge.contracts.images import normalize, synthetic_images
     from edgemerge.merge.core import observe
-    from edgemerge.reference import build_reference
+    from edgemerge.merge.reference import build_reference
 
     name, variant, res = request.param
     model, cfg, _ = build_reference(name, variant, resolution=res)
@@ -101,10 +101,10 @@ def test_replay_judges_the_matching_on_the_artifacts_own_metric():
     """An artifact whose metric differs from PyTorch's by rounding-sized noise, and whose decisions
     are exactly the reference op's on that metric: every merging token agrees (its matching is
     right), although PyTorch's own decisions differ (the noise flips near-ties)."""
-    from edgemerge.images import normalize, synthetic_images
+    from edgemerge.contracts.images import normalize, synthetic_images
     from edgemerge.merge import ops
     from edgemerge.merge.core import observe
-    from edgemerge.reference import build_reference, replay_reference
+    from edgemerge.merge.reference import build_reference, replay_reference
 
     model, cfg, _ = build_reference("deit-t", "tome")
     x = normalize(synthetic_images(1, 224, 224, seed=5), cfg.mean, cfg.std)

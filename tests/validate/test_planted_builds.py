@@ -38,7 +38,8 @@ CASES = [(b, p, plant) for b in BUNDLES for p in ("fp32", "fp16") for plant in (
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    from edgemerge.export.bundle import ExportOptions, export_bundle
+    from edgemerge.contracts.manifest import ExportOptions
+    from edgemerge.export.bundle import export_bundle
 
     root, made = tmp_path_factory.mktemp("planted"), {}
 

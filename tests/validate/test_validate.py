@@ -22,7 +22,8 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("polygraphy")
 
 from edgemerge.cli import main  # noqa: E402
-from edgemerge.export.bundle import ExportOptions, export_bundle  # noqa: E402
+from edgemerge.contracts.manifest import ExportOptions
+from edgemerge.export.bundle import export_bundle
 
 RES = (128, 128)
 pytestmark = pytest.mark.slow
@@ -190,7 +191,7 @@ def test_validate_without_torch_uses_reference_npz(bundles, tmp_path):
     import sys
 
     code = ("import sys, json; sys.modules['torch'] = None\n"
-            "from edgemerge.validate import validate_artifact\n"
+            "from edgemerge.validate.api import validate_artifact\n"
             f"r = validate_artifact({str(bundles['fp32-plugin'])!r}, out={str(tmp_path)!r})\n"
             "print(json.dumps([r['passed'], r['reference']['kind'], 'torch' in sys.modules and sys.modules['torch'] is not None]))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
@@ -270,7 +271,7 @@ def test_empty_image_folder(bundles, tmp_path):
 def _image_folder(root: Path, n: int = 2) -> Path:
     from PIL import Image
 
-    from edgemerge.images import synthetic_images
+    from edgemerge.contracts.images import synthetic_images
 
     root.mkdir()
     for i, img in enumerate(synthetic_images(n, 96, 160, seed=3)):
@@ -320,9 +321,9 @@ def _unmerged_miou(bundle: Path, images: Path, labels: Path) -> float:
     """Built here without validate's code: segformer-b0 `none`, same seed and resolution."""
     import torch
 
-    from edgemerge.compare import confusion, miou
-    from edgemerge.manifest import read_manifest
-    from edgemerge.reference import build_reference
+    from edgemerge.contracts.compare import confusion, miou
+    from edgemerge.contracts.manifest import read_manifest
+    from edgemerge.merge.reference import build_reference
     from edgemerge.validate.inputs import folder_inputs
 
     m = read_manifest(bundle)
@@ -337,7 +338,7 @@ def _unmerged_miou(bundle: Path, images: Path, labels: Path) -> float:
 
 @pytest.fixture(scope="module")
 def checkpoint_bundle(tmp_path_factory) -> Path:
-    from edgemerge.models import build_model
+    from edgemerge.models.registry import build_model
 
     root = tmp_path_factory.mktemp("ckpt")
     torch.manual_seed(1)
@@ -366,7 +367,8 @@ def test_engine_without_tensorrt(bundles, tmp_path):
 
     if importlib.util.find_spec("tensorrt") is not None:
         pytest.skip("TensorRT is installed: this checks the clean refusal without it")
-    from edgemerge.record import BuildRecord, sha256_file, write_record
+    from edgemerge.device.record import BuildRecord, write_record
+    from edgemerge.contracts.files import sha256_file
 
     bundle = _copy(bundles["fp32-plugin"], tmp_path / "b")
     plan = bundle / "model.plan"
@@ -389,7 +391,8 @@ def test_engine_path_with_onnxruntime_standing_in_for_tensorrt(bundles, weight_a
     from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
 
     import edgemerge.trt.builder as builder
-    from edgemerge.record import BuildRecord, sha256_file, write_record
+    from edgemerge.device.record import BuildRecord, write_record
+    from edgemerge.contracts.files import sha256_file
 
     monkeypatch.setattr(builder, "load_engine", lambda path, plugins=None: Path(path))
     monkeypatch.setattr(ptrt, "TrtRunner", lambda engine, name: OnnxrtRunner(

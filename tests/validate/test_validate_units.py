@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 
+from edgemerge.contracts.compare import check
 from edgemerge.validate import metrics as M
 
 
@@ -33,12 +34,12 @@ def test_output_metrics_and_checks():
     got[0, :, 0, 0] = ref[0, ::-1, 0, 0] + 10  # one pixel's class changes
     m = M.output_metrics(got, ref)
     assert m["argmax_agreement"] == pytest.approx(1 - 1 / 128)
-    rows = {r["metric"]: r for r in M.check(m, M.thresholds_for("fp32"))}
+    rows = {r["metric"]: r for r in check(m, M.thresholds_for("fp32"))}
     assert not rows["max_abs_rel_range"]["passed"] and not rows["argmax_agreement"]["passed"]
     inf = ref.copy()
     inf[1, 0, 0, 0] = np.inf  # fp16 overflow
     m = M.output_metrics(inf, ref)
-    assert not m["finite"] and not M.check(m, M.thresholds_for("fp16"))[1]["passed"]
+    assert not m["finite"] and not check(m, M.thresholds_for("fp16"))[1]["passed"]
 
 
 def test_miou_ignores_out_of_range_labels():

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import importlib
 
-from edgemerge.device_tool import parse_version  # noqa: F401  (one parser for versions; re-exported)
-from edgemerge.errors import EdgemergeError
+from edgemerge.device.parser import parse_version
+from edgemerge.contracts.errors import EdgemergeError
 
 # The README installs from a source checkout (pip install -e .), where 'edgemerge[trt]' means nothing.
 MISSING_TRT = ("TensorRT is not installed here (it needs an NVIDIA GPU with its CUDA driver): in a source "

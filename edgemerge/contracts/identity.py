@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from edgemerge.errors import EdgemergeError
+from edgemerge.contracts.errors import EdgemergeError
 
 METADATA_KEY = "edgemerge.export"
 FIELDS = ("model", "variant", "resolution", "batch", "precision", "merge_ops", "num_classes", "seed")
@@ -27,6 +27,9 @@ def export_identity(manifest: dict[str, Any]) -> dict[str, Any]:
     cal = manifest.get("calibration")
     ident["calibration"] = ({k: cal.get(k) for k in ("local_fraction", "global_fraction")}
                             if isinstance(cal, dict) else None)
+    plan_file = manifest.get("plan_file")  # exported with --plan: the variant is the file's table
+    if isinstance(plan_file, dict):
+        ident["plan_table"] = plan_file.get("table")
     return ident
 
 

@@ -9,25 +9,31 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgemerge.errors import EdgemergeError
-from edgemerge.files import sha256_file
-from edgemerge.manifest import Manifest
+from edgemerge.contracts.errors import EdgemergeError
+from edgemerge.contracts.files import sha256_file
+from edgemerge.contracts.manifest import Manifest
 
 
 def build_reference(model_name: str, variant: str, *, checkpoint: str | None = None,
                     resolution: tuple[int, int] | None = None, seed: int = 0,
-                    num_classes: int | None = None, calibration: dict | None = None, mode: str | None = None):
+                    num_classes: int | None = None, calibration: dict | None = None, mode: str | None = None,
+                    plan_table: dict | None = None):
     """The merged PyTorch model a bundle is made from (or checked against); eval mode, fp32.
+    `plan_table`: the variant's table from a user's plan file (`export --plan`), instead of
+    export_configs'.
 
     Returns (model, config, checkpoint_info or None).
     """
     import torch
 
-    from edgemerge.merge import apply_merging, get_plan
-    from edgemerge.models import build_model, deployed_form, get_config, load_checkpoint
+    from edgemerge.merge.patch import apply_merging
+    from edgemerge.merge.plan import get_plan, plan_from_table
+    from edgemerge.models.registry import build_model, deployed_form, get_config
+    from edgemerge.models.checkpoint import load_checkpoint
 
     cfg = get_config(model_name)
-    plan = get_plan(model_name, variant, calibration=calibration, mode=mode)
+    plan = (get_plan(model_name, variant, calibration=calibration, mode=mode) if plan_table is None else
+            plan_from_table(model_name, plan_table, calibration=calibration, mode=mode))
     info = None
     if checkpoint is not None:
         model, info = load_checkpoint(model_name, checkpoint, num_classes=num_classes, resolution=resolution)
@@ -100,10 +106,12 @@ def reference_from_manifest(manifest: Manifest, variant: str | None = None):
     """The merged PyTorch model exactly as exported (eval, fp32), or its `variant` at the same
     settings; the checkpoint must be the one the manifest names, by sha256."""
     checkpoint = checked_checkpoint(manifest)
+    from_file = manifest.get("plan_file")  # exported with --plan: the table it recorded
+    table = from_file["table"] if from_file and variant in (None, manifest["variant"]) else None
     model, _, _ = build_reference(
         manifest["model"], variant or manifest["variant"], checkpoint=checkpoint,
         resolution=tuple(manifest["resolution"]), seed=int(manifest.get("seed", 0)),
-        num_classes=manifest.get("num_classes"), calibration=manifest.get("calibration"))
+        num_classes=manifest.get("num_classes"), calibration=manifest.get("calibration"), plan_table=table)
     return model
 
 
@@ -126,12 +134,12 @@ def replay_reference(model, batches: list, artifact_slots: list[list], artifact_
     the artifact's history, so one early flip cannot compound into later sites; where the
     artifact's own metric tensors are given, the reference op also decides on them (fp32, as the
     op spec says), which judges the matching exactly, whatever the precision of what fed it.
-    Returns (outputs per batch, sites) as edgemerge.compare.judge_decisions takes them, stacked
+    Returns (outputs per batch, sites) as edgemerge.contracts.compare.judge_decisions takes them, stacked
     over batches."""
     import numpy as np
     import torch
 
-    from edgemerge.compare import decision_margins
+    from edgemerge.contracts.compare import decision_margins
     from edgemerge.merge import ops
     from edgemerge.merge.core import observe, replay_decisions
 

@@ -24,9 +24,9 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from edgemerge.errors import EdgemergeError
-from edgemerge.images import GROUP_COLOURS
-from edgemerge.files import check_output_file, write_files
+from edgemerge.contracts.errors import EdgemergeError
+from edgemerge.contracts.images import GROUP_COLOURS
+from edgemerge.contracts.files import check_output_file, write_files
 
 
 @dataclass
@@ -328,10 +328,11 @@ def show_merges(model_name: str, variant: str, image: str | Path, out: str | Pat
 
     import torch
 
-    from edgemerge.reference import build_reference
-    from edgemerge.images import load_image, normalize
-    from edgemerge.merge import get_plan, resolve
-    from edgemerge.models import get_config
+    from edgemerge.merge.reference import build_reference
+    from edgemerge.contracts.images import load_image, normalize
+    from edgemerge.merge.plan import get_plan
+    from edgemerge.merge.counts import resolve
+    from edgemerge.models.registry import get_config
 
     cfg = get_config(model_name)
     H, W = resolution or cfg.resolution

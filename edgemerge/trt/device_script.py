@@ -12,32 +12,19 @@ import os
 import shutil
 from pathlib import Path
 
-from edgemerge import device_tool
-from edgemerge.record import atomic_write_bytes
+from edgemerge.device import zipapp
+from edgemerge.contracts.files import atomic_write_bytes
+from edgemerge.trt.plugins import plugin_source_dir
 
 SCRIPT = "build_on_device.sh"
-TOOL = "edgemerge_device.py"  # a copy of edgemerge/device_tool.py (standard library only)
+TOOL = "edgemerge_device.py"  # edgemerge.device as a zipapp (standard library only)
 PLUGIN_LIB = "build/plugins/libedgemerge_plugins.so"
-
-
-def plugin_sources() -> Path | None:
-    """The repository's `plugins/` next to the package, or an installed share dir; None if absent."""
-    import edgemerge
-    import sys
-
-    candidates = [Path(edgemerge.__file__).resolve().parent.parent / "plugins",
-                  Path(edgemerge.__file__).resolve().parent / "plugin_sources",  # installed wheel
-                  Path(sys.prefix) / "share" / "edgemerge" / "plugins"]
-    for c in candidates:
-        if (c / "CMakeLists.txt").is_file() or (c / "kernels").is_dir():
-            return c
-    return None
 
 
 def copy_plugin_sources(bundle_dir: str | os.PathLike) -> Path | None:
     """Copy `plugins/` into the bundle (replacing an older copy); None when no sources are found
     (an installed wheel without them): the script then says where to get them."""
-    src = plugin_sources()
+    src = plugin_source_dir()
     if src is None:
         return None
     dst = Path(bundle_dir) / "plugins"
@@ -54,7 +41,7 @@ def build_script(manifest: dict, *, onnx_fp16: bool | None = None) -> str:
     /usr/local/cuda/bin/nvcc, which is not on JetPack's PATH), the architecture comes from
     edgemerge_device.py (driver, a numeric nvidia-smi answer, Jetson's device tree, else 87), and
     the only Python it runs is edgemerge_device.py on the standard library. Which graph trtexec
-    parses follows `device_tool.choose_graph` (TensorRT's parser rule); the build record then
+    parses follows `edgemerge.device.parser.choose_graph` (TensorRT's parser rule); the build record then
     counts the plugin layers of the engine against the manifest's merge sites and fails (exit 1)
     when the plugins did not make it in, unless ALLOW_BODY_ONLY=1.
 
@@ -206,12 +193,12 @@ def _engine_record_validate() -> list[str]:
 
 def write_build_script(bundle_dir: str | os.PathLike, manifest: dict) -> Path:
     """Write `build_on_device.sh` (atomically, executable) and its standard-library helper
-    `edgemerge_device.py` (a copy of edgemerge/device_tool.py) into the bundle; returns the script."""
+    `edgemerge_device.py` (edgemerge.device as a zipapp) into the bundle; returns the script."""
     bundle = Path(bundle_dir)
     onnx_fp16 = None
     if (bundle / "model.onnx").is_file():
-        from edgemerge.graphs import onnx_has_fp16
+        from edgemerge.contracts.graphs import onnx_has_fp16
 
         onnx_fp16 = onnx_has_fp16(bundle / "model.onnx")
-    atomic_write_bytes(bundle / TOOL, Path(device_tool.__file__).read_bytes(), mode=0o644)
+    atomic_write_bytes(bundle / TOOL, zipapp.build(), mode=0o644)
     return atomic_write_bytes(bundle / SCRIPT, build_script(manifest, onnx_fp16=onnx_fp16).encode(), mode=0o755)

@@ -3,8 +3,7 @@
 One owner: the exporter writes a `Manifest`, every reader (validate, bench, build) calls
 `read_manifest`, and whoever re-exports a bundle's model (bench's unmerged baseline, validate's
 fp32 reference graph) asks the manifest for its `ExportOptions`. Defaults live here and nowhere
-else. Standard library only; `edgemerge_device.py` reads the few fields it needs as plain JSON
-(tests/test_manifest.py checks those names against this class).
+else. Standard library only: the device tool (edgemerge.device) reads manifests through it too.
 """
 
 from __future__ import annotations
@@ -15,14 +14,14 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from edgemerge.errors import EdgemergeError
+from edgemerge.contracts.errors import EdgemergeError
 
 MANIFEST = "manifest.json"
 FORMAT = 1
 PRECISIONS = ("fp32", "fp16")
 MERGE_OPS = ("plugin", "native")
 DEFAULT_OPSET = 18
-REQUIRED = ("model", "variant", "resolution")
+REQUIRED = ("model", "variant", "resolution", "onnx_sha256")  # what every reader may rely on
 
 
 @dataclass
@@ -43,6 +42,7 @@ class ExportOptions:
     calibration: str | None = None
     engine: bool = False
     plugins: list[str] | None = None  # C++ plugin libraries for --engine
+    plan_file: str | None = None  # a user's plan file (one variant; `variant` is its name)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -163,7 +163,7 @@ def manifest_path(path: str | os.PathLike) -> Path:
     return p / MANIFEST if p.is_dir() else p.with_name(MANIFEST)
 
 
-def read_manifest(path: str | os.PathLike, required: tuple[str, ...] = REQUIRED) -> Manifest:
+def read_manifest(path: str | os.PathLike) -> Manifest:
     """The manifest of a bundle (its directory, or any file in it), refused with one line when it
     is missing, not JSON or lacks a `required` field."""
     mpath = manifest_path(path)
@@ -176,4 +176,4 @@ def read_manifest(path: str | os.PathLike, required: tuple[str, ...] = REQUIRED)
         raise EdgemergeError(f"{mpath}: not valid JSON ({e.msg}, line {e.lineno})") from None
     if not isinstance(data, dict):
         raise EdgemergeError(f"{mpath}: not a manifest (a JSON object is expected)")
-    return Manifest.from_dict(data, str(mpath), required)
+    return Manifest.from_dict(data, str(mpath))

@@ -12,11 +12,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgemerge.device_tool import (  # noqa: F401  (the record format's owner; re-exported)
-    NO_PLUGINS, PYTHON_PLUGINS, RECORD_SCHEMA, BuildRecord, DeviceError, atomic_write_bytes,
-    layers_path, query_gpu, record_path, sha256_file, write_record,
-)
-from edgemerge.errors import EdgemergeError
+from edgemerge.contracts.errors import EdgemergeError
+from edgemerge.contracts.files import sha256_file
+from edgemerge.device.gpu import query_gpu
+from edgemerge.device.record import NO_PLUGINS, PYTHON_PLUGINS, BuildRecord, record_path
 
 
 @dataclass(frozen=True)
@@ -38,7 +37,7 @@ def read_record(plan_path: str | os.PathLike) -> BuildRecord:
         return BuildRecord.from_dict(json.loads(rp.read_text()))
     except json.JSONDecodeError as e:
         raise EdgemergeError(f"{rp}: build record is not valid JSON ({e.msg}, line {e.lineno})") from None
-    except DeviceError as e:
+    except EdgemergeError as e:
         raise EdgemergeError(f"{rp}: {e}") from None
 
 
@@ -104,7 +103,7 @@ def resolve_plugins(record: BuildRecord, plan: Path, plugins: list[str] | None) 
 # ---- the current machine ----------------------------------------------------------------------
 
 def current_environment() -> Environment:
-    from edgemerge.trtlib import require_tensorrt
+    from edgemerge.trt.lib import require_tensorrt
 
     trt = require_tensorrt()
     name, cc = query_gpu()

@@ -13,7 +13,7 @@ import os
 import re
 from typing import TYPE_CHECKING
 
-from edgemerge.opspec import DOMAIN, OPS
+from edgemerge.contracts.opspec import DOMAIN, OPS
 
 if TYPE_CHECKING:
     import onnx

@@ -1,22 +1,53 @@
 """File helpers every side shares: content hashes, output paths checked before any work, and
-writes that never leave half a file (or, for several files, only some of them)."""
+writes that never leave half a file (or, for several files, only some of them).
+
+The one atomic writer of the package, `torch.save` included; standard library only, because the
+device tool (edgemerge.device, run on a bare JetPack python3) writes through it too."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Sequence
+from typing import BinaryIO, Callable, Sequence
 
-# One hash and one atomic write for the package and the device script (sha256_file is re-exported).
-from edgemerge.device_tool import sha256_file, write_beside  # noqa: F401
-from edgemerge.errors import EdgemergeError
+from edgemerge.contracts.errors import EdgemergeError
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes, mode: int | None = None) -> Path:
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_beside(path: Path, data: bytes | Callable[[BinaryIO], object], mode: int | None, temps: list[str]) -> str:
+    """`data` (bytes, or a function that writes to the open file: `torch.save`'s shape) in a temp
+    file beside `path` (fsynced, `mode` set), noted in `temps` as soon as it exists so that the
+    caller can remove it on failure; renaming it into place is the caller's."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    temps.append(tmp)
+    with os.fdopen(fd, "wb") as f:
+        if callable(data):
+            data(f)
+        else:
+            f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    if mode is not None:
+        os.chmod(tmp, mode)
+    return tmp
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes | Callable[[BinaryIO], object],
+                       mode: int | None = 0o644) -> Path:
     """Write to a temp file in the same directory, fsync, rename: readers never see half a file,
-    and a failure leaves neither a temp file nor a folder this call created."""
+    and a failure leaves neither a temp file nor a folder this call created. `data` may be a
+    writer, e.g. `lambda f: torch.save(state, f)`. Mode 0644 unless told (mkstemp's is 0600)."""
     return write_files([(path, data)], mode=mode)[0]
 
 
@@ -58,7 +89,7 @@ def check_output_dir(path: str | os.PathLike, what: str = "output directory") ->
     return path
 
 
-def write_files(files: Sequence[tuple[str | os.PathLike, bytes]], mode: int | None = 0o644) -> list[Path]:
+def write_files(files: Sequence[tuple[str | os.PathLike, bytes | Callable[[BinaryIO], object]]], mode: int | None = 0o644) -> list[Path]:
     """Write several files all or nothing: each to a temp file beside it (fsynced), then all renamed.
 
     A failure at any point (a full disk, a lost permission, Ctrl-C), the renames included, removes

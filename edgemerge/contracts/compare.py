@@ -270,7 +270,7 @@ def _rel_l2(got: np.ndarray, ref: np.ndarray) -> float:
 def judge_decisions(sites: list[dict], got: list[np.ndarray], precision: str) -> tuple[dict, list[dict]]:
     """(figures, checks) for an artifact's merge decisions, site by site.
 
-    `sites`: per site in call order (edgemerge.reference.replay_reference): {"kind", "count",
+    `sites`: per site in call order (edgemerge.merge.reference.replay_reference): {"kind", "count",
     "args", "own" [B, N] (PyTorch's decision on its own metric), "metric", "margins", and, where the
     artifact's metric was read, "artifact_metric" and "on_artifact_metric" (the reference op's
     decision on it)}; `got`: the artifact's slots. Checks: the worst site's
