@@ -8,6 +8,7 @@ import click
 
 from edgemerge.cli import main
 from edgemerge.cli.options import plugins_option
+from edgemerge.contracts.manifest import MANIFEST
 
 # What a user without TensorRT needs to hear: it needs an NVIDIA GPU, and how to get it from a
 # source checkout (the README installs with `pip install -e .`) or on a Jetson.
@@ -22,8 +23,8 @@ def resolve_onnx(artifact: Path) -> Path:
     model.onnx in one."""
     if artifact.is_dir():
         onnx_path = artifact / "model.onnx"
-        if not (artifact / "manifest.json").is_file():
-            raise click.UsageError(f"{artifact}: no manifest.json in this directory; "
+        if not (artifact / MANIFEST).is_file():
+            raise click.UsageError(f"{artifact}: no {MANIFEST} in this directory; "
                                    "build an `edgemerge export` bundle (its directory or its model.onnx)")
         if not onnx_path.is_file():
             raise click.UsageError(f"{artifact}: bundle has no model.onnx")

@@ -35,7 +35,7 @@ def plan(model: str, variant: str, resolution: tuple[int, int] | None, calibrati
     from rich.table import Table
 
     if "stages" in out:
-        from edgemerge.merge.counts import STAGE_COUNTS
+        from edgemerge.merge.families.segformer import STAGE_COUNTS
 
         table = Table("stage", "grid", "blocks", *(k.replace("_", " ") for k in STAGE_COUNTS),
                       title=f"{model} {variant} at {res[0]}x{res[1]}")

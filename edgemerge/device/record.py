@@ -10,6 +10,7 @@ from pathlib import Path
 
 from edgemerge.contracts.errors import EdgemergeError
 from edgemerge.contracts.files import atomic_write_bytes, sha256_file
+from edgemerge.contracts.manifest import MANIFEST
 from edgemerge.device.gpu import query_gpu
 from edgemerge.device.layers import _summary, layer_types, merge_sites, site_layer_types
 from edgemerge.device.parser import AS_IS
@@ -105,7 +106,7 @@ def make_record(plan: Path, onnx_path: Path, manifest: dict, *, tensorrt_version
     onnx_sha = sha256_file(onnx_path)
     want = manifest.get("onnx_sha256")
     if want and want != onnx_sha:
-        raise EdgemergeError(f"{onnx_path}: sha256 differs from manifest.json (edited or from another export): "
+        raise EdgemergeError(f"{onnx_path}: sha256 differs from {MANIFEST} (edited or from another export): "
                           "re-export the bundle")
     if layer_info is None and layers_path(plan).is_file():
         try:

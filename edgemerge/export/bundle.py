@@ -19,7 +19,7 @@ import onnx
 from edgemerge import __version__
 from edgemerge.contracts.compare import compare, describe, judge_decisions, metrics
 from edgemerge.contracts.errors import CheckFailed, EdgemergeError
-from edgemerge.contracts.manifest import MERGE_OPS, PRECISIONS, ExportOptions, Manifest
+from edgemerge.contracts.manifest import MANIFEST, MERGE_OPS, PRECISIONS, ExportOptions, Manifest
 from edgemerge.contracts.files import check_output_dir, sha256_file
 from edgemerge.contracts.graphs import merge_sites
 from edgemerge.merge.reference import build_reference
@@ -45,8 +45,11 @@ MAX_OPSET = 25
 
 
 def reference_inputs(family: str) -> int:
-    """How many seeded inputs the self-check and reference.npz hold for a model family."""
-    return N_REFERENCE_CLASSIFIER if family in ("vit", "deit") else N_REFERENCE
+    """How many seeded inputs the self-check and reference.npz hold for a model family: a
+    classifier's one output per image needs more images to judge than a segmenter's map."""
+    from edgemerge.merge.family import family_for
+
+    return N_REFERENCE_CLASSIFIER if family_for(family).task == "classify" else N_REFERENCE
 
 
 def check_opset(opset: int) -> None:
@@ -247,7 +250,7 @@ def export_bundle(opts: ExportOptions, progress: Callable[[str], None] = lambda 
     Every option and the output folder are checked before any work; the bundle is written aside
     and renamed into place, so a failure leaves nothing half-written."""
     out = _check_options(opts, build_engine)
-    replaced = (out / "manifest.json").is_file()
+    replaced = (out / MANIFEST).is_file()
     ref = _reference(opts, progress)                       # 1. PyTorch
     proto = _export_graph(opts, ref, progress)             # 2. ONNX
     progress("checking the graph (onnx.checker, static shapes, ops)")
@@ -387,7 +390,7 @@ def _manifest(opts: ExportOptions, ref: _Reference, proto: onnx.ModelProto, onnx
         reference={"file": "reference.npz", "inputs": len(ref.batches),
                    "images": f"synthetic_images(n={opts.batch * len(ref.batches)}, seed={opts.seed})"},
         versions=_versions(), self_check=figures,
-        files=["model.onnx", "manifest.json", "reference.npz"],
+        files=["model.onnx", MANIFEST, "reference.npz"],
         extra={"plan_file": _plan_file_record(opts)} if opts.plan_file else {})
 
 
@@ -405,9 +408,9 @@ def _write_bundle(out: Path, opts: ExportOptions, ref: _Reference, proto: onnx.M
         np.savez(tmp / "reference.npz", **{f"input_{i}": b for i, b in enumerate(ref.batches)},
                  **{f"output_{i}": o for i, o in enumerate(ref.outputs)})
         manifest = _manifest(opts, ref, proto, sha256_file(onnx_path), figures)
-        (tmp / "manifest.json").write_text(manifest.to_json())
+        (tmp / MANIFEST).write_text(manifest.to_json())
         _finish_engine_or_script(tmp, manifest, opts, progress, build_engine)
-        (tmp / "manifest.json").write_text(manifest.to_json())
+        (tmp / MANIFEST).write_text(manifest.to_json())
         os.chmod(tmp, 0o755)
         _replace_dir(tmp, out)
     except OSError as e:
@@ -437,7 +440,7 @@ def _finish_engine_or_script(tmp: Path, manifest: Manifest, opts: ExportOptions,
 
 def _check_writable(out: Path) -> None:
     """The bundle's folder: replaceable (empty, or an older bundle) and writable, checked first."""
-    if out.is_dir() and any(out.iterdir()) and not (out / "manifest.json").is_file():
+    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
         raise EdgemergeError(f"output directory {out} is not empty and holds no bundle; refusing to replace it")
     parent = out.resolve().parent
     if not parent.is_dir():  # the bundle is written beside it and renamed into place

@@ -43,8 +43,9 @@ def record_merges() -> Iterator[list[SiteRecord]]:
     """While active, every window / bipartite match a patched model makes is appended to the list."""
     records: list[SiteRecord] = []
 
-    def record(e: core.MatchEvent) -> None:
-        records.append(SiteRecord("local" if e.kind == "window" else "global", e.count, e.capacity))
+    def record(e: core.MatchEvent | core.SiteEvent) -> None:
+        if isinstance(e, core.MatchEvent):
+            records.append(SiteRecord("local" if e.kind == "window" else "global", e.count, e.capacity))
 
     with core.observe(record):
         yield records
@@ -80,7 +81,9 @@ def calibrate(model_name: str, images: str | Path, *, checkpoint: str | None = N
     from edgemerge.models.registry import get_config
 
     cfg = get_config(model_name)
-    if cfg.family != "segmenter":
+    from edgemerge.merge.family import family_for
+
+    if not family_for(cfg.family).takes_calibration:
         raise EdgemergeError(f"calibrate sets ALGM's counts, which only segmenter-* models use; {model_name} is a "
                              f"{cfg.family} model (its merge counts are static already: see `edgemerge plan`)")
     if not 0.0 <= quantile <= 1.0:

@@ -91,15 +91,32 @@ class MatchEvent(NamedTuple):
     own: Tensor | None  # PyTorch's own decision: `slot`, except while replaying another's
 
 
-_observers: list[Callable[[MatchEvent], None]] = []
+class SiteEvent(NamedTuple):
+    """One merge site's pass, as the family's merge hook publishes it after reducing its tokens:
+    where (module, stage, block, kind, token grid), tokens in and out, and the decision."""
+
+    module: str  # the patched module's name in the model, e.g. 'encoder.stages.0.blocks.1.attn'
+    stage: int | None  # 1-based stage of a hierarchical model (Segformer); None for a plain ViT
+    block: int  # block index (within the stage, or in the ViT)
+    kind: str  # 'kv' | 'queries' | 'pool' | 'ffn' (Segformer) | 'tokens' (ViT: ToMe, DTEM, ALGM)
+    grid: tuple[int, int] | None  # the (h, w) token grid of the site's input; ViT: the patch grid
+    tokens_in: int
+    tokens_out: int
+    slot: Tensor | None  # [B, tokens_in] the merged token holding each input token; None: none merged
+    source: Tensor | None = None  # ViT: [B, patches + prefix] the token holding each original one, after the site
+
+
+_observers: list[Callable[[MatchEvent | SiteEvent], None]] = []
 
 
 @contextmanager
-def observe(callback: Callable[[MatchEvent], None]) -> Iterator[None]:
-    """Call `callback` with every MatchEvent while the block runs (PyTorch only, never exported).
+def observe(callback: Callable[[MatchEvent | SiteEvent], None]) -> Iterator[None]:
+    """Call `callback` with every MatchEvent (a matching decision) and SiteEvent (a merge site's
+    pass) while the block runs (PyTorch only, never exported).
 
-    The one hook into the matching: recorders subscribe here instead of rebinding this module's
-    functions, so they compose and always restore."""
+    The one channel into merging: counts, show, calibrate, validate and the self-check subscribe
+    here instead of rebinding functions or methods, so they compose and always restore. Callbacks
+    take the event types they want (isinstance)."""
     _observers.append(callback)
     try:
         yield
@@ -111,8 +128,28 @@ def observe(callback: Callable[[MatchEvent], None]) -> Iterator[None]:
 def record_decisions() -> Iterator[list[Tensor]]:
     """Collect PyTorch's own slot at every merge site, in call order, while the block runs."""
     slots: list[Tensor] = []
-    with observe(lambda e: e.own is not None and slots.append(e.own)):
+    with observe(lambda e: isinstance(e, MatchEvent) and e.own is not None and slots.append(e.own)):
         yield slots
+
+
+def observed() -> bool:
+    """Whether anyone listens: hooks build a SiteEvent only then (an export traces none)."""
+    return bool(_observers)
+
+
+def publish(event: SiteEvent) -> None:
+    """A merge hook's report of one pass (see SiteEvent)."""
+    _notify(event)
+
+
+@contextmanager
+def site_named(label: str) -> Iterator[None]:
+    """A grid the site cannot divide (core.grid / window_match's ValueError) named by its site
+    ("stage 2 keys/values"), so a refusal says where."""
+    try:
+        yield
+    except ValueError as e:
+        raise ValueError(f"{label}: {e}") from None
 
 
 def _decide(compute: Callable[[], Tensor], n: int) -> tuple[Tensor, Tensor | None]:
@@ -128,7 +165,7 @@ def _decide(compute: Callable[[], Tensor], n: int) -> tuple[Tensor, Tensor | Non
     return slot, (compute() if _observers else None)  # what PyTorch would decide given the same history
 
 
-def _notify(event: MatchEvent) -> None:
+def _notify(event: MatchEvent | SiteEvent) -> None:
     for callback in list(_observers):
         callback(event)
 

@@ -10,15 +10,15 @@ tokens: the model knows, a formula would have to be told).
 from __future__ import annotations
 
 import dataclasses
-import math
-from typing import Any, Callable
+from typing import Any
 
 import torch
-from torch import nn
 
 from edgemerge.contracts.errors import EdgemergeError
-from edgemerge.merge.patch import _vit_of, apply_merging
-from edgemerge.merge.plan import ALGMPlan, MergePlan
+from edgemerge.merge import core
+from edgemerge.merge.family import family_for
+from edgemerge.merge.patch import apply_merging
+from edgemerge.merge.plan import ALGMPlan, MergePlan, NoPlan
 from edgemerge.models.registry import ModelConfig, build_from_config, get_config
 
 
@@ -47,7 +47,7 @@ def nearest_resolutions(model: str | ModelConfig, plan: MergePlan, resolution: t
     model's total stride (Segformer: 32) or patch size (each side searched alone: the plans'
     conditions are per dimension)."""
     cfg = get_config(model) if isinstance(model, str) else model
-    unit = math.prod(cfg.strides) if cfg.family == "segformer" else cfg.patch_size
+    unit = family_for(cfg.family).unit(cfg)
 
     def works(h: int, w: int) -> bool:
         try:
@@ -71,78 +71,25 @@ def nearest_resolutions(model: str | ModelConfig, plan: MergePlan, resolution: t
 
 def _counts(cfg: ModelConfig, plan: MergePlan, resolution: tuple[int, int]) -> dict[str, Any]:
     H, W = resolution
-    if cfg.family != "segformer" and (H % cfg.patch_size or W % cfg.patch_size):
+    if len(cfg.strides) == 1 and (H % cfg.patch_size or W % cfg.patch_size):  # one patch embedding: a ViT
         raise EdgemergeError(f"resolution {H}x{W} is not a multiple of the patch size {cfg.patch_size}")
     if isinstance(plan, ALGMPlan) and plan.mode != "static":
         plan = dataclasses.replace(plan, mode="static")
+    family = family_for(cfg.family)
     with torch.device("meta"):
         model = build_from_config(dataclasses.replace(cfg, resolution=(H, W)))
+    if isinstance(plan, NoPlan):  # the family's plan with no site: its hooks report the unmerged counts
+        plan = family.plan_class() if _all_defaults(family.plan_class) else plan
     apply_merging(model, plan)
-    watch = _watch_segformer if cfg.family == "segformer" else _watch_vit
-    seen: dict[Any, Any] = {}
-    report = watch(model, seen)
-    with torch.no_grad():
-        model(torch.empty(1, 3, H, W, device="meta"))
-    return report()
-
-
-def _refusing(where: str, fn: Callable) -> Callable:
-    """`fn`, with a grid the merge cannot divide (core.grid / core.window_match's ValueError)
-    turned into the one-line error that names the site."""
-    def call(*args: Any, **kwargs: Any) -> Any:
+    events: list[core.SiteEvent] = []
+    with torch.no_grad(), core.observe(lambda e: isinstance(e, core.SiteEvent) and events.append(e)):
         try:
-            return fn(*args, **kwargs)
-        except ValueError as e:
-            raise EdgemergeError(f"{where}: {e}; choose a resolution whose stage grids are multiples "
-                                 f"of the cell") from None
-    return call
+            model(torch.empty(1, 3, H, W, device="meta"))
+        except ValueError as e:  # a grid a site cannot divide, named by the site (core.site_named)
+            raise EdgemergeError(f"{e}; choose a resolution whose stage grids are multiples of the cell") from None
+    return family.counts(model, events)
 
 
-# a Segformer stage's counts, in the order `edgemerge plan` prints them
-STAGE_COUNTS = ("queries_in", "queries_kept", "kv_in", "kv_kept", "ffn_in", "ffn_kept")
-
-
-def _watch_segformer(model: nn.Module, seen: dict) -> Callable[[], dict[str, Any]]:
-    """Wrap every merge hook (attention's reduce_queries / reduce_kv, MixFFN's reduce_tokens) to
-    note tokens in and out."""
-    stages = model.encoder.stages
-    for s, stage in enumerate(stages, start=1):
-        for attn in (blk.attn for blk in stage.blocks):
-            def reduce_queries(x, hw, _s=s, _f=_refusing(f"stage {s} queries", attn.reduce_queries)):
-                out = _f(x, hw)
-                seen.setdefault(_s, {}).update(grid=list(hw), queries_in=x.shape[1], queries_kept=out[0].shape[1])
-                return out
-
-            def reduce_kv(kv, hw, _s=s, _f=_refusing(f"stage {s} keys/values", attn.reduce_kv)):
-                out = _f(kv, hw)
-                seen.setdefault(_s, {}).update(kv_in=kv.shape[1], kv_kept=out[0].shape[1])
-                return out
-
-            attn.reduce_queries, attn.reduce_kv = reduce_queries, reduce_kv
-        for mlp in (blk.mlp for blk in stage.blocks):
-            def reduce_ffn(x, hw, _s=s, _f=_refusing(f"stage {s} MixFFN", mlp.reduce_tokens)):
-                out = _f(x, hw)
-                seen.setdefault(_s, {}).update(ffn_in=x.shape[1], ffn_kept=out[0].shape[1])
-                return out
-
-            mlp.reduce_tokens = reduce_ffn
-
-    def report() -> dict[str, Any]:
-        return {"stages": [{"stage": s, "grid": seen[s]["grid"], "blocks": len(stage.blocks),
-                            **{k: seen[s][k] for k in STAGE_COUNTS}}
-                           for s, stage in enumerate(stages, start=1)]}
-    return report
-
-
-def _watch_vit(model: nn.Module, seen: dict) -> Callable[[], dict[str, Any]]:
-    """A forward hook on every block notes tokens in and out."""
-    blocks = _vit_of(model).blocks
-    for i, blk in enumerate(blocks):
-        blk.reduce_tokens = _refusing("ALGM", blk.reduce_tokens)
-        blk.register_forward_hook(lambda m, args, out, _i=i: seen.__setitem__(_i, (args[0].shape[1], out[0].shape[1])))
-
-    def report() -> dict[str, Any]:
-        sites = [{"block": i, "tokens_in": n_in, "tokens_kept": n_out}
-                 for i, (n_in, n_out) in sorted(seen.items()) if n_in != n_out]
-        return {"sites": sites, "tokens_out": seen[len(blocks) - 1][1], "tokens_in": seen[0][0]}
-    return report
+def _all_defaults(cls: type) -> bool:
+    return all(f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+               for f in dataclasses.fields(cls))

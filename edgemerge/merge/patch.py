@@ -1,7 +1,9 @@
 """Apply a merge plan to a zoo model by swapping module classes (tomesd's patch), and undo it.
 
-The subclasses only override the models' merge hooks (`SegformerAttention.reduce_queries` /
-`reduce_kv`, ViT `Block.reduce_tokens`). Every count comes from the plan's count functions on
+What the swapped classes are and how a plan places them is the model family's
+(`edgemerge.merge.family`, adapters in `edgemerge.merge.families`); this module is the part every
+family shares. The subclasses only override the models' merge hooks (`SegformerAttention.reduce_queries`
+/ `reduce_kv`, ViT `Block.reduce_tokens`); every count comes from the plan's count functions on
 static shapes, so nothing in `forward` mutates module state and the patched model exports with
 static token counts.
 """
@@ -15,15 +17,33 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from edgemerge.contracts.errors import EdgemergeError
 from edgemerge.merge import core
-from edgemerge.merge.plan import (ALGMPlan, GridSite, MergePlan, NoPlan, SegformerPlan, ToMePlan,
-                                  algm_global_count, algm_local_count, tome_count)
+from edgemerge.merge.family import family_for, family_of_plan
+from edgemerge.merge.plan import (GridSite, MergePlan, NoPlan, algm_global_count, algm_local_count,
+                                  tome_count)
 from edgemerge.models.segformer import MixFFN, SegformerAttention
 from edgemerge.models.tokens import TokenState
-from edgemerge.models.vit import Attention, Block, VisionTransformer
+from edgemerge.models.vit import Attention, Block
 
 _ORIGINAL = "_em_original_class"
+
+
+# ---- the built-in families' merge hooks --------------------------------------------------------------
+# Their adapters (edgemerge.merge.families) place them; they are defined here because every exported
+# node records its module's class path (ONNX metadata "namespace"): moving a class changes every
+# bundle's bytes, so these paths are kept (tests/merge/test_family.py pins them). A new family
+# defines its hooks in its own module.
+
+def _where(module: nn.Module, what: str) -> str:
+    """'stage 2 keys/values': how a refusal names the site."""
+    return f"stage {getattr(module, 'em_stage', '?')} {what}"
+
+
+def _publish_segformer(module: nn.Module, kind: str, hw: tuple[int, int], n_in: int, n_out: int, slot: Tensor | None) -> None:
+    if core.observed():
+        core.publish(core.SiteEvent(getattr(module, "em_name", "?"), getattr(module, "em_stage", None),
+                                    getattr(module, "em_block", -1), kind, tuple(hw), n_in, n_out,
+                                    slot))
 
 
 class SegformerPPAttention(SegformerAttention):
@@ -35,20 +55,33 @@ class SegformerPPAttention(SegformerAttention):
     em_proportional: bool
 
     def reduce_kv(self, kv: Tensor, hw: tuple[int, int]) -> tuple[Tensor, Tensor | None]:
+        n = kv.shape[1]
         if self.em_kv is None:
+            _publish_segformer(self, "kv", hw, n, n, None)
             return kv, None
-        kv, size = grid_match(self._metric("kv", kv), self.em_kv, hw).merge(kv)
+        with core.site_named(_where(self, "keys/values")):
+            fns = grid_match(self._metric("kv", kv), self.em_kv, hw)
+        kv, size = fns.merge(kv)
+        _publish_segformer(self, "kv", hw, n, kv.shape[1], fns.slot)
         if not self.em_proportional or size is None:
             return kv, None
         return kv, size.log().transpose(1, 2)[:, None].to(kv.dtype)  # [B, 1, 1, Nkv]
 
     def reduce_queries(self, x: Tensor, hw: tuple[int, int]):
+        n = x.shape[1]
         if self.em_pool:  # n2d: 2x2 average pooling, nearest-neighbour restore
-            return pool_queries(x, hw)
+            with core.site_named(_where(self, "queries")):
+                pooled, restore = pool_queries(x, hw)
+            _publish_segformer(self, "pool", hw, n, pooled.shape[1], None)
+            return pooled, restore
         if self.em_q is None:
+            _publish_segformer(self, "queries", hw, n, n, None)
             return x, lambda t: t
-        fns = grid_match(self._metric("q", x), self.em_q, hw)
-        return fns.merge(x)[0], fns.unmerge
+        with core.site_named(_where(self, "queries")):
+            fns = grid_match(self._metric("q", x), self.em_q, hw)
+        merged = fns.merge(x)[0]
+        _publish_segformer(self, "queries", hw, n, merged.shape[1], fns.slot)
+        return merged, fns.unmerge
 
     def _metric(self, kind: str, tokens: Tensor) -> Tensor:
         """The tokens themselves (Segformer++), or a learned projection of them (one MatMul)."""
@@ -62,8 +95,11 @@ class SegformerPPMixFFN(MixFFN):
     em_ffn: GridSite
 
     def reduce_tokens(self, x: Tensor, hw: tuple[int, int]):
-        fns = grid_match(x, self.em_ffn, hw)
-        return fns.merge(x)[0], fns.unmerge
+        with core.site_named(_where(self, "MixFFN")):
+            fns = grid_match(x, self.em_ffn, hw)
+        merged = fns.merge(x)[0]
+        _publish_segformer(self, "ffn", hw, x.shape[1], merged.shape[1], fns.slot)
+        return merged, fns.unmerge
 
 
 def grid_match(metric: Tensor, site: GridSite, hw: tuple[int, int]) -> core.MergeFns:
@@ -86,6 +122,7 @@ def pool_queries(x: Tensor, hw: tuple[int, int]) -> tuple[Tensor, Callable[[Tens
         return t.reshape(B, N, C)
 
     return pooled, restore
+
 
 
 class FusedMetricAttention(Attention):
@@ -158,7 +195,8 @@ class MergingBlock(Block):
                 k = int((scores >= site.threshold).sum(-1).min())  # one count per batch
             else:
                 k = algm_local_count(site.fraction, site.grid_hw)
-            fns = core.window_match(x, h, w, k, site.protect)
+            with core.site_named("ALGM"):
+                fns = core.window_match(x, h, w, k, site.protect)
             proportional = False
         else:
             src, dst = core.alternating(N, site.protect)
@@ -181,32 +219,18 @@ class MergingBlock(Block):
                 proportional = False
             fns = core.bipartite_match(metric, r, src, dst, site.protect)
         if fns.slot is None:
+            _publish_tokens(self, N, N, None, state.source)
             return x, state
         x, size = fns.merge(x, state.size)
-        return x, TokenState(size, core.compose_source(state.source, fns.slot), proportional)
+        merged = TokenState(size, core.compose_source(state.source, fns.slot), proportional)
+        _publish_tokens(self, N, x.shape[1], fns.slot, merged.source)
+        return x, merged
 
 
-@torch.no_grad()
-def keys_projection(attn: nn.Module, dim: int) -> nn.Linear:
-    """Linear(C -> dim) on the block's normed input that gives ToMe's metric (head-averaged keys).
-
-    Rows past the head size are zero, which changes no cosine, so a DTEM metric initialised here
-    merges exactly what ToMe merges: training the metric can only start from the published
-    behaviour. A DTEM plan without a learned metric uses it too (its graph has the metric GEMM).
-    """
-    qkv: nn.Linear = attn.qkv
-    C, h = qkv.in_features, attn.num_heads
-    d = C // h
-    if dim < d:
-        raise EdgemergeError(f"metric_dim {dim} is below the head size {d}: the keys' metric does not fit")
-    w_k = qkv.weight[C: 2 * C].reshape(h, d, C).mean(0)  # [d, C]
-    b_k = qkv.bias[C: 2 * C].reshape(h, d).mean(0) if qkv.bias is not None else qkv.weight.new_zeros(d)
-    proj = nn.Linear(C, dim).to(qkv.weight.device, qkv.weight.dtype)
-    proj.weight.zero_()
-    proj.bias.zero_()
-    proj.weight[:d] = w_k
-    proj.bias[:d] = b_k
-    return proj
+def _publish_tokens(block: nn.Module, n_in: int, n_out: int, slot: Tensor | None, source: Tensor | None) -> None:
+    if core.observed():
+        core.publish(core.SiteEvent(getattr(block, "em_name", "?"), None, getattr(block, "em_block", -1), "tokens",
+                                    getattr(block, "em_grid", None), n_in, n_out, slot, source))
 
 
 def identity_or_state(dim: int, state: dict[str, Tensor], key: str, like: Tensor) -> nn.Linear:
@@ -222,34 +246,15 @@ def identity_or_state(dim: int, state: dict[str, Tensor], key: str, like: Tensor
     return proj
 
 
-def segformer_metrics(attn: nn.Module, plan: SegformerPlan, stage: int, state: dict[str, Tensor],
-                      prefix: str) -> nn.ModuleDict:
-    """The learned metric of each site of one Segformer attention ("kv", "q"): the checkpoint's
-    (keys PREFIX{kv,q}.weight/bias), else Linear(C -> C) = identity, which is Segformer++'s metric."""
-    out = nn.ModuleDict()
-    C = attn.q.in_features
-    w0 = attn.q.weight
-    for kind, sites in (("kv", plan.kv), ("q", plan.q)):
-        if stage not in sites:
-            continue
-        out[kind] = identity_or_state(C, state, f"{prefix}{kind}.", w0)
-    return out
-
 
 def learned_metric_keys(model_name: str, plan: MergePlan) -> list[str]:
     """The weight key of every learned metric `plan` reads from a checkpoint ([] if it reads none)."""
     from edgemerge.models.registry import get_config
 
+    if isinstance(plan, NoPlan):
+        return []
     cfg = get_config(model_name)
-    if isinstance(plan, ToMePlan) and plan.metric == "dtem":
-        return [f"blocks.{i}.dtem_metric.weight" for i in range(cfg.depths[0])]
-    if isinstance(plan, ALGMPlan) and plan.metric == "learned":
-        return [f"encoder.blocks.{plan.global_layer}.dtem_metric.weight"]
-    if isinstance(plan, SegformerPlan) and plan.metric == "learned":
-        return [f"encoder.stages.{s - 1}.blocks.{b}.attn.dtem_metric.{kind}.weight"
-                for kind, sites in (("kv", plan.kv), ("q", plan.q)) for s in sorted(sites)
-                for b in range(cfg.depths[s - 1])]
-    return []
+    return family_for(cfg.family).learned_metric_keys(cfg, plan)
 
 
 def _swap(module: nn.Module, cls: type, **attrs) -> None:
@@ -260,66 +265,18 @@ def _swap(module: nn.Module, cls: type, **attrs) -> None:
         setattr(module, k, v)
 
 
-def _vit_of(model: nn.Module) -> VisionTransformer:
-    if isinstance(model, VisionTransformer):
-        return model
-    for m in model.modules():
-        if isinstance(m, VisionTransformer):
-            return m
-    raise EdgemergeError(f"{type(model).__name__} has no ViT backbone to merge")
-
 
 def apply_merging(model: nn.Module, plan: MergePlan, *, dtem_state: dict[str, Tensor] | None = None) -> nn.Module:
     """Patch `model` in place for `plan` (NoPlan leaves it untouched); returns the model."""
     remove_merging(model)
     if isinstance(plan, NoPlan):
         return model
-    if isinstance(plan, SegformerPlan):
-        stages = getattr(getattr(model, "encoder", None), "stages", None)
-        if stages is None:
-            raise EdgemergeError("Segformer++ plans apply to Segformer models only")
-        for s, stage in enumerate(stages, start=1):
-            for b, blk in enumerate(stage.blocks):
-                _swap(blk.attn, SegformerPPAttention, em_kv=plan.kv.get(s), em_q=plan.q.get(s),
-                      em_pool=s in plan.q_pool, em_proportional=plan.proportional)
-                if plan.metric == "learned":
-                    blk.attn.dtem_metric = segformer_metrics(blk.attn, plan, s, dtem_state or {},
-                                                             f"encoder.stages.{s - 1}.blocks.{b}.attn.dtem_metric.")
-                if s in plan.ffn:
-                    _swap(blk.mlp, SegformerPPMixFFN, em_ffn=plan.ffn[s])
-        return model
-    vit = _vit_of(model)
-    protect = vit.num_prefix_tokens
-    if isinstance(plan, ToMePlan):
-        for i, blk in enumerate(vit.blocks):
-            _swap(blk, MergingBlock, em_site=ToMeSite(plan.r, protect, plan.proportional))
-            key = f"blocks.{i}.dtem_metric."
-            if plan.metric != "dtem":
-                continue
-            if dtem_state and key + "weight" in dtem_state:
-                w = dtem_state[key + "weight"]
-                proj = nn.Linear(w.shape[1], w.shape[0]).to(w.device, w.dtype)
-                proj.load_state_dict({"weight": w, "bias": dtem_state[key + "bias"]})
-            else:
-                proj = keys_projection(blk.attn, plan.metric_dim)
-            fuse_metric(blk.attn, proj)
-        return model
-    if isinstance(plan, ALGMPlan):
-        adaptive = plan.mode == "adaptive"
-        depth = len(vit.blocks)
-        if not (0 <= plan.local_layer < plan.global_layer < depth):
-            raise EdgemergeError(f"ALGM layers {plan.local_layer}/{plan.global_layer} do not fit {depth} blocks")
-        _swap(vit.blocks[plan.local_layer], MergingBlock,
-              em_site=WindowSite(tuple(vit.grid_size), plan.local_fraction, plan.threshold, adaptive, protect))
-        _swap(vit.blocks[plan.global_layer], MergingBlock,
-              em_site=GlobalSite(plan.global_fraction, plan.global_layer, adaptive, protect))
-        if plan.metric == "learned":
-            prefix = next(n for n, m in model.named_modules() if m is vit)
-            key = f"{prefix + '.' if prefix else ''}blocks.{plan.global_layer}.dtem_metric."
-            vit.blocks[plan.global_layer].dtem_metric = identity_or_state(vit.pos_embed.shape[-1], dtem_state or {}, key,
-                                                                          vit.pos_embed)
-        return model
-    raise EdgemergeError(f"unsupported plan {plan!r}")
+    config = getattr(model, "config", None)
+    family = family_for(config.family) if config is not None else family_of_plan(plan)
+    if not isinstance(plan, family.plan_class):
+        family = family_of_plan(plan)  # refused by its patch when the model is not of that family
+    family.patch(model, plan, dtem_state)
+    return model
 
 
 def remove_merging(model: nn.Module) -> nn.Module:
@@ -344,3 +301,4 @@ def merged_model(name: str, variant: str, **build) -> nn.Module:
     from edgemerge.models.registry import build_model
 
     return apply_merging(build_model(name, **build), get_plan(name, variant))
+

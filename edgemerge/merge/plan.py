@@ -19,7 +19,7 @@ else:  # pragma: no cover
 from edgemerge.contracts.errors import EdgemergeError
 
 
-def _spec(allowed: str, ok: Callable[[Any, Any], bool] | None = None, *, toml: str | None = None,
+def field_spec(allowed: str, ok: Callable[[Any, Any], bool] | None = None, *, toml: str | None = None,
           choices: tuple[str, ...] = ()) -> dict[str, Any]:
     """A plan field's rule for plan files: `allowed` (said in the error), `ok(value, model config)`,
     `toml`: the key it is read from when that is not the field's name ('' = not a plan-file key),
@@ -44,15 +44,15 @@ def _max_r(cfg) -> int:
 class GridSite:
     """Segformer++ merging of one token set: r = int(n * ratio) sources into one dst per cell."""
 
-    ratio: float = field(metadata=_spec("a number >= 0 and < 1", lambda v, cfg: 0 <= v < 1))
-    sy: int = field(metadata=_spec("[rows, columns] of the cell, each >= 1", lambda v, cfg: v >= 1, toml="grid"))
-    sx: int = field(metadata=_spec("[rows, columns] of the cell, each >= 1", lambda v, cfg: v >= 1, toml="grid"))
+    ratio: float = field(metadata=field_spec("a number >= 0 and < 1", lambda v, cfg: 0 <= v < 1))
+    sy: int = field(metadata=field_spec("[rows, columns] of the cell, each >= 1", lambda v, cfg: v >= 1, toml="grid"))
+    sx: int = field(metadata=field_spec("[rows, columns] of the cell, each >= 1", lambda v, cfg: v >= 1, toml="grid"))
 
     def count(self, n: int) -> int:
         return int(n * self.ratio)
 
 
-_STAGES = _spec("stages 1..4 of the model", _stage_ok)  # of a site table: stages = [..]
+_STAGES = field_spec("stages 1..4 of the model", _stage_ok)  # of a site table: stages = [..]
 
 
 @dataclass(frozen=True)
@@ -65,22 +65,22 @@ class SegformerPlan:
     ffn: dict[int, GridSite] = field(default_factory=dict, metadata=_STAGES)
     proportional: bool = False  # log(size) on merged keys (Segformer++ does not use it)
     # "tokens" (Segformer++: cosine of the tokens) or "learned" (a Linear(C -> C) per site)
-    metric: str = field(default="tokens", metadata=_spec("", choices=("tokens", "learned")))
+    metric: str = field(default="tokens", metadata=field_spec("", choices=("tokens", "learned")))
 
 
 @dataclass(frozen=True)
 class ToMePlan:
     # tokens merged per block (ToMe's constant schedule)
-    r: int = field(metadata=_spec("an integer 0..{max_r} (half the patch tokens at the model's resolution)",
+    r: int = field(metadata=field_spec("an integer 0..{max_r} (half the patch tokens at the model's resolution)",
                                   lambda v, cfg: 0 <= v <= _max_r(cfg)))
     # "keys" (ToMe) or "dtem" (a projection on norm1(x): the checkpoint's, else the keys')
-    metric: str = field(default="keys", metadata=_spec("", choices=("keys", "dtem")))
-    metric_dim: int = field(default=64, metadata=_spec("an integer >= 1", lambda v, cfg: v >= 1))
+    metric: str = field(default="keys", metadata=field_spec("", choices=("keys", "dtem")))
+    metric_dim: int = field(default=64, metadata=field_spec("an integer >= 1", lambda v, cfg: v >= 1))
     proportional: bool = True
 
 
-_LAYER = _spec("a block index 0..{last_block}", _layer_ok)
-_FRACTION = _spec("a number in [0, 1]", lambda v, cfg: 0 <= v <= 1)
+_LAYER = field_spec("a block index 0..{last_block}", _layer_ok)
+_FRACTION = field_spec("a number in [0, 1]", lambda v, cfg: 0 <= v <= 1)
 
 
 @dataclass(frozen=True)
@@ -88,13 +88,13 @@ class ALGMPlan:
     local_layer: int = field(metadata=_LAYER)  # block index (0-based) after whose attention 2x2 windows merge
     global_layer: int = field(metadata=_LAYER)
     # adaptive local threshold (paper values per model/dataset): a cosine similarity
-    threshold: float = field(metadata=_spec("a cosine similarity in [-1, 1]", lambda v, cfg: -1 <= v <= 1))
+    threshold: float = field(metadata=field_spec("a cosine similarity in [-1, 1]", lambda v, cfg: -1 <= v <= 1))
     local_fraction: float = field(metadata=_FRACTION)  # static mode: fraction of 2x2 windows merged
     global_fraction: float = field(metadata=_FRACTION)  # static mode: fraction of mergeable sources merged
     # "static" (exportable) or "adaptive" (paper, PyTorch only): chosen by the caller, not the plan file
-    mode: str = field(default="static", metadata=_spec("", choices=("static", "adaptive"), toml=""))
+    mode: str = field(default="static", metadata=field_spec("", choices=("static", "adaptive"), toml=""))
     # global site: "tokens" (ALGM) or "learned" (a Linear(C -> C) on them)
-    metric: str = field(default="tokens", metadata=_spec("", choices=("tokens", "learned")))
+    metric: str = field(default="tokens", metadata=field_spec("", choices=("tokens", "learned")))
 
 
 @dataclass(frozen=True)
@@ -119,8 +119,22 @@ def family_of(model: str) -> str:
     return get_config(model).family
 
 
-PLAN_CLASSES: dict[str, type] = {"segformer": SegformerPlan, "vit": ToMePlan, "deit": ToMePlan,
-                                  "segmenter": ALGMPlan}
+def plan_class(family: str) -> type:
+    """The plan dataclass of a model family (its adapter's): the schema its tables are checked against."""
+    from edgemerge.merge.family import family_for
+
+    return family_for(family).plan_class
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    """A plan file parsed, or one line naming the file and what is wrong with it."""
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise EdgemergeError(f"plan file {path}: TOML syntax error: {e}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise EdgemergeError(f"cannot read plan file {path}: {e}") from None
 
 
 def load_variants(model: str) -> dict[str, dict[str, Any]]:
@@ -130,13 +144,7 @@ def load_variants(model: str) -> dict[str, dict[str, Any]]:
     if not path.is_file():
         family_of(model)  # raises the 'unknown model' error first
         raise EdgemergeError(f"no merge config for {model} ({path} is missing)")
-    try:
-        with open(path, "rb") as f:
-            doc = tomllib.load(f)
-    except tomllib.TOMLDecodeError as e:
-        raise EdgemergeError(f"plan file {path}: TOML syntax error: {e}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise EdgemergeError(f"cannot read plan file {path}: {e}") from None
+    doc = _read_toml(path)
     return check_plan_file(path, model, doc)
 
 
@@ -162,15 +170,14 @@ def check_plan_file(path: Path, model: str, doc: dict[str, Any]) -> dict[str, di
     variants = doc.get("variants", {})
     if not isinstance(variants, dict) or not all(isinstance(v, dict) for v in variants.values()):
         raise EdgemergeError(f"{where}: variants must be tables ([variants.NAME])")
-    cls = PLAN_CLASSES.get(cfg.family)
+    cls = plan_class(cfg.family)
     for name, v in variants.items():
         if name == "none":
             if v:
                 raise EdgemergeError(f"{where}: [variants.none] is the unmerged model and takes no keys "
                                      f"(got {', '.join(v)})")
             continue
-        if cls is not None:
-            _check_fields(cls, v, f"{where}: variants.{name}", cfg)
+        _check_fields(cls, v, f"{where}: variants.{name}", cfg)
     return variants
 
 
@@ -183,8 +190,7 @@ def _describe(f, cfg) -> str:
     spec = f.metadata
     if spec.get("choices"):
         return "one of " + ", ".join(repr(c) for c in spec["choices"])
-    return spec.get("allowed", "").format(max_r=_max_r(cfg) if cfg.family in ("vit", "deit") else "",
-                                          last_block=cfg.depths[0] - 1)
+    return spec.get("allowed", "").format(max_r=_max_r(cfg), last_block=cfg.depths[0] - 1)
 
 
 def _check_fields(cls: type, table: dict[str, Any], where: str, cfg, extra_keys: tuple[str, ...] = ()) -> None:
@@ -285,7 +291,7 @@ def _check_stages(stages: Any, f, where: str, cfg, required: bool) -> None:
         raise EdgemergeError(f"{where} = {stages!r}: allowed: {allowed}")
 
 
-def _grid_sites(d: dict[str, Any] | list[dict[str, Any]]) -> dict[int, GridSite]:
+def grid_sites(d: dict[str, Any] | list[dict[str, Any]]) -> dict[int, GridSite]:
     """A site table (every stage alike) or a list of them (a site per group of stages)."""
     return {int(s): GridSite(float(t["ratio"]), int(t["grid"][0]), int(t["grid"][1]))
             for t in (d if isinstance(d, list) else [d]) for s in t.get("stages", [])}
@@ -305,33 +311,19 @@ def plan_from_table(model: str, v: dict[str, Any], *, calibration: dict[str, Any
     """The plan of one variant table in the plan-file schema (`{}`: no merging), checked against
     the schema unless it was (a table from `load_variants` or `read_plan_file`). What `tune` builds
     its candidates as and a user's plan file holds: the same keys as export_configs/*.toml."""
+    from edgemerge.merge.family import family_for
+
     family = family_of(model)
     if calibration is not None:
         check_calibration(model, family, calibration)
     if not v:
         return NoPlan()
+    adapter = family_for(family)
     if not checked:
         from edgemerge.models.registry import get_config
 
-        cls = PLAN_CLASSES.get(family)
-        if cls is not None:
-            _check_fields(cls, v, where, get_config(model))
-    if family == "segformer":
-        pool = v.get("q_pool", {})
-        return SegformerPlan(kv=_grid_sites(v.get("kv", {})), q=_grid_sites(v.get("q", {})),
-                             q_pool=tuple(int(s) for s in pool.get("stages", [])), ffn=_grid_sites(v.get("ffn", {})),
-                             proportional=bool(v.get("proportional", False)), metric=v.get("metric", "tokens"))
-    if family in ("vit", "deit"):
-        return ToMePlan(r=int(v["r"]), metric=v.get("metric", "keys"), metric_dim=int(v.get("metric_dim", 64)),
-                        proportional=bool(v.get("proportional", True)))
-    if family == "segmenter":
-        cal = calibration or {}
-        return ALGMPlan(local_layer=int(v["local_layer"]), global_layer=int(v["global_layer"]),
-                        threshold=float(v["threshold"]),
-                        local_fraction=float(cal.get("local_fraction", v["local_fraction"])),
-                        global_fraction=float(cal.get("global_fraction", v["global_fraction"])),
-                        mode=mode or "static", metric=v.get("metric", "tokens"))
-    raise EdgemergeError(f"no merging method for family {family}")
+        _check_fields(adapter.plan_class, v, where, get_config(model))
+    return adapter.plan(v, calibration, mode)
 
 
 PLAN_FILE_EXTRA = ("tune",)  # tables a user's plan file may add: what made it (not read by export)
@@ -346,13 +338,7 @@ def read_plan_file(path: str | Path, model: str | None = None) -> tuple[str, str
     if not path.is_file():
         raise EdgemergeError(f"plan file {path} not found" if not path.exists() else
                              f"plan file {path} is not a regular file")
-    try:
-        with open(path, "rb") as f:
-            doc = tomllib.load(f)
-    except tomllib.TOMLDecodeError as e:
-        raise EdgemergeError(f"plan file {path}: TOML syntax error: {e}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise EdgemergeError(f"cannot read plan file {path}: {e}") from None
+    doc = _read_toml(path)
     named = doc.get("model")
     if not isinstance(named, str):
         raise EdgemergeError(f"plan file {path}: missing key 'model' (the zoo name it is for, e.g. \"segformer-b0\")")
@@ -370,7 +356,9 @@ def read_plan_file(path: str | Path, model: str | None = None) -> tuple[str, str
 def check_calibration(model: str, family: str, calibration: dict[str, Any]) -> None:
     """A calibration is for one model's ALGM sites: refuse it for another model or family, and one
     without both fractions (which would silently mean the defaults)."""
-    if family != "segmenter":
+    from edgemerge.merge.family import family_for
+
+    if not family_for(family).takes_calibration:
         raise EdgemergeError(f"a calibration sets ALGM's counts, which only segmenter-* models use; {model} is a "
                              f"{family} model: drop --calibration")
     made_for = calibration.get("model") if isinstance(calibration, dict) else None

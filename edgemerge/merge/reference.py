@@ -11,7 +11,7 @@ from pathlib import Path
 
 from edgemerge.contracts.errors import EdgemergeError
 from edgemerge.contracts.files import sha256_file
-from edgemerge.contracts.manifest import Manifest
+from edgemerge.contracts.manifest import MANIFEST, Manifest
 
 
 def build_reference(model_name: str, variant: str, *, checkpoint: str | None = None,
@@ -93,7 +93,7 @@ def checked_checkpoint(manifest: dict) -> str | None:
         found = [path / n for n in ("model.safetensors", "pytorch_model.bin") if (path / n).is_file()]
         weights = found[0] if found else None
     if not path.exists() or weights is None:
-        raise EdgemergeError(f"checkpoint {path} named in manifest.json is gone: put it back, or validate "
+        raise EdgemergeError(f"checkpoint {path} named in {MANIFEST} is gone: put it back, or validate "
                              f"against the bundle's stored outputs (--reference stored)")
     got = sha256_file(weights)
     if got != ckpt.get("sha256"):
@@ -141,7 +141,7 @@ def replay_reference(model, batches: list, artifact_slots: list[list], artifact_
 
     from edgemerge.contracts.compare import decision_margins
     from edgemerge.merge import ops
-    from edgemerge.merge.core import observe, replay_decisions
+    from edgemerge.merge.core import MatchEvent, observe, replay_decisions
 
     def decide(kind: str, metric: np.ndarray, count: int, a: dict) -> np.ndarray:
         m = torch.from_numpy(np.ascontiguousarray(metric, np.float32))
@@ -154,7 +154,7 @@ def replay_reference(model, batches: list, artifact_slots: list[list], artifact_
         events: list[dict] = []
 
         def seen(e) -> None:
-            if e.own is None:
+            if not isinstance(e, MatchEvent) or e.own is None:
                 return
             metric = e.metric.float().numpy()
             site = {"kind": e.kind, "count": e.count, "args": e.args, "own": e.own.numpy(), "metric": metric}

@@ -14,6 +14,7 @@ to each destination; a row sums to at most 1).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -21,6 +22,21 @@ from torch import Tensor
 from edgemerge.merge.ops import _normalize
 
 EPS = torch.finfo(torch.float32).eps  # DTEM's floor for 1 - picked mass
+SIZE_FLOOR = 1e-6  # log(size) of a fully merged source: -13.8, gone from attention, finite gradients
+
+
+@dataclass
+class SoftStats:
+    """Per site: the count r and the mass the relaxation moved (r when it behaves like the hard op)."""
+
+    counts: list[int] = field(default_factory=list)
+    mass: list[float] = field(default_factory=list)
+
+    def note(self, r: int, assign: Tensor) -> None:
+        """One site's count and the mass its assignment [B, S, D] moved (mean over the batch)."""
+        self.counts.append(r)
+        self.mass.append(float(assign.detach().sum((-1, -2)).mean()))
+
 
 
 def _scores(metric: Tensor, src: Sequence[int], dst: Sequence[int]) -> Tensor:

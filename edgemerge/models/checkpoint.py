@@ -23,7 +23,7 @@ import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
@@ -149,20 +149,11 @@ def _read_weights_and_extra(path: Path) -> tuple[StateDict, dict[str, Any]]:
 def save_checkpoint(model: nn.Module, path: str | Path, extra_tensors: dict[str, Tensor] | None = None) -> None:
     """Save `model` (and e.g. learned merge metrics) so that `load_checkpoint` rebuilds it exactly,
     the format-specific numerics (LayerNorm eps, head variant) included. Written atomically."""
-    import os
-    import tempfile
+    from edgemerge.contracts.files import atomic_write_bytes
 
     state = dict(model.state_dict())
     state.update(extra_tensors or {})
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save({"state_dict": state, EXTRA_KEY: dict(model.config.extra)}, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(Path(path), lambda f: torch.save({"state_dict": state, EXTRA_KEY: dict(model.config.extra)}, f))
 
 
 def _read_hf_dir(path: Path) -> tuple[StateDict, dict[str, Any], Path]:
@@ -368,6 +359,13 @@ def check_num_classes(n: int, what: str) -> None:
 
 
 _CONVERTERS = {"segformer": _segformer, "vit": _vit, "deit": _vit, "segmenter": _segmenter}
+
+
+def register_converter(family: str, convert: Callable[[StateDict, str, dict | None, ModelConfig],
+                                                      tuple[StateDict, int, dict]]) -> None:
+    """How a new family's checkpoints become ours: (state, format, HF config, our config) ->
+    (state dict, class count, extra config); docs/extending.md."""
+    _CONVERTERS[family] = convert
 
 
 MERGE_KEY = ".dtem_metric."  # DTEM: blocks.{i}.dtem_metric.weight/bias

@@ -223,6 +223,11 @@ _BUILDERS: dict[str, Callable[[ModelConfig], nn.Module]] = {
 }
 
 
+def register_builder(family: str, build: Callable[[ModelConfig], nn.Module]) -> None:
+    """The module builder of a new model family (its configs come with `register`); docs/extending.md."""
+    _BUILDERS[family] = build
+
+
 def configure(name: str, *, num_classes: int | None = None, resolution: tuple[int, int] | None = None,
               decoder: str | None = None) -> ModelConfig:
     """The named config with the user's overrides applied (and checked)."""

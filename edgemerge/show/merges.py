@@ -1,9 +1,8 @@
 """`edgemerge show`: which tokens merged, drawn over the image (as DTEM's merged-token figures).
 
-The merged PyTorch model runs once on the image while `record_merges` watches the matching
-functions (`edgemerge.merge.core.bipartite_match` / `window_match`) and the merge hooks that call
-them, so every merge site reports its token grid and `slot` (the merged token holding each input
-token). A site's groups are the grid cells that share a slot; for ViT models (ToMe, DTEM, ALGM)
+The merged PyTorch model runs once on the image while `record_merges` listens to the merge
+sites' events (`edgemerge.merge.core.observe`): every site reports its token grid and `slot` (the
+merged token holding each input token). A site's groups are the grid cells that share a slot; for ViT models (ToMe, DTEM, ALGM)
 the slots are composed back to the original patch grid through the tokens' `source` chain, so a
 site shows everything merged up to and including that block.
 
@@ -20,7 +19,7 @@ import io
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import numpy as np
 
@@ -62,84 +61,40 @@ class MergeSite:
         return g.reshape(self.grid)
 
 
-class _Recorder:
-    def __init__(self):
-        self.sites: list[MergeSite] = []
-        self.context: dict | None = None
-
-    def run_as(self, module: str, kind: str, grid: tuple[int, int] | None, fn: Callable, *args):
-        """`fn(*args)` with its site named, so the matching events it raises know where they come from."""
-        self.context = {"module": module, "kind": kind, "grid": grid}
-        try:
-            return fn(*args)
-        finally:
-            self.context = None
-
-    def on_match(self, e) -> None:
-        """A matching event inside a Segformer site: its slots are the site's groups (ViT sites record their own)."""
-        ctx = self.context
-        if ctx is None or ctx["kind"] == "tokens" or e.slot is None:
-            return
-        slot = e.slot[0].detach().cpu().numpy().astype(np.int64)
-        h, w = ctx["grid"]
-        if slot.shape[0] == h * w:  # Segformer sites have no prefix tokens
-            self.sites.append(MergeSite(ctx["module"], ctx["kind"], (h, w), slot, e.metric.shape[1],
-                                        int(slot.max()) + 1))
-
-
 @contextlib.contextmanager
 def record_merges(model) -> Iterator[list[MergeSite]]:
-    """While open, every merge the model makes in `forward` is appended to the yielded list.
+    """While open, every merge site the model passes in `forward` is appended to the yielded list.
 
-    Wraps `core.bipartite_match` / `core.window_match` and the merge hooks of the patched classes
-    (restored on exit), so it works on any model `apply_merging` patched, and records nothing
-    for an unmerged one.
-    """
-    from edgemerge.merge import core, patch
+    Subscribes to the merge hooks' SiteEvents (`core.observe`), so it works on any model a family
+    adapter patched, and records nothing for an unmerged one."""
+    from edgemerge.merge import core
 
-    rec = _Recorder()
-    vit = None
-    with contextlib.suppress(EdgemergeError):
-        vit = patch._vit_of(model)
-    hooks = _recording_hooks(rec, {id(m): n for n, m in model.named_modules()}, vit)
-    with _swapped(hooks), core.observe(rec.on_match):
-        yield rec.sites
+    sites: list[MergeSite] = []
+
+    def on_event(e) -> None:
+        if isinstance(e, core.SiteEvent) and (site := _site_of(e)) is not None:
+            sites.append(site)
+
+    with core.observe(on_event):
+        yield sites
 
 
-def _recording_hooks(rec: _Recorder, names: dict[int, str], vit) -> dict[tuple[type, str], Callable]:
-    """The merge hooks of the patched classes, each naming its site around the original (looked up before the swap)."""
-    from edgemerge.merge import patch
-
-    orig_kv, orig_q = patch.SegformerPPAttention.reduce_kv, patch.SegformerPPAttention.reduce_queries
-    orig_tokens = patch.MergingBlock.reduce_tokens
-    orig_ffn = patch.SegformerPPMixFFN.reduce_tokens
-
-    def reduce_kv(self, kv, hw):
-        return rec.run_as(names.get(id(self), "?"), "kv", tuple(hw), orig_kv, self, kv, hw)
-
-    def reduce_queries(self, x, hw):
-        out = rec.run_as(names.get(id(self), "?"), "queries", tuple(hw), orig_q, self, x, hw)
-        if self.em_pool:  # n2d: 2x2 average pooling is a fixed grouping
-            rec.sites.append(_pool_site(names.get(id(self), "?"), hw))
-        return out
-
-    def reduce_ffn(self, x, hw):
-        return rec.run_as(names.get(id(self), "?"), "ffn", tuple(hw), orig_ffn, self, x, hw)
-
-    def reduce_tokens(self, x, state, keys, normed):
-        x_out, state_out = rec.run_as(names.get(id(self), "?"), "tokens", None, orig_tokens, self, x, state, keys,
-                                      normed)
-        if vit is not None and state_out.source is not None and state_out.source is not state.source:
-            p = vit.num_prefix_tokens
-            source = state_out.source[0].detach().cpu().numpy().astype(np.int64)[p:]
-            rec.sites.append(MergeSite(names.get(id(self), "?"), "tokens", tuple(vit.grid_size), source,
-                                       x.shape[1], x_out.shape[1]))
-        return x_out, state_out
-
-    return {(patch.SegformerPPAttention, "reduce_kv"): reduce_kv,
-            (patch.SegformerPPAttention, "reduce_queries"): reduce_queries,
-            (patch.MergingBlock, "reduce_tokens"): reduce_tokens,
-            (patch.SegformerPPMixFFN, "reduce_tokens"): reduce_ffn}
+def _site_of(e) -> MergeSite | None:
+    """The groups a site formed, on the grid they live on; None where nothing merged."""
+    h, w = e.grid
+    if e.kind == "pool":  # n2d: 2x2 average pooling is a fixed grouping
+        return _pool_site(e.module, e.grid)
+    if e.kind == "tokens":  # ViT: composed back to the patch grid through the tokens' source
+        if e.slot is None or e.source is None:
+            return None
+        source = e.source[0].detach().cpu().numpy().astype(np.int64)
+        return MergeSite(e.module, "tokens", (h, w), source[source.shape[0] - h * w:], e.tokens_in, e.tokens_out)
+    if e.slot is None:
+        return None
+    slot = e.slot[0].detach().cpu().numpy().astype(np.int64)
+    if slot.shape[0] != h * w:  # Segformer's sites have no prefix tokens
+        return None
+    return MergeSite(e.module, e.kind, (h, w), slot, e.tokens_in, int(slot.max()) + 1)
 
 
 def _pool_site(module: str, hw) -> MergeSite:
@@ -148,19 +103,6 @@ def _pool_site(module: str, hw) -> MergeSite:
     i, j = np.mgrid[0:H, 0:W]
     slot = ((i // 2) * (W // 2) + j // 2).reshape(-1)
     return MergeSite(module, "pool", (H, W), slot, H * W, (H // 2) * (W // 2))
-
-
-@contextlib.contextmanager
-def _swapped(hooks: dict[tuple[type, str], Callable]) -> Iterator[None]:
-    """Class attributes replaced while open, and put back however the block ends (the classes are shared)."""
-    originals = {(cls, name): getattr(cls, name) for cls, name in hooks}
-    for (cls, name), fn in hooks.items():
-        setattr(cls, name, fn)
-    try:
-        yield
-    finally:
-        for (cls, name), fn in originals.items():
-            setattr(cls, name, fn)
 
 
 def select_sites(sites: list[MergeSite]) -> list[MergeSite]:

@@ -24,8 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,6 +34,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from edgemerge.contracts.errors import EdgemergeError
+from edgemerge.contracts.files import atomic_write_bytes
+from edgemerge.merge.family import SoftModel
 
 MIN_LR = 1e-6
 CLIP = 5.0
@@ -68,70 +68,14 @@ class TrainOptions:
     ascend: bool = False  # a control, not a recipe: climb the loss instead (AdamW maximize)
 
 
-@dataclass
-class _SoftModel:
-    """The trainable metrics of a plan, the soft-merged forward, and the metrics as checkpoint keys."""
+def _soft_model(model, plan, merge_state: dict[str, Tensor], opts: TrainOptions) -> SoftModel:
+    """The family's soft forward for `plan` (its adapter says which metrics train and how)."""
+    from edgemerge.merge.family import family_for
 
-    params: nn.Module
-    forward: Callable[[Tensor, Any], Tensor]
-    state: Callable[[], dict[str, Tensor]]
-
-
-def _soft_model(model, plan, merge_state: dict[str, Tensor], opts: TrainOptions) -> _SoftModel:
-    from edgemerge.merge.patch import remove_merging
-    from edgemerge.merge.plan import ALGMPlan, SegformerPlan
-    from edgemerge.train.segformer import apply_soft_segformer, segformer_soft_metrics
-    from edgemerge.train.vit import soft_vit_forward
-
-    if isinstance(plan, ALGMPlan):
-        return _soft_segmenter(model, plan, merge_state, opts)
-    if isinstance(plan, SegformerPlan):
-        metrics = segformer_soft_metrics(model, plan, merge_state)
-
-        def forward(images: Tensor, stats) -> Tensor:
-            apply_soft_segformer(model, plan, metrics, tau=opts.tau_grid, top_k=opts.top_k, stats=stats)
-            try:
-                return model(images)
-            finally:
-                remove_merging(model)
-
-        def state() -> dict[str, Tensor]:
-            return {key.replace("/", ".") + name: v.detach().clone() for key, mod in metrics.items()
-                    for name, v in mod.state_dict().items()}
-
-        return _SoftModel(metrics, forward, state)
-    vit_metrics = _metrics_from(model, plan, merge_state)
-    return _SoftModel(vit_metrics,
-                      lambda images, stats: soft_vit_forward(model, vit_metrics, images, plan.r, top_k=opts.top_k,
-                                                             tau_score=opts.tau_score, tau_pick=opts.tau_pick,
-                                                             stats=stats),
-                      lambda: metric_state(vit_metrics))
-
-
-def _soft_segmenter(model, plan, merge_state: dict[str, Tensor], opts: TrainOptions) -> _SoftModel:
-    """ALGM's global site: one Linear(C -> C) on the tokens (the checkpoint's, else the identity)."""
-    import dataclasses
-
-    from edgemerge.merge.patch import apply_merging, identity_or_state, learned_metric_keys, remove_merging
-    from edgemerge.train.segmenter import soft_segmenter_forward
-
-    [weight_key] = learned_metric_keys(opts.model, plan)  # the key export and validate read
-    key = weight_key.removesuffix("weight")
-    metric = identity_or_state(model.encoder.pos_embed.shape[-1], merge_state, key, model.encoder.pos_embed).float()
-    hard = dataclasses.replace(plan, metric="tokens")  # the global block's own merge is bypassed
-
-    def forward(images: Tensor, stats) -> Tensor:
-        apply_merging(model, hard)
-        try:
-            return soft_segmenter_forward(model, plan, metric, images, top_k=opts.top_k, tau_score=opts.tau_score,
-                                          tau_pick=opts.tau_pick, stats=stats)
-        finally:
-            remove_merging(model)
-
-    def state() -> dict[str, Tensor]:
-        return {key + name: v.detach().clone() for name, v in metric.state_dict().items()}
-
-    return _SoftModel(nn.ModuleDict({"global": metric}), forward, state)
+    family = family_for(model.config.family)
+    if family.soft is None:
+        raise EdgemergeError(f"{model.config.name}: its family has no trainable merge metric")
+    return family.soft(model, plan, merge_state, opts)
 
 
 def distillation_loss(student: Tensor, teacher: Tensor) -> Tensor:
@@ -141,15 +85,9 @@ def distillation_loss(student: Tensor, teacher: Tensor) -> Tensor:
     return kl.mean()
 
 
-def _torch_save_atomic(obj: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _save(obj: Any, path: Path) -> None:
+    """torch.save through the one atomic writer (fsynced, 0644, nothing left on failure)."""
+    atomic_write_bytes(path, lambda f: torch.save(obj, f))
 
 
 def _sha256(path: Path) -> str:
@@ -217,29 +155,6 @@ def task_loss(logits: Tensor, labels: Tensor) -> Tensor:
     return F.cross_entropy(up, target, ignore_index=-100)
 
 
-def _metrics_from(model, plan, merge_state: dict[str, Tensor]) -> nn.ModuleList:
-    """One projection per block: the checkpoint's learned one if it has it, else the keys'."""
-    from edgemerge.merge.patch import keys_projection
-
-    out = []
-    for i, blk in enumerate(model.blocks):
-        key = f"blocks.{i}.dtem_metric."
-        if key + "weight" in merge_state:
-            w = merge_state[key + "weight"]
-            proj = nn.Linear(w.shape[1], w.shape[0])
-            proj.load_state_dict({"weight": w, "bias": merge_state[key + "bias"]})
-        else:
-            proj = keys_projection(blk.attn, plan.metric_dim)
-        out.append(proj.float())
-    return nn.ModuleList(out)
-
-
-def metric_state(metrics: nn.ModuleList) -> dict[str, Tensor]:
-    """The metric tensors under the keys a checkpoint carries them (blocks.{i}.dtem_metric.*)."""
-    return {f"blocks.{i}.dtem_metric.{k}": v.detach().clone() for i, m in enumerate(metrics)
-            for k, v in m.state_dict().items()}
-
-
 def _lr_at(step: int, total: int, lr: float) -> float:
     """Cosine from lr to MIN_LR over `total` steps (DTEM's schedule without warm-up)."""
     return MIN_LR + (lr - MIN_LR) * 0.5 * (1 + math.cos(math.pi * step / max(total, 1)))
@@ -283,7 +198,7 @@ def train_metric(opts: TrainOptions, progress: Callable[[int, int, float], None]
     from edgemerge.merge.plan import get_plan
     from edgemerge.models.checkpoint import load_checkpoint
     from edgemerge.models.checkpoint import save_checkpoint
-    from edgemerge.train.vit import SoftStats
+    from edgemerge.merge.soft import SoftStats
 
     plan = get_plan(opts.model, opts.variant)
     if not learned_metric_keys(opts.model, plan):
@@ -337,7 +252,7 @@ def train_metric(opts: TrainOptions, progress: Callable[[int, int, float], None]
     before = evaluate() if start == 0 else None
 
     def save(step: int) -> None:
-        _torch_save_atomic({"options": key, "step": step, "metrics": metrics.state_dict(),
+        _save({"options": key, "step": step, "metrics": metrics.state_dict(),
                             "optimizer": optimizer.state_dict(), "losses": losses, "seconds": seconds,
                             "before": before}, out / STATE_FILE)
 

@@ -23,7 +23,7 @@ from edgemerge.validate import inputs as inputs_mod
 from edgemerge.validate import metrics as M
 from edgemerge.validate import reference as R
 from edgemerge.validate import runners
-from edgemerge.validate.artifact import find_artifact
+from edgemerge.validate.artifact import Artifact, find_artifact
 from edgemerge.contracts.files import check_output_dir, write_files
 from edgemerge.contracts.progress import counter
 from edgemerge.merge.reference import reference_from_manifest, replay_reference
@@ -105,6 +105,26 @@ def validate_artifact(path: str | Path, *, images: str | Path | None = None, lab
     (edgemerge.export.export_bundle) makes --localize's fp32 reference graph: handed over by the
     caller, so validate imports neither package."""
     t0 = time.time()
+    art, out_dir, use_torch = _check_request(path, images, labels, num, atol, rtol, min_agreement, out, reference, rows)
+    inp, ref_out, model, ref_kind, stored = _reference(art, use_torch, images, labels, num, progress)
+    judged = _judge(art, inp, ref_out, model, atol, rtol, min_agreement, plugins, load_engine, progress)
+    report = _report(art, inp, ref_out, ref_kind, stored, judged, progress)
+    if localize and not report["passed"]:
+        from edgemerge.validate.localize import localize_divergence
+
+        progress("localizing the first diverging node")
+        report["localize"] = localize_divergence(art, inp.batches[0], judged["limits"], progress=progress,
+                                                 exporter=exporter)
+    elif localize:
+        report["localize"] = {"ran": False, "reason": "the comparison passed"}
+    _write_report(report, art, inp, judged, out_dir.resolve(), rows, t0)
+    return report
+
+
+def _check_request(path, images, labels, num, atol, rtol, min_agreement, out, reference: str,
+                   rows: int) -> tuple[Artifact, Path, bool]:
+    """Every option and the artifact checked before any work: (artifact, report folder, whether
+    PyTorch is the reference)."""
     if reference not in REFERENCES:
         raise EdgemergeError(f"unknown reference {reference!r}; known: {', '.join(REFERENCES)}")
     if labels is not None and images is None:
@@ -115,7 +135,6 @@ def validate_artifact(path: str | Path, *, images: str | Path | None = None, lab
         raise EdgemergeError(f"--rows must be >= 1, got {rows}")
     M.check_limits(atol=atol, rtol=rtol, min_agreement=min_agreement)  # before any work
     art = find_artifact(path)
-    manifest = art.manifest
     out_dir = check_output_dir(Path(out) if out is not None else art.bundle / REPORT_DIR, "report folder")
     use_torch = reference == "pytorch" or (reference == "auto" and R.torch_available())
     if use_torch and not R.torch_available():
@@ -123,13 +142,17 @@ def validate_artifact(path: str | Path, *, images: str | Path | None = None, lab
     if images is not None and not use_torch:
         raise EdgemergeError("new images need the PyTorch reference (torch and the checkpoint); without PyTorch "
                              "validation uses the bundle's stored inputs and outputs (reference.npz)")
+    return art, out_dir, use_torch
 
-    inp, ref_out, model, ref_kind, stored = _reference(art, use_torch, images, labels, num, progress)
-    out_names = [o["name"] for o in manifest.get("outputs", [])] or ["output"]
+
+def _judge(art: Artifact, inp, ref_out: list, model, atol, rtol, min_agreement, plugins, load_engine,
+           progress) -> dict:
+    """Run the artifact and judge it: its outputs (against PyTorch replaying its merge decisions
+    where it exposes them) and the decisions themselves; the checks, figures and limits."""
+    out_names = [o["name"] for o in art.manifest.get("outputs", [])] or ["output"]
     main_out = out_names[0]  # models have one output (logits)
     ref = np.concatenate(ref_out)
     got, got_slots, got_metrics = _run_artifact(art, inp.batches, main_out, plugins, load_engine, progress)
-
     merge, judged_ref, decision_rows = _merge_decisions(art, model, inp.batches, got_slots, got_metrics, progress)
     limits = M.thresholds_for(art.precision, atol=atol, rtol=rtol, min_agreement=min_agreement,
                               replayed=judged_ref is not None or merge.get("sites") == 0)
@@ -140,50 +163,47 @@ def validate_artifact(path: str | Path, *, images: str | Path | None = None, lab
                                                            "argmax_agreement")}
     checks = [{"output": main_out, **c} for c in check(per_output[main_out], limits)]
     checks += [{"output": "merge", **c} for c in decision_rows]
-    ref_pred = ref.argmax(1) if ref.ndim == 4 else None
-    got_pred = got.argmax(1) if got.ndim == 4 else None
-    num_classes = int(manifest.get("num_classes") or ref.shape[1])
-    warnings, label_figs = _label_figures(inp, ref_pred, got_pred, num_classes)
+    return {"ref": ref, "got": got, "merge": merge, "limits": limits, "per_output": per_output, "checks": checks,
+            "ref_pred": ref.argmax(1) if ref.ndim == 4 else None, "got_pred": got.argmax(1) if got.ndim == 4 else None,
+            "num_classes": int(art.manifest.get("num_classes") or ref.shape[1])}
+
+
+def _report(art: Artifact, inp, ref_out: list, ref_kind: str, stored, judged: dict, progress) -> dict:
+    """The report's fields (report.json); labels, the cost of merging and warnings included."""
+    manifest, merge, limits = art.manifest, judged["merge"], judged["limits"]
+    warnings, label_figs = _label_figures(inp, judged["ref_pred"], judged["got_pred"], judged["num_classes"])
     if merge.get("available") is False:  # said on stderr, not only in the report
         warnings.insert(0, f"merge decisions not checked: {merge['reason']}")
     if label_figs is not None and ref_kind == "pytorch":
-        label_figs.update(_cost_of_merging(manifest, inp, label_figs, num_classes, progress))
-    consistency = _consistency(art, ref_kind, inp, ref_out, stored)
-    report = {
-        "format": 1, "passed": all(c["passed"] for c in checks), "engine_build": _engine_build(art),
+        label_figs.update(_cost_of_merging(manifest, inp, label_figs, judged["num_classes"], progress))
+    return {
+        "format": 1, "passed": all(c["passed"] for c in judged["checks"]), "engine_build": _engine_build(art),
         "artifact": {"path": str(art.path.resolve()), "kind": art.kind, "bundle": str(art.bundle.resolve()),
                      "precision": art.precision, "merge_ops": manifest.get("merge_ops"), **art.hashes},
         "model": {k: manifest.get(k) for k in ("model", "variant", "resolution", "batch", "num_classes", "seed")},
         "checkpoint": manifest.get("checkpoint"),
-        "reference": {"kind": ref_kind, "consistency": consistency},
+        "reference": {"kind": ref_kind, "consistency": _consistency(art, ref_kind, inp, ref_out, stored)},
         "inputs": inp.source,
         "thresholds": {k: {"op": op, "value": v} for k, (op, v) in limits.items()},
-        "metrics": per_output, "checks": checks,
+        "metrics": judged["per_output"], "checks": judged["checks"],
         "merge_decisions": merge, "labels": label_figs, "localize": None,
         "versions": _versions(), "warnings": warnings,
     }
 
-    if localize and not report["passed"]:
-        from edgemerge.validate.localize import localize_divergence
 
-        progress("localizing the first diverging node")
-        report["localize"] = localize_divergence(art, inp.batches[0], limits, progress=progress,
-                                                 exporter=exporter)
-    elif localize:
-        report["localize"] = {"ran": False, "reason": "the comparison passed"}
-
-    out_dir = out_dir.resolve()
+def _write_report(report: dict, art: Artifact, inp, judged: dict, out_dir: Path, rows: int, t0: float) -> None:
+    """report.json and (for dense outputs) report.png, both or neither."""
     report["report_files"] = {"json": str(out_dir / "report.json"), "png": None}
     files = []
-    if ref_pred is not None:
+    if judged["ref_pred"] is not None:
         files.append((out_dir / "report.png", png_bytes(
-            inp.images, ref_pred, got_pred, num_classes, f"{art.kind} ({art.precision})", rows=rows,
-            labels=inp.labels, names=inp.source.get("files"), classes=class_names(manifest))))
+            inp.images, judged["ref_pred"], judged["got_pred"], judged["num_classes"],
+            f"{art.kind} ({art.precision})", rows=rows, labels=inp.labels, names=inp.source.get("files"),
+            classes=class_names(art.manifest))))
         report["report_files"]["png"] = str(out_dir / "report.png")
     report["seconds"] = round(time.time() - t0, 2)
     report["failure"] = failure_message(report)
     write_files([(out_dir / "report.json", json_bytes(report)), *files])  # both or neither
-    return report
 
 
 # ---- the steps of validate_artifact ---------------------------------------------------------------

@@ -126,7 +126,7 @@ def test_adaptive_global_count_uses_one_cut_for_the_batch():
     per_image = [int((m >= m.mean() + m.std() / layer).sum()) for m in node_max]
     assert want != min(per_image)  # the case tells the batch rule from a per-image one
     counts: list[int] = []
-    with core.observe(lambda e: counts.append(e.count)):
+    with core.observe(lambda e: isinstance(e, core.MatchEvent) and counts.append(e.count)):
         _hook(GlobalSite(0.0, layer, True, 1), x)
     assert counts == [want]
 

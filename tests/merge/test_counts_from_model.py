@@ -31,7 +31,7 @@ def merges_on_meta(cfg, variant: str) -> tuple[list[tuple[int, int]], int]:
     with torch.no_grad(), core.observe(events.append):
         model(torch.empty(1, 3, *cfg.resolution, device="meta"))
     merges = [(e.metric.shape[1], e.metric.shape[1] - (3 * e.count if e.kind == "window" else e.count))
-              for e in events if e.slot is not None]
+              for e in events if isinstance(e, core.MatchEvent) and e.slot is not None]
     return merges, prefix_tokens(model)
 
 

@@ -11,11 +11,12 @@ from edgemerge.export.bundle import export_bundle
 from edgemerge.merge.patch import apply_merging
 from edgemerge.merge.plan import get_plan
 from edgemerge.merge.counts import resolve
-from edgemerge.merge.patch import SegformerPPMixFFN, _swap
+from edgemerge.merge.patch import SegformerPPMixFFN
+from edgemerge.merge.patch import _swap
 from edgemerge.merge.plan import GridSite
 from edgemerge.models.registry import build_model
 from edgemerge.models.segformer import MixFFN
-from edgemerge.train.segformer import SoftMixFFN
+from edgemerge.merge.families.segformer import SoftMixFFN
 
 RES = (128, 128)
 
@@ -92,7 +93,7 @@ def test_gradients_pass_through_the_site():
 
 
 def test_training_merges_the_site_as_inference_does():
-    from edgemerge.train.segformer import apply_soft_segformer, segformer_soft_metrics
+    from edgemerge.merge.families.segformer import apply_soft_segformer, segformer_soft_metrics
 
     plan = get_plan("segformer-b0", "xfast-ffn-pa-lm")
     torch.manual_seed(0)

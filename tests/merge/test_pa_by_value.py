@@ -149,7 +149,7 @@ def _capture_segformer(model, images, stages=(1, 2)):
             hooks += [attn.register_forward_pre_hook(pre), attn.register_forward_hook(post)]
 
     def on_match(e):
-        if current and e.slot is not None:
+        if current and isinstance(e, core.MatchEvent) and e.slot is not None:
             current[-1]["slots"].append(e.slot[0].long().numpy())
 
     try:

@@ -9,7 +9,8 @@ import torch
 from edgemerge.merge.patch import apply_merging, remove_merging
 from edgemerge.merge import core, ops
 from edgemerge.merge.plan import get_plan
-from edgemerge.merge.patch import MergingBlock, SegformerPPAttention, WindowSite
+from edgemerge.merge.patch import MergingBlock, WindowSite
+from edgemerge.merge.patch import SegformerPPAttention
 from edgemerge.merge.plan import ALGMPlan, GridSite, NoPlan, SegformerPlan, ToMePlan
 from edgemerge.models.tokens import TokenState
 from edgemerge.models.registry import build_model

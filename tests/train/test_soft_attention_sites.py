@@ -18,11 +18,13 @@ import torch
 
 from edgemerge.merge.patch import apply_merging, remove_merging
 from edgemerge.merge.plan import get_plan
-from edgemerge.merge.patch import SegformerPPAttention, _swap, segformer_metrics
+from edgemerge.merge.patch import SegformerPPAttention
+from edgemerge.merge.families.segformer import segformer_metrics
+from edgemerge.merge.patch import _swap
 from edgemerge.merge.plan import GridSite, SegformerPlan
 from edgemerge.models.registry import build_model
 from edgemerge.models.segformer import SegformerAttention
-from edgemerge.train.segformer import SoftSegformerAttention, apply_soft_segformer, segformer_soft_metrics
+from edgemerge.merge.families.segformer import SoftSegformerAttention, apply_soft_segformer, segformer_soft_metrics
 
 DIM, HEADS = 32, 2
 TAUS = (1e-2, 1e-4, 1e-6)

@@ -24,8 +24,10 @@ from edgemerge.merge.plan import get_plan
 from edgemerge.models.registry import build_model
 from edgemerge.models.checkpoint import load_checkpoint
 from edgemerge.train.metric import TrainOptions, train_metric
-from edgemerge.train.metric import _metrics_from, distillation_loss
-from edgemerge.train.vit import SoftStats, soft_vit_forward
+from edgemerge.merge.families.vit import _metrics_from
+from edgemerge.train.metric import distillation_loss
+from edgemerge.merge.soft import SoftStats
+from edgemerge.merge.families.vit import soft_vit_forward
 
 RES = (64, 64)
 

@@ -123,7 +123,7 @@ def test_pooled_query_stages_pool_in_training_as_at_inference():
     """xfast-pa-lm pools stage 1-2 queries (no metric there): the soft forward pools them too, so
     the kv metrics of those stages train under what inference runs."""
     from edgemerge.merge.plan import get_plan
-    from edgemerge.train.segformer import apply_soft_segformer, segformer_soft_metrics
+    from edgemerge.merge.families.segformer import apply_soft_segformer, segformer_soft_metrics
 
     torch.manual_seed(0)
     model = build_model("segformer-b0", resolution=(64, 64)).eval()

@@ -25,7 +25,7 @@ from edgemerge.merge.patch import identity_or_state, remove_merging
 from edgemerge.models.registry import build_model
 from edgemerge.models.checkpoint import save_checkpoint
 from edgemerge.merge.reference import _randomize_norm_stats, build_reference
-from edgemerge.train.segmenter import soft_segmenter_forward
+from edgemerge.merge.families.segmenter import soft_segmenter_forward
 
 RES = (128, 128)
 MODEL = "segmenter-vit-t"

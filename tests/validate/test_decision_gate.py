@@ -24,7 +24,7 @@ CASES = [("deit-t", "tome", None), ("segmenter-vit-t", "algm", (256, 256)), ("se
 @pytest.fixture(scope="module", params=CASES, ids=[c[0] for c in CASES])
 def sites(request):
     from edgemerge.contracts.images import normalize, synthetic_images
-    from edgemerge.merge.core import observe
+    from edgemerge.merge.core import MatchEvent, observe
     from edgemerge.merge.reference import build_reference
 
     name, variant, res = request.param
@@ -32,7 +32,7 @@ def sites(request):
     H, W = res or cfg.resolution
     x = torch.from_numpy(normalize(synthetic_images(2, H, W, seed=3), cfg.mean, cfg.std))
     events = []
-    with torch.no_grad(), observe(lambda e: e.own is not None and events.append(e)):
+    with torch.no_grad(), observe(lambda e: isinstance(e, MatchEvent) and e.own is not None and events.append(e)):
         model(x)
     out = []
     for e in events:
@@ -103,13 +103,13 @@ def test_replay_judges_the_matching_on_the_artifacts_own_metric():
     right), although PyTorch's own decisions differ (the noise flips near-ties)."""
     from edgemerge.contracts.images import normalize, synthetic_images
     from edgemerge.merge import ops
-    from edgemerge.merge.core import observe
+    from edgemerge.merge.core import MatchEvent, observe
     from edgemerge.merge.reference import build_reference, replay_reference
 
     model, cfg, _ = build_reference("deit-t", "tome")
     x = normalize(synthetic_images(1, 224, 224, seed=5), cfg.mean, cfg.std)
     events = []
-    with torch.no_grad(), observe(lambda e: e.own is not None and events.append(e)):
+    with torch.no_grad(), observe(lambda e: isinstance(e, MatchEvent) and e.own is not None and events.append(e)):
         model(torch.from_numpy(x))
     rng = np.random.default_rng(0)
     metrics, slots = [], []
