@@ -3,12 +3,14 @@
 Each command lives in its own module and registers itself on `main`. Everything that goes wrong
 ends as one line on stderr: errors from the library (`EdgemergeError`) with their exit code (2 bad
 input, 1 a failed check), a usage error and an OSError (a full disk, a lost permission) with 2,
-Ctrl-C with 130 (128 + SIGINT, as shells report it).
+Ctrl-C with 130 (128 + SIGINT, as shells report it), SIGTERM and SIGHUP like Ctrl-C (the same
+cleanup: temp folders and files removed) with 143 / 129.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from contextlib import contextmanager
 from importlib import import_module
@@ -23,7 +25,43 @@ COMMAND_MODULES = ("models", "plan", "calibrate", "train_metric", "export", "bui
 
 
 EXIT_BAD_INPUT = 2
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # 128 + SIGINT
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where the program is, as Ctrl-C's KeyboardInterrupt is: every
+    `except BaseException` / `finally` cleanup (the bundle's temp folder, an atomic write's temp
+    file, bench's unmerged work folder) runs for it as for Ctrl-C."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+CAUGHT_SIGNALS = ("SIGTERM", "SIGHUP")
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated(signum)
+
+
+@contextmanager
+def signals_as_interrupts() -> Iterator[None]:
+    """SIGTERM / SIGHUP raise Terminated while a command runs (main thread only: elsewhere Python
+    cannot set handlers); the previous handlers are put back after."""
+    previous = {}
+    try:
+        for name in CAUGHT_SIGNALS:
+            signum = getattr(signal, name, None)
+            if signum is not None and signal.getsignal(signum) in (signal.SIG_DFL, None):
+                previous[signum] = signal.signal(signum, _raise_terminated)
+    except ValueError:  # not the main thread
+        pass
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def fail(msg: str, code: int = EXIT_BAD_INPUT) -> None:
@@ -92,7 +130,8 @@ class _Group(click.Group):
             fail("standard output is closed: nothing could be printed (run without `>&-`, or send it to "
                  "/dev/null)")
         try:
-            return super().invoke(ctx)
+            with signals_as_interrupts():
+                return super().invoke(ctx)
         except EdgemergeError as e:
             fail(str(e), e.exit_code)
         except click.ClickException as e:  # usage errors: one line too, naming the command's help
@@ -100,6 +139,9 @@ class _Group(click.Group):
             fail(e.format_message() + (f" (see `{where.command_path} --help`)" if where else ""), e.exit_code)
         except OSError as e:
             fail(os_error_message(e))
+        except Terminated as e:
+            click.echo(f"edgemerge: terminated ({signal.Signals(e.signum).name})", err=True)
+            sys.exit(128 + e.signum)
         except KeyboardInterrupt:
             click.echo("edgemerge: interrupted", err=True)
             sys.exit(EXIT_INTERRUPTED)

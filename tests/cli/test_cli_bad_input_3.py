@@ -1,0 +1,195 @@
+"""What a new user hits, round three (issue 21, the items round two left): signals, outputs that
+are not plain folders, a second export to the same folder, out of memory, train-metric's options
+and labels, manifests of a newer edgemerge, bench's copies and baselines, colour off a terminal.
+
+Every refusal: exit code 2, one line on stderr, no traceback, nothing left behind, before the work.
+Three tiny exports (vit-t at 64x64, ~7 s each) are the only real work here."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cli_helpers import one_line_error, refuse_work, run_cli, tree
+from edgemerge.contracts.errors import EdgemergeError
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = ["-m", "vit-t", "-v", "tome", "-r", "64x64"]
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory) -> Path:
+    """One real bundle (never modified: tests copy it)."""
+    out = tmp_path_factory.mktemp("bundle") / "vit-t-tome"
+    res = run_cli("export", *TINY, "-o", out)
+    assert res.exit_code == 0, res.output
+    return out
+
+
+@pytest.fixture
+def no_export(monkeypatch):
+    from edgemerge.export import bundle as bundle_mod
+
+    refuse_work(monkeypatch, bundle_mod, "build_reference", "the export")
+
+
+def _dead_pid() -> int:
+    p = subprocess.Popen(["true"])
+    p.wait()
+    return p.pid
+
+
+def _terminate_here(*a, **k):
+    """What a `kill PID` does to the running command: SIGTERM, delivered while it works."""
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(20)
+    raise AssertionError("SIGTERM did not stop the command")
+
+
+# --- 1. signals, leftovers, one export per folder ----------------------------------------------
+
+def test_sigterm_mid_export_cleans_up_like_ctrl_c_and_stale_leftovers_go(tmp_path, monkeypatch):
+    """SIGTERM once the temporary bundle folder exists: exit 143, one line, that folder removed. The
+    export first removed the leftovers of a killed export to the same folder (a dead pid in their
+    names), and kept those of a live one."""
+    from edgemerge.trt import device_script
+
+    dead = _dead_pid()
+    stale_tmp = tmp_path / f".b.tmp-{dead}-ab12_x"
+    stale_tmp.mkdir()
+    (stale_tmp / "model.onnx").write_bytes(b"\x08\x07partial")
+    (tmp_path / f".b.old-{dead}").mkdir()
+    live = tmp_path / f".b.tmp-{os.getpid()}-zz9"  # a running export's (this process is alive)
+    live.mkdir()
+    other = tmp_path / f".bb.tmp-{dead}-ab12"  # another bundle's: not ours to remove
+    other.mkdir()
+    monkeypatch.setattr(device_script, "write_build_script", _terminate_here)
+    res = run_cli("export", *TINY, "-o", tmp_path / "b")
+    assert res.exit_code == 143, res.output
+    assert res.stderr.splitlines()[-1] == "edgemerge: terminated (SIGTERM)" and "error" not in res.stderr
+    assert "Traceback" not in res.output
+    assert tree(tmp_path) == sorted([live.name, other.name])  # its own temp folder, the stale ones, the lock: gone
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # put back after the command
+
+
+def test_stale_leftovers_told_by_the_pid_in_the_name(tmp_path):
+    from edgemerge.contracts.files import stale_leftovers
+
+    dead = _dead_pid()
+    names = [f".b.tmp-{dead}-q1", f".b.old-{dead}", f".b.tmp-{os.getpid()}-q2", f".b.old-{os.getpid()}",
+             f".b.tmp-{dead}", f".b.old-{dead}-x", f".b.x.tmp-{dead}-q3", ".b.lock", f".c.tmp-{dead}-q4"]
+    for n in names:
+        (tmp_path / n).mkdir()
+    assert [p.name for p in stale_leftovers(tmp_path / "b")] == sorted([f".b.old-{dead}", f".b.tmp-{dead}-q1"])
+
+
+def test_second_export_to_the_same_folder_refused_while_the_first_runs(tmp_path, no_export):
+    from edgemerge.contracts.files import lock_path, output_lock
+
+    with output_lock(tmp_path / "b"):
+        before = tree(tmp_path)
+        msg = one_line_error(run_cli("export", *TINY, "-o", tmp_path / "b"))
+        assert f"another edgemerge (pid {os.getpid()}) is writing bundle {tmp_path / 'b'}" in msg
+        assert tree(tmp_path) == before
+    assert not lock_path(tmp_path / "b").exists()  # let go, and removed
+    with output_lock(tmp_path / "b"):  # and taken again
+        pass
+
+
+def test_lock_left_by_a_killed_process_is_taken_over(tmp_path):
+    from edgemerge.contracts.files import lock_path, output_lock
+
+    lock_path(tmp_path / "b").write_text(f"{_dead_pid()}\n")  # its flock died with it
+    with output_lock(tmp_path / "b"):
+        assert lock_path(tmp_path / "b").read_text() == f"{os.getpid()}\n"
+    assert tree(tmp_path) == []
+
+
+def test_sigterm_during_bench_unmerged_removes_its_work_folder(tmp_path, monkeypatch, bundle):
+    import tempfile
+
+    import edgemerge.bench.core as core
+
+    tmpdir = tmp_path / "TMP"
+    tmpdir.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmpdir))
+
+    def export_then_killed(merged, backend, workdir, *a, **k):
+        (Path(workdir) / "model.onnx").write_bytes(b"half")
+        _terminate_here()
+
+    monkeypatch.setattr(core, "unmerged_artifact", export_then_killed)
+    res = run_cli("bench", bundle, "--unmerged", "--report", tmp_path / "r.json")
+    assert res.exit_code == 143 and res.stderr.splitlines()[-1] == "edgemerge: terminated (SIGTERM)", res.output
+    assert list(tmpdir.iterdir()) == [] and not (tmp_path / "r.json").exists()
+
+
+# --- 2. outputs ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("out", [".", "..", "./"])
+def test_out_is_the_current_directory_refused_before_work(tmp_path, monkeypatch, no_export, out):
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    msg = one_line_error(run_cli("export", *TINY, "-o", out))
+    assert "is the current directory" in msg and "-o ./bundle" in msg
+    assert tree(tmp_path) == ["here"]
+
+
+def test_out_symlink_to_a_bundle_is_written_through(tmp_path, bundle):
+    shutil.copytree(bundle, tmp_path / "target")
+    (tmp_path / "link").symlink_to("target")
+    res = run_cli("export", *TINY, "--seed", "1", "-o", tmp_path / "link")
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "link").is_symlink() and os.readlink(tmp_path / "link") == "target"
+    assert json.loads((tmp_path / "target" / "manifest.json").read_text())["seed"] == 1
+    assert tree(tmp_path) == sorted(["link", "target", *(f"target/{p}" for p in tree(tmp_path / "target"))])
+    assert f"bundle: {tmp_path / 'link'}/  (replaced the bundle that was there)" in res.stdout
+
+
+# --- 6. bench: a copy cut short, a baseline of another model ---------------------------------------
+
+def test_bench_truncated_onnx_refused_with_copy_again(tmp_path, monkeypatch, bundle):
+    import edgemerge.bench.core as core
+
+    refuse_work(monkeypatch, core, "_timed", "the timing")
+    copy = shutil.copytree(bundle, tmp_path / "copy")
+    data = (copy / "model.onnx").read_bytes()
+    (copy / "model.onnx").write_bytes(data[: len(data) // 2])
+    before = tree(tmp_path)
+    msg = one_line_error(run_cli("bench", copy))
+    assert "model.onnx: sha256" in msg and "truncated" in msg and "copy the bundle again" in msg
+    assert tree(tmp_path) == before
+
+
+def test_bench_baseline_of_another_model_is_said(monkeypatch):
+    from edgemerge.bench.artifact import Artifact
+    from edgemerge.bench.core import _check_compatible
+    from edgemerge.contracts.manifest import Manifest
+
+    def art(model, res=(64, 64), ck=None):
+        m = Manifest.from_dict({"model": model, "variant": "none", "resolution": list(res), "onnx_sha256": "0",
+                                "batch": 1, "checkpoint": ck and {"sha256": ck},
+                                "inputs": [{"name": "x", "shape": [1, 3, *res], "dtype": "float32"}]})
+        return Artifact(Path("m.onnx"), "onnx", m)
+
+    said = []
+    _check_compatible(art("vit-t"), art("vit-s"), said.append)
+    assert len(said) == 1 and "baseline is vit-s and the artifact vit-t" in said[0]
+    said.clear()
+    _check_compatible(art("vit-t", ck="aa"), art("vit-t", ck="bb"), said.append)
+    assert len(said) == 1 and "weights" in said[0]
+    said.clear()
+    _check_compatible(art("vit-t"), art("vit-t"), said.append)
+    assert said == []
+    with pytest.raises(EdgemergeError, match="baseline input shape"):
+        _check_compatible(art("vit-t"), art("vit-t", res=(32, 32)), said.append)
