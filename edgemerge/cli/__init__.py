@@ -19,7 +19,7 @@ from typing import Callable, Iterator
 import click
 
 from edgemerge import __version__
-from edgemerge.contracts.errors import EdgemergeError
+from edgemerge.contracts.errors import EdgemergeError, is_out_of_memory
 
 COMMAND_MODULES = ("models", "plan", "calibrate", "train_metric", "export", "build", "validate", "bench", "show")
 
@@ -81,6 +81,16 @@ def os_error_message(e: OSError) -> str:
 _WRITE_ERRNOS = {28, 13, 30, 122, 27, 1}  # ENOSPC, EACCES, EROFS, EDQUOT, EFBIG, EPERM
 
 
+def out_of_memory_message(e: BaseException) -> str:
+    """Out of memory said as what it is, with what to do. Exit code 2, as a full disk (an OSError)
+    is: the machine lacks a resource for this request; 1 stays 'a check ran and failed', which a
+    script may read as 'the model is wrong'."""
+    detail = " ".join(str(e).split())[:200]
+    return (f"out of memory ({type(e).__name__}{': ' + detail if detail else ''}): the machine ran out of RAM (or "
+            "GPU memory) for this work; try a smaller --resolution or --batch, close other programs, or use a "
+            "machine with more memory")
+
+
 def safe_stdio() -> None:
     """Text that the terminal's encoding cannot show (an ASCII-only locale, PYTHONIOENCODING=ascii)
     is replaced ('?'), never a UnicodeEncodeError half-way through a table."""
@@ -138,13 +148,19 @@ class _Group(click.Group):
             where = getattr(e, "ctx", None)
             fail(e.format_message() + (f" (see `{where.command_path} --help`)" if where else ""), e.exit_code)
         except OSError as e:
-            fail(os_error_message(e))
+            fail(out_of_memory_message(e) if is_out_of_memory(e) else os_error_message(e))
+        except MemoryError as e:
+            fail(out_of_memory_message(e))
         except Terminated as e:
             click.echo(f"edgemerge: terminated ({signal.Signals(e.signum).name})", err=True)
             sys.exit(128 + e.signum)
         except KeyboardInterrupt:
             click.echo("edgemerge: interrupted", err=True)
             sys.exit(EXIT_INTERRUPTED)
+        except Exception as e:  # torch's and onnxruntime's out of memory come as their own types
+            if not is_out_of_memory(e):
+                raise
+            fail(out_of_memory_message(e))
 
 
 def check_output_file(path, what: str = "output file"):

@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from edgemerge.contracts.errors import EdgemergeError
+from edgemerge.contracts.errors import EdgemergeError, reraise_out_of_memory
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
 
@@ -101,6 +101,7 @@ def _open(path: str | Path, what: str):
         im = Image.open(path)
         im.load()
     except Exception as e:
+        reraise_out_of_memory(e)
         raise EdgemergeError(f"cannot read {what} {path}: {e}") from None
     return im
 
@@ -123,6 +124,7 @@ def image_size(path: str | Path, what: str = "image") -> tuple[int, int]:
             h, w = im.height, im.width
             orientation = im.getexif().get(0x0112, 1)
     except Exception as e:
+        reraise_out_of_memory(e)
         raise EdgemergeError(f"cannot read {what} {path}: {e}") from None
     return (w, h) if orientation in _TRANSPOSING else (h, w)
 

@@ -18,7 +18,7 @@ import onnx
 
 from edgemerge import __version__
 from edgemerge.contracts.compare import compare, describe, judge_decisions, metrics
-from edgemerge.contracts.errors import CheckFailed, EdgemergeError
+from edgemerge.contracts.errors import CheckFailed, EdgemergeError, reraise_out_of_memory
 from edgemerge.contracts.manifest import MERGE_OPS, PRECISIONS, ExportOptions, Manifest
 from edgemerge.contracts.files import check_output_dir, output_lock, remove_stale_leftovers, sha256_file
 from edgemerge.contracts.graphs import merge_sites
@@ -90,6 +90,7 @@ def check_graph(model: onnx.ModelProto, merge_ops: str) -> None:
         onnx.checker.check_model(model, full_check=True)
         inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
     except Exception as e:
+        reraise_out_of_memory(e)  # a full memory is not a graph the checker refuses
         raise CheckFailed(f"exported ONNX does not pass onnx.checker: {str(e).splitlines()[0]}") from None
     for vi in [*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input]:
         dims = vi.type.tensor_type.shape.dim
@@ -416,6 +417,7 @@ def _write_bundle(out: Path, opts: ExportOptions, ref: _Reference, proto: onnx.M
         _replace_dir(tmp, out)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        reraise_out_of_memory(e)
         raise EdgemergeError(f"cannot write the bundle to {out}: {e}") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from edgemerge.contracts.errors import EdgemergeError
+from edgemerge.contracts.errors import EdgemergeError, reraise_out_of_memory
 from edgemerge.contracts.files import sha256_file
 from edgemerge.models import convert
 from edgemerge.models.registry import ModelConfig, build_from_config, configure
@@ -127,6 +127,7 @@ def _read_weights_and_extra(path: Path) -> tuple[StateDict, dict[str, Any]]:
             with open(path, "rb") as f:  # a file object: torch.load decides nothing by the name either
                 obj = torch.load(f, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, random bytes, pickles we refuse, ...
+        reraise_out_of_memory(e)
         hint = _pickled_object_hint(e)
         if hint:
             raise EdgemergeError(f"not a readable checkpoint: {path} {hint}") from None

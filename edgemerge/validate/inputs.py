@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from edgemerge.contracts.errors import EdgemergeError
+from edgemerge.contracts.errors import EdgemergeError, reraise_out_of_memory
 from edgemerge.contracts.images import (IMAGE_SUFFIXES, check_images, image_size, list_images, load_image, normalize,
                               require_regular_file, synthetic_images)
 
@@ -76,6 +76,7 @@ def _label_format(path: Path) -> str | None:
         with Image.open(path) as im:
             return im.format
     except Exception as e:
+        reraise_out_of_memory(e)
         raise EdgemergeError(f"cannot read label {path}: {e}") from None
 
 

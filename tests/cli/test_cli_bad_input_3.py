@@ -193,3 +193,47 @@ def test_bench_baseline_of_another_model_is_said(monkeypatch):
     assert said == []
     with pytest.raises(EdgemergeError, match="baseline input shape"):
         _check_compatible(art("vit-t"), art("vit-t", res=(32, 32)), said.append)
+
+
+# --- 3. out of memory ---------------------------------------------------------------------------
+
+def test_out_of_memory_in_the_checker_is_not_a_graph_finding(monkeypatch):
+    import onnx
+
+    from edgemerge.export.bundle import check_graph
+
+    def no_memory(*a, **k):
+        raise MemoryError
+
+    monkeypatch.setattr(onnx.checker, "check_model", no_memory)
+    with pytest.raises(MemoryError):  # not CheckFailed("exported ONNX does not pass onnx.checker")
+        check_graph(onnx.ModelProto(), "plugin")
+
+
+@pytest.mark.parametrize("error", [
+    MemoryError(),
+    OSError(12, "Cannot allocate memory"),
+    RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: you tried "
+                 "to allocate 68719476736 bytes"),
+])
+def test_out_of_memory_anywhere_is_one_line_exit_2(monkeypatch, error):
+    import edgemerge.merge.flops as flops
+
+    def no_memory(*a, **k):
+        raise error
+
+    monkeypatch.setattr(flops, "gflops", no_memory)
+    msg = one_line_error(run_cli("plan", "-m", "segformer-b0", "-v", "fast"))
+    assert msg.startswith(f"edgemerge: error: out of memory ({type(error).__name__}")
+    assert "smaller --resolution or --batch" in msg
+
+
+def test_other_runtime_errors_are_not_called_out_of_memory(monkeypatch):
+    import edgemerge.merge.flops as flops
+
+    def bug(*a, **k):
+        raise RuntimeError("shape mismatch")
+
+    monkeypatch.setattr(flops, "gflops", bug)
+    res = run_cli("plan", "-m", "segformer-b0", "-v", "fast")
+    assert isinstance(res.exception, RuntimeError) and "out of memory" not in res.output  # a bug stays a bug
