@@ -149,21 +149,13 @@ def _read_weights_and_extra(path: Path) -> tuple[StateDict, dict[str, Any]]:
 
 def save_checkpoint(model: nn.Module, path: str | Path, extra_tensors: dict[str, Tensor] | None = None) -> None:
     """Save `model` (and e.g. learned merge metrics) so that `load_checkpoint` rebuilds it exactly,
-    the format-specific numerics (LayerNorm eps, head variant) included. Written atomically."""
-    import os
-    import tempfile
+    the format-specific numerics (LayerNorm eps, head variant) included. Written atomically, mode
+    0644, by the package's one atomic writer."""
+    from edgemerge.contracts.files import atomic_write_bytes
 
     state = dict(model.state_dict())
     state.update(extra_tensors or {})
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save({"state_dict": state, EXTRA_KEY: dict(model.config.extra)}, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, lambda f: torch.save({"state_dict": state, EXTRA_KEY: dict(model.config.extra)}, f))
 
 
 def _read_hf_dir(path: Path) -> tuple[StateDict, dict[str, Any], Path]:

@@ -237,3 +237,157 @@ def test_other_runtime_errors_are_not_called_out_of_memory(monkeypatch):
     monkeypatch.setattr(flops, "gflops", bug)
     res = run_cli("plan", "-m", "segformer-b0", "-v", "fast")
     assert isinstance(res.exception, RuntimeError) and "out of memory" not in res.output  # a bug stays a bug
+
+
+# --- 4. train-metric ----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def train_data(tmp_path_factory):
+    """A random vit-t's weights and 5 tiny images (4 train, 1 judged)."""
+    import torch
+
+    from edgemerge.models.registry import build_model
+
+    d = tmp_path_factory.mktemp("train")
+    torch.manual_seed(0)
+    torch.save(build_model("vit-t", resolution=(32, 32)).state_dict(), d / "vit-t.pth")
+    for i in range(5):
+        _png(d / "img" / f"{i}.png", seed=i)
+    return d
+
+
+def _png(path: Path, h: int = 32, w: int = 32, seed: int = 0) -> Path:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def _train(data, out, *args, model="vit-t", checkpoint=None):
+    return run_cli("train-metric", "-m", model, "-c", checkpoint or data / "vit-t.pth", "-i", data / "img",
+                   "-o", out, "-r", "32x32", "--batch", "2", *args)
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    import edgemerge.models.checkpoint as ck
+
+    refuse_work(monkeypatch, ck, "load_checkpoint", "loading the model")
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--lr", "-1"], "must be a number > 0"),
+    (["--lr", "0"], "must be a number > 0"),
+    (["--lr", "nan"], "nan is not a finite number"),
+    (["--lr", "inf"], "inf is not a finite number"),
+    (["--lr", "5"], "<= 1"),
+    (["--holdout", "nan"], "nan is not a finite number"),
+    (["--epochs", "1000000000000"], "at most 1000000 steps"),
+    (["--epochs", "600000"], "is 1200000 steps; at most 1000000"),  # 4 training images / batch 2: 2 steps each
+    (["--steps", "1000001"], "at most 1000000 steps"),
+    (["--epochs", "0"], "--epochs"),
+    (["--batch", "0"], "--batch"),
+])
+def test_train_metric_numbers_refused_first(tmp_path, train_data, no_training, args, words):
+    msg = one_line_error(_train(train_data, tmp_path / "run", *args))
+    assert words in msg
+    assert tree(tmp_path) == []
+
+
+def test_train_metric_resume_said_progress_off_a_terminal_files_0644(tmp_path, train_data):
+    """A run cut at step 2 (step 1 saved) is resumed by the command, which says so, prints its
+    progress as plain lines (not a terminal here) and leaves its files 0644 whatever the umask."""
+    import stat
+
+    import edgemerge.train.metric as metric_mod
+
+    def stop_at_2(step, total, loss):  # step 1 saved (save_every=1), step 2 not
+        if step == 2:
+            raise KeyboardInterrupt
+
+    opts = metric_mod.TrainOptions(model="vit-t", variant="dtem", checkpoint=str(train_data / "vit-t.pth"),
+                                   images=str(train_data / "img"), out=str(tmp_path / "run"), steps=2, batch=2,
+                                   resolution=(32, 32), save_every=1)  # what the command below asks for
+    with pytest.raises(KeyboardInterrupt):
+        metric_mod.train_metric(opts, progress=stop_at_2)
+    old = os.umask(0o077)  # mkstemp's 0600 would stay 0600 under it; the one writer sets 0644 itself
+    try:
+        res = _train(train_data, tmp_path / "run", "--steps", "2")
+    finally:
+        os.umask(old)
+    assert res.exit_code == 0, res.output
+    err = res.stderr.splitlines()
+    assert err[0] == f"edgemerge: resuming the run in {tmp_path / 'run'} at step 1 of 2 (train_state.pth)"
+    assert err[1].startswith("edgemerge: training metric: step 2/2, loss ") and len(err) == 2, res.stderr
+    for name in ("checkpoint.pth", "train_state.pth", "train_record.json"):
+        assert stat.S_IMODE((tmp_path / "run" / name).stat().st_mode) == 0o644, name
+
+
+def test_train_metric_progress_lines_off_a_terminal():
+    from edgemerge.cli.train_metric import _StepProgress
+
+    res = run_cli_capture(lambda: [p(s, 100, 0.5) for p in [_StepProgress()] for s in range(1, 101)])
+    steps = [int(ln.split("step ")[1].split("/")[0]) for ln in res]
+    assert steps == [1, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100]
+
+
+def run_cli_capture(fn) -> list[str]:
+    import contextlib
+    import io
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        fn()
+    return err.getvalue().splitlines()
+
+
+def test_train_metric_default_variant_per_family():
+    from edgemerge.merge.plan import load_variants
+    from edgemerge.train.metric import default_variant
+
+    expected = {"vit-t": "dtem", "deit-s": "dtem", "segformer-b0": "fast-pa-lm", "segformer-b5": "fast-pa-lm",
+                "segmenter-vit-t": "algm-lm"}
+    for model, variant in expected.items():
+        assert default_variant(model) == variant and variant in load_variants(model), model
+
+
+def test_train_metric_every_option_has_help():
+    from edgemerge.cli.train_metric import train_metric
+
+    bare = [p.name for p in train_metric.params if isinstance(p, __import__("click").Option) and not p.help]
+    assert bare == []
+
+
+def _segformer_labels(tmp_path, values, suffix=".png"):
+    import torch
+    from PIL import Image
+
+    from edgemerge.models.registry import build_model
+
+    tmp_path.mkdir()
+    torch.save(build_model("segformer-b0", resolution=(32, 32)).state_dict(), tmp_path / "seg.pth")
+    (tmp_path / "labels").mkdir()
+    for i in range(5):
+        _png(tmp_path / "img" / f"{i}.png", seed=i)
+        lab = np.zeros((32, 32), np.uint8)
+        for j, v in enumerate(values):
+            lab[j, :] = v
+        Image.fromarray(lab).save(tmp_path / "labels" / f"{i}.png", format="JPEG" if suffix == ".jpg" else "PNG")
+    return tmp_path
+
+
+def test_train_metric_label_ids_beyond_the_classes_refused_as_validate_does(tmp_path):
+    d = _segformer_labels(tmp_path / "d", [1, 150, 200, 255])  # segformer-b0: 150 classes (ADE20K)
+    before = tree(tmp_path)
+    msg = one_line_error(_train(d, tmp_path / "run", "--labels", d / "labels", model="segformer-b0",
+                                checkpoint=d / "seg.pth"))
+    assert "has class ids 150, 200, outside 0..149" in msg and "255 = ignore" in msg
+    assert tree(tmp_path) == before
+
+
+def test_train_metric_jpeg_labels_refused_before_work(tmp_path, no_training):
+    d = _segformer_labels(tmp_path / "d", [1, 2], suffix=".jpg")  # JPEG content named .png
+    msg = one_line_error(_train(d, tmp_path / "run", "--labels", d / "labels", model="segformer-b0",
+                                checkpoint=d / "seg.pth"))
+    assert "is a JPEG" in msg and "lossy" in msg
