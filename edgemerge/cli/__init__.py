@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import warnings
 from contextlib import contextmanager
 from importlib import import_module
 from typing import Callable, Iterator
@@ -19,7 +20,7 @@ from typing import Callable, Iterator
 import click
 
 from edgemerge import __version__
-from edgemerge.contracts.errors import EdgemergeError, is_out_of_memory
+from edgemerge.contracts.errors import EdgemergeError, EdgemergeNote, is_out_of_memory
 
 COMMAND_MODULES = ("models", "plan", "calibrate", "train_metric", "export", "build", "validate", "bench", "show")
 
@@ -133,6 +134,27 @@ def console(stderr: bool = False, **kwargs):
     return c
 
 
+@contextmanager
+def notes_as_lines() -> Iterator[None]:
+    """EdgemergeNote warnings of the library as one `edgemerge: note: ...` line each on stderr, each
+    said once per command; other warnings as Python shows them."""
+    seen: set[str] = set()
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", EdgemergeNote)
+        shown = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if not issubclass(category, EdgemergeNote):
+                return shown(message, category, filename, lineno, file, line)
+            text = " ".join(str(message).split())
+            if text not in seen:
+                seen.add(text)
+                click.echo(f"edgemerge: note: {text}", err=True)
+
+        warnings.showwarning = show
+        yield
+
+
 class _Group(click.Group):
     def invoke(self, ctx: click.Context):
         safe_stdio()
@@ -140,7 +162,7 @@ class _Group(click.Group):
             fail("standard output is closed: nothing could be printed (run without `>&-`, or send it to "
                  "/dev/null)")
         try:
-            with signals_as_interrupts():
+            with signals_as_interrupts(), notes_as_lines():
                 return super().invoke(ctx)
         except EdgemergeError as e:
             fail(str(e), e.exit_code)

@@ -17,6 +17,11 @@ class CheckFailed(EdgemergeError):
     exit_code = 1
 
 
+class EdgemergeNote(UserWarning):
+    """Something the user should know that does not stop the work (a manifest of a newer
+    edgemerge): raised with `warnings.warn`, shown by the CLI as one `edgemerge: note: ...` line."""
+
+
 # What running out of memory looks like, by library: Python's MemoryError; an OSError ENOMEM (mmap,
 # fork, a C library); torch's CPU allocator and CUDA (RuntimeError / torch.OutOfMemoryError);
 # onnxruntime's and TensorRT's C++ std::bad_alloc and allocator failures, surfaced as their own

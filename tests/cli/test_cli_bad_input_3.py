@@ -391,3 +391,39 @@ def test_train_metric_jpeg_labels_refused_before_work(tmp_path, no_training):
     msg = one_line_error(_train(d, tmp_path / "run", "--labels", d / "labels", model="segformer-b0",
                                 checkpoint=d / "seg.pth"))
     assert "is a JPEG" in msg and "lossy" in msg
+
+
+# --- 5. a manifest of a newer edgemerge ------------------------------------------------------------
+
+def _edit_manifest(bundle: Path, where: Path, **changes) -> Path:
+    copy = shutil.copytree(bundle, where)
+    m = json.loads((copy / "manifest.json").read_text())
+    m.update(changes)
+    (copy / "manifest.json").write_text(json.dumps(m))
+    return copy
+
+
+def test_newer_manifest_format_and_unknown_fields_said_not_ignored(tmp_path, bundle):
+    copy = _edit_manifest(bundle, tmp_path / "copy", format=2, tiling={"tiles": 4}, zeta=1)
+    res = run_cli("bench", copy, "--baseline", tmp_path / "missing")  # reads the manifest, then refuses
+    lines = res.stderr.splitlines()
+    assert res.exit_code == 2 and len(lines) == 2 and "Traceback" not in res.output, res.output
+    assert lines[0].startswith(f"edgemerge: note: {copy / 'manifest.json'} was written by a newer edgemerge "
+                               "(manifest format 2;")
+    assert "fields it does not know: tiling, zeta" in lines[0]
+    assert lines[1].startswith("edgemerge: error: artifact not found")
+
+
+def test_unknown_manifest_fields_said_once_known_ones_not(tmp_path):
+    import warnings
+
+    from edgemerge.contracts.errors import EdgemergeNote
+    from edgemerge.contracts.manifest import Manifest
+
+    base = {"model": "vit-t", "variant": "none", "resolution": [64, 64], "onnx_sha256": "0"}
+    with pytest.warns(EdgemergeNote, match=r"x.json has fields edgemerge .* does not know: later \(ignored"):
+        m = Manifest.from_dict({**base, "later": 1}, "x.json")
+    assert m["later"] == 1  # kept, and written back as read
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Manifest.from_dict({**base, "format": 1, "plan_file": {"table": {}}}, "x.json")  # what this version writes
