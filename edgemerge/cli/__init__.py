@@ -125,13 +125,25 @@ WIDE_COLUMNS = 400
 
 
 def console(stderr: bool = False, **kwargs):
-    """A rich Console for a command's output: the terminal's width on a terminal, WIDE_COLUMNS otherwise."""
+    """A rich Console for a command's output: on a terminal, rich's own (the terminal's width, its
+    colours as TERM and NO_COLOR allow); otherwise (a pipe, a file, a CI log, a closed terminal)
+    plain text, WIDE_COLUMNS wide unless COLUMNS says: no colour codes even where FORCE_COLOR or
+    TTY_COMPATIBLE ask rich for them, since what edgemerge prints there is read by programs."""
     from rich.console import Console
 
-    c = Console(stderr=stderr, **kwargs)
-    if not c.is_terminal and not os.environ.get("COLUMNS", "").isdigit():
-        c = Console(stderr=stderr, width=WIDE_COLUMNS, **kwargs)
-    return c
+    if is_tty(sys.stderr if stderr else sys.stdout):
+        return Console(stderr=stderr, **kwargs)
+    columns = os.environ.get("COLUMNS", "")
+    kwargs.setdefault("width", int(columns) if columns.isdigit() and int(columns) > 0 else WIDE_COLUMNS)
+    return Console(stderr=stderr, force_terminal=False, force_jupyter=False, force_interactive=False,
+                   color_system=None, **kwargs)
+
+
+def is_tty(stream) -> bool:
+    try:
+        return stream is not None and stream.isatty()
+    except (ValueError, OSError, AttributeError):  # closed or detached
+        return False
 
 
 @contextmanager

@@ -427,3 +427,28 @@ def test_unknown_manifest_fields_said_once_known_ones_not(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         Manifest.from_dict({**base, "format": 1, "plan_file": {"table": {}}}, "x.json")  # what this version writes
+
+
+# --- 7. colour off a terminal -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("command", [["plan", "-m", "segformer-b0", "-v", "fast"], ["models"]])
+def test_no_colour_codes_off_a_terminal_whatever_the_environment(tmp_path, monkeypatch, command):
+    """FORCE_COLOR / TTY_COMPATIBLE (set by some CI runners and IDEs) made rich write escape codes
+    into pipes and files; an unwritable HOME and TERM change nothing either."""
+    for k, v in {"FORCE_COLOR": "1", "TTY_COMPATIBLE": "1", "TERM": "xterm-256color", "HOME": "/proc"}.items():
+        monkeypatch.setenv(k, v)
+    res = run_cli(*command)
+    assert res.exit_code == 0, res.output
+    assert "\x1b[" not in res.output and res.output.strip()
+
+
+def test_terminal_output_keeps_rich_colours(monkeypatch):
+    import edgemerge.cli as cli
+
+    monkeypatch.setattr(cli, "is_tty", lambda stream: True)
+    monkeypatch.setenv("TERM", "xterm-256color")
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    assert cli.console(force_terminal=True).color_system is not None
+    monkeypatch.setattr(cli, "is_tty", lambda stream: False)
+    c = cli.console()
+    assert c.color_system is None and not c.is_terminal and c.width == cli.WIDE_COLUMNS
