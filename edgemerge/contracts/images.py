@@ -206,6 +206,18 @@ def load_image(path: str | Path, height: int, width: int, *, labels: bool = Fals
     return np.asarray(im, np.float32).transpose(2, 0, 1) / 255.0
 
 
+def read_rgb(path: str | Path, *, min_side: int = MIN_IMAGE_SIDE, what: str = "image"):
+    """The image as it is meant to be seen, for drawing on: a PIL 8-bit RGB image, EXIF orientation
+    applied and 16-bit images scaled by their own range (PIL's convert('RGB') clips them white)."""
+    from PIL import Image
+
+    im = read_image(path, min_side=min_side, what=what)
+    if _high_depth(im):
+        return Image.fromarray(np.round(to_rgb_array(im, path) * 255).astype(np.uint8))
+    check_mode(im, path)
+    return im.convert("RGB")
+
+
 def _high_depth(im) -> bool:
     return im.mode.startswith("I;16") or im.mode in ("I", "F")
 

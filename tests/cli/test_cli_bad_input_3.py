@@ -452,3 +452,53 @@ def test_terminal_output_keeps_rich_colours(monkeypatch):
     monkeypatch.setattr(cli, "is_tty", lambda stream: False)
     c = cli.console()
     assert c.color_system is None and not c.is_terminal and c.width == cli.WIDE_COLUMNS
+
+
+# --- 8. the picture show draws on: EXIF orientation, 16-bit -------------------------------------------
+
+def _exif_rotated_jpeg(path: Path) -> np.ndarray:
+    """A landscape 48x32 JPEG tagged 'rotate 90 clockwise' (a phone's portrait photo); returns what a
+    viewer shows (32 wide, 48 high). Flat quadrants, so that JPEG's loss stays small."""
+    from PIL import Image
+
+    rgb = np.zeros((32, 48, 3), np.uint8)
+    rgb[:16, :24], rgb[:16, 24:], rgb[16:, :24], rgb[16:, 24:] = (250, 0, 0), (0, 250, 0), (0, 0, 250), (250, 250, 0)
+    im = Image.fromarray(rgb)
+    exif = im.getexif()
+    exif[0x0112] = 6
+    im.save(path, format="JPEG", quality=95, exif=exif)
+    return np.rot90(rgb, k=-1)
+
+
+def test_read_rgb_applies_exif_orientation_of_a_jpeg(tmp_path):
+    from edgemerge.contracts.images import load_image, read_rgb
+
+    shown = _exif_rotated_jpeg(tmp_path / "rot.jpg")
+    pic = np.asarray(read_rgb(tmp_path / "rot.jpg"), np.float32)
+    assert pic.shape == (48, 32, 3)
+    assert np.abs(pic - shown).mean() < 8  # JPEG's loss, not a sideways picture (that would be ~100)
+    x = load_image(tmp_path / "rot.jpg", 48, 32)  # the model's input: the same orientation
+    assert np.abs(x.transpose(1, 2, 0) * 255 - shown).mean() < 8
+
+
+def test_read_rgb_scales_a_16bit_png(tmp_path):
+    from PIL import Image
+
+    from edgemerge.contracts.images import read_rgb
+
+    a = np.linspace(0, 32767, 32 * 48).reshape(32, 48).astype(np.uint16)  # at most half of 16-bit white
+    Image.fromarray(a).save(tmp_path / "g16.png")
+    pic = np.asarray(read_rgb(tmp_path / "g16.png"))
+    assert pic.shape == (32, 48, 3) and pic.dtype == np.uint8
+    np.testing.assert_allclose(pic[..., 0], a / 65535 * 255, atol=0.6)  # not clipped to a white frame
+
+
+def test_show_draws_on_the_upright_picture(tmp_path):
+    _exif_rotated_jpeg(tmp_path / "rot.jpg")
+    res = run_cli("show", "-m", "vit-t", "-v", "tome", "-r", "64x64", "--image", tmp_path / "rot.jpg",
+                  "--no-caption", "--out", tmp_path / "m.png")
+    assert res.exit_code == 0, res.output
+    from PIL import Image
+
+    with Image.open(tmp_path / "m.png") as im:
+        assert im.size == (32, 48)  # (W, H) as shown, not the stored 48x32
