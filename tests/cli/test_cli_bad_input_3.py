@@ -81,6 +81,21 @@ def test_sigterm_mid_export_cleans_up_like_ctrl_c_and_stale_leftovers_go(tmp_pat
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # put back after the command
 
 
+def test_interrupt_mid_replay_is_not_masked_by_unused_decisions():
+    """SIGTERM in the self-check's PyTorch replay came out as a traceback ('3 replayed merge
+    decisions were not used', from the replay's clean-up) instead of the interrupt."""
+    import torch
+
+    from edgemerge.merge.core import replay_decisions
+
+    with pytest.raises(KeyboardInterrupt):
+        with replay_decisions([torch.zeros(2)]):
+            raise KeyboardInterrupt
+    with pytest.raises(RuntimeError, match="1 replayed merge decisions were not used"):  # still checked
+        with replay_decisions([torch.zeros(2)]):
+            pass
+
+
 def test_stale_leftovers_told_by_the_pid_in_the_name(tmp_path):
     from edgemerge.contracts.files import stale_leftovers
 
