@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgemerge.contracts.errors import EdgemergeError
-from edgemerge.contracts.identity import check_manifest
+from edgemerge.contracts.identity import check_onnx_file
 from edgemerge.contracts.manifest import Manifest, read_manifest
 
 MANIFEST = "manifest.json"
@@ -58,8 +58,8 @@ def read_artifact(path: str | Path) -> Artifact:
         raise EdgemergeError(f"{p}: not a bundle directory, .onnx or .plan file")
     manifest = read_manifest(p)
     onnx_path = p.parent / "model.onnx"  # a plan's bundle too: its manifest must still describe the export
-    if onnx_path.is_file():
-        check_manifest(manifest, onnx_path, p.parent / MANIFEST)  # a manifest edited after export
+    if onnx_path.is_file():  # a copy cut short, an edit, a manifest edited after export: before any work
+        check_onnx_file(manifest, onnx_path, p.parent / MANIFEST)
     return Artifact(p, "onnx" if suffix == ".onnx" else "plan", manifest)
 
 

@@ -253,16 +253,27 @@ def _engine_of(artifact: Artifact) -> Artifact:
     return artifact
 
 
-def _check_compatible(a: Artifact, b: Artifact) -> None:
+def _check_compatible(a: Artifact, b: Artifact, warn: Callable[[str], None] = lambda s: None) -> None:
+    """A baseline of another input shape is refused (the two would not time the same work); one of
+    another model (or weights) is said, on one line: a speed-up of b0 over b2 is not merging's."""
     sa, sb = a.input_spec()[1], b.input_spec()[1]
     if tuple(sa) != tuple(sb):
         raise EdgemergeError(f"baseline input shape {list(sb)} differs from the artifact's {list(sa)}; "
                              "compare models exported at the same resolution and batch")
+    ma, mb = a.manifest, b.manifest
+    ck = lambda m: (m.get("checkpoint") or {}).get("sha256")  # noqa: E731
+    if ma.get("model") != mb.get("model"):
+        warn(f"the baseline is {mb.get('model')} and the artifact {ma.get('model')}: the speed-up compares two "
+             "different models, not merging (use --unmerged, or a baseline exported from the same model)")
+    elif ck(ma) != ck(mb):
+        warn(f"the baseline's weights (checkpoint {str(ck(mb))[:12]}) are not the artifact's "
+             f"({str(ck(ma))[:12]}): timing is comparable, accuracy figures are not")
 
 
 # ---- the benchmark --------------------------------------------------------------------------------
 
-def run_bench(opts: BenchOptions, progress: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+def run_bench(opts: BenchOptions, progress: Callable[[str], None] = lambda s: None,
+              warn: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
     """Time the artifact (and its baseline, interleaved); returns the complete report (bench.json)."""
     if opts.iters < 1:
         raise EdgemergeError(f"--iters must be >= 1, got {opts.iters}")
@@ -301,6 +312,7 @@ def run_bench(opts: BenchOptions, progress: Callable[[str], None] = lambda s: No
         if opts.baseline:
             baseline = read_artifact(opts.baseline)
             baseline = _engine_of(baseline) if backend == "trt" else baseline
+            _check_compatible(merged, baseline, warn)  # before any timing
         elif opts.unmerged:
             workdir = Path(opts.workdir) if opts.workdir else Path(tmp := tempfile.mkdtemp(prefix="edgemerge-bench-"))
             baseline = unmerged_artifact(merged, backend, workdir, progress, opts.plugins, opts.exporter)

@@ -14,7 +14,7 @@ from collections import OrderedDict
 import numpy as np
 
 from edgemerge.bench.artifact import Artifact
-from edgemerge.contracts.errors import EdgemergeError
+from edgemerge.contracts.errors import EdgemergeError, reraise_out_of_memory
 
 
 def ort_session_options(threads: int | None = None):
@@ -48,6 +48,7 @@ class SessionFromPath:
         try:
             return ort.InferenceSession(self.path, ort_session_options(self.threads), providers=providers)
         except Exception as e:  # onnxruntime raises its own types
+            reraise_out_of_memory(e)
             raise EdgemergeError(f"{self.path}: ONNX Runtime cannot load it: {str(e).splitlines()[0]}") from None
 
 

@@ -65,7 +65,8 @@ def bench(artifact, baseline, unmerged, baseline_dir, backend, device, iters, wa
                         plugins=list(plugins) or None, workdir=baseline_dir,
                         load_engine=_load_engine, exporter=_export)
     with progress_reporter("benchmarking") as report_progress:
-        report = run_bench(opts, progress=report_progress)
+        report = run_bench(opts, progress=report_progress,
+                           warn=lambda msg: click.echo(f"edgemerge: warning: {msg}", err=True))
     write_files([(jpath, json_bytes(report)), (ppath, plot_bytes(report))])  # both or neither
     if as_json:  # stdout is the report alone, so that it pipes; where the files went goes to stderr
         click.echo(json_bytes(report).decode(), nl=False)

@@ -10,8 +10,9 @@ import hashlib
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, Callable, Sequence
+from typing import BinaryIO, Callable, Iterator, Sequence
 
 from edgemerge.contracts.errors import EdgemergeError
 
@@ -162,3 +163,93 @@ def _first_missing(folder: Path) -> Path | None:
         top = p
         p = p.parent
     return top
+
+
+# ---- one writer per output, and what a killed one left ---------------------------------------
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists (a signal 0 probe; another user's process counts)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def lock_path(out: Path) -> Path:
+    return out.with_name(f".{out.name}.lock")
+
+
+@contextmanager
+def output_lock(out: str | os.PathLike, what: str = "bundle") -> Iterator[None]:
+    """Hold an exclusive lock on `out` (an fcntl lock on `.NAME.lock` beside it) while writing it.
+
+    A second writer of the same output is refused at once, with one line naming the holder's pid,
+    rather than made to wait behind work of unknown length. The lock file holds the holder's pid
+    and is removed when the lock is let go; one left by a killed process (the lock itself dies
+    with it) is simply taken over."""
+    import fcntl
+
+    path = lock_path(Path(out))
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise EdgemergeError(f"cannot lock {what} {out}: {path}: {e.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise EdgemergeError(f"another edgemerge (pid {holder}) is writing {what} {out} now: wait for it to "
+                                 f"finish, or write to another folder") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        try:  # the file may have been removed (and made anew) by the holder just before we locked it
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        Path(path).unlink(missing_ok=True)  # before letting go: no one locks a file that is going away
+        os.close(fd)
+
+
+def stale_leftovers(out: Path, kinds: Sequence[str] = ("tmp", "old")) -> list[Path]:
+    """The temp folders of writers of `out` that died (`.NAME.tmp-PID-XXXX`, `.NAME.old-PID`, see
+    edgemerge.export.bundle), told by the pid in their name: a live process's are not listed."""
+    import re
+
+    pattern = re.compile(rf"^\.{re.escape(out.name)}\.({'|'.join(kinds)})-(\d+)(-[A-Za-z0-9_]+)?$")
+    found = []
+    try:
+        entries = list(out.parent.iterdir())
+    except OSError:
+        return []
+    for p in entries:
+        m = pattern.match(p.name)
+        if m and (m.group(1) == "tmp") == (m.group(3) is not None) and not pid_alive(int(m.group(2))):
+            found.append(p)
+    return sorted(found)
+
+
+def remove_stale_leftovers(out: Path) -> list[Path]:
+    """Remove what `stale_leftovers` lists; returns it."""
+    found = stale_leftovers(out)
+    for p in found:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+    return found

@@ -44,6 +44,24 @@ def stamp(proto, manifest: dict[str, Any]) -> None:
     entry.key, entry.value = METADATA_KEY, value
 
 
+def check_onnx_file(manifest: dict[str, Any], onnx_path: str | Path, manifest_path: str | Path) -> str:
+    """The one check that a bundle's model.onnx is the file its manifest describes, before any tool
+    (bench, validate, the engine builder) loads it: its sha256 against the manifest's `onnx_sha256`
+    (a copy cut short, an edit, another export's file), then its stamp (`check_manifest`). Returns
+    the sha256."""
+    from edgemerge.contracts.files import sha256_file
+
+    got = sha256_file(onnx_path)
+    want = manifest.get("onnx_sha256")
+    if want and got != want:
+        size = Path(onnx_path).stat().st_size
+        raise EdgemergeError(f"{onnx_path}: sha256 {got[:16]} ({size} bytes) differs from {Path(manifest_path).name}'s "
+                             f"onnx_sha256 {want[:16]}: a truncated or partial copy (copy the bundle again), or the "
+                             "file was edited or comes from another export (re-export the bundle)")
+    check_manifest(manifest, onnx_path, manifest_path)
+    return got
+
+
 def check_manifest(manifest: dict[str, Any], onnx_path: str | Path, manifest_path: str | Path) -> None:
     """Refuse a manifest that no longer describes its model.onnx, and a model.onnx without the
     stamp (every export writes one: an ONNX without it was not written by `edgemerge export`, or by

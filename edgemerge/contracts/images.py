@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from edgemerge.contracts.errors import EdgemergeError
+from edgemerge.contracts.errors import EdgemergeError, reraise_out_of_memory
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
 
@@ -101,6 +101,7 @@ def _open(path: str | Path, what: str):
         im = Image.open(path)
         im.load()
     except Exception as e:
+        reraise_out_of_memory(e)
         raise EdgemergeError(f"cannot read {what} {path}: {e}") from None
     return im
 
@@ -123,6 +124,7 @@ def image_size(path: str | Path, what: str = "image") -> tuple[int, int]:
             h, w = im.height, im.width
             orientation = im.getexif().get(0x0112, 1)
     except Exception as e:
+        reraise_out_of_memory(e)
         raise EdgemergeError(f"cannot read {what} {path}: {e}") from None
     return (w, h) if orientation in _TRANSPOSING else (h, w)
 
@@ -202,6 +204,18 @@ def load_image(path: str | Path, height: int, width: int, *, labels: bool = Fals
     check_mode(im, path)
     im = im.convert("RGB").resize((width, height), Image.BILINEAR)
     return np.asarray(im, np.float32).transpose(2, 0, 1) / 255.0
+
+
+def read_rgb(path: str | Path, *, min_side: int = MIN_IMAGE_SIDE, what: str = "image"):
+    """The image as it is meant to be seen, for drawing on: a PIL 8-bit RGB image, EXIF orientation
+    applied and 16-bit images scaled by their own range (PIL's convert('RGB') clips them white)."""
+    from PIL import Image
+
+    im = read_image(path, min_side=min_side, what=what)
+    if _high_depth(im):
+        return Image.fromarray(np.round(to_rgb_array(im, path) * 255).astype(np.uint8))
+    check_mode(im, path)
+    return im.convert("RGB")
 
 
 def _high_depth(im) -> bool:

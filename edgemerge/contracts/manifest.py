@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from edgemerge.contracts.errors import EdgemergeError
+from edgemerge.contracts.errors import EdgemergeError, EdgemergeNote
 
 MANIFEST = "manifest.json"
 FORMAT = 1
@@ -22,6 +23,8 @@ PRECISIONS = ("fp32", "fp16")
 MERGE_OPS = ("plugin", "native")
 DEFAULT_OPSET = 18
 REQUIRED = ("model", "variant", "resolution", "onnx_sha256")  # what every reader may rely on
+# Fields of manifest.json that are not Manifest attributes but that this version writes (in `extra`).
+KNOWN_EXTRA = ("plan_file",)
 
 
 @dataclass
@@ -119,6 +122,7 @@ class Manifest:
             raise EdgemergeError(f"{source}: manifest has no {missing[0]!r}; re-export the bundle")
         known = {k: v for k, v in data.items() if k in _NAMES and k != "extra"}
         m = cls(**known, extra={k: v for k, v in data.items() if k not in _NAMES})
+        _note_unknown(data, source)
         if m.precision not in PRECISIONS:
             raise EdgemergeError(f"{source}: precision must be 'fp32' or 'fp16', not {m.precision!r}")
         if m.merge_ops not in MERGE_OPS:
@@ -155,6 +159,24 @@ class Manifest:
 
 
 _NAMES = {f.name for f in fields(Manifest)}
+
+
+def _note_unknown(data: dict, source: str) -> None:
+    """A manifest of a newer format, or with fields this version does not know, is read as far as
+    it is understood, and said (an EdgemergeNote: one `edgemerge: note:` line), never silently."""
+    from edgemerge import __version__
+
+    unknown = sorted(k for k in data if k not in _NAMES and k not in KNOWN_EXTRA)
+    fmt = data.get("format", FORMAT)
+    shown = ", ".join(unknown[:6]) + (f" and {len(unknown) - 6} more" if len(unknown) > 6 else "")
+    if isinstance(fmt, int) and not isinstance(fmt, bool) and fmt > FORMAT:
+        warnings.warn(f"{source} was written by a newer edgemerge (manifest format {fmt}; edgemerge {__version__} "
+                      f"reads format {FORMAT}){f' and has fields it does not know: {shown}' if unknown else ''}: "
+                      "read as far as this version understands it; upgrade edgemerge to read it as written",
+                      EdgemergeNote, stacklevel=3)
+    elif unknown:
+        warnings.warn(f"{source} has fields edgemerge {__version__} does not know: {shown} (ignored: written by a "
+                      "newer edgemerge, or edited)", EdgemergeNote, stacklevel=3)
 
 
 def manifest_path(path: str | os.PathLike) -> Path:

@@ -18,9 +18,9 @@ import onnx
 
 from edgemerge import __version__
 from edgemerge.contracts.compare import compare, describe, judge_decisions, metrics
-from edgemerge.contracts.errors import CheckFailed, EdgemergeError
+from edgemerge.contracts.errors import CheckFailed, EdgemergeError, reraise_out_of_memory
 from edgemerge.contracts.manifest import MANIFEST, MERGE_OPS, PRECISIONS, ExportOptions, Manifest
-from edgemerge.contracts.files import check_output_dir, sha256_file
+from edgemerge.contracts.files import check_output_dir, output_lock, remove_stale_leftovers, sha256_file
 from edgemerge.contracts.graphs import merge_sites
 from edgemerge.merge.reference import build_reference
 from edgemerge.contracts.identity import stamp
@@ -93,6 +93,7 @@ def check_graph(model: onnx.ModelProto, merge_ops: str) -> None:
         onnx.checker.check_model(model, full_check=True)
         inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
     except Exception as e:
+        reraise_out_of_memory(e)  # a full memory is not a graph the checker refuses
         raise CheckFailed(f"exported ONNX does not pass onnx.checker: {str(e).splitlines()[0]}") from None
     for vi in [*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input]:
         dims = vi.type.tensor_type.shape.dim
@@ -250,16 +251,19 @@ def export_bundle(opts: ExportOptions, progress: Callable[[str], None] = lambda 
     Every option and the output folder are checked before any work; the bundle is written aside
     and renamed into place, so a failure leaves nothing half-written."""
     out = _check_options(opts, build_engine)
-    replaced = (out / MANIFEST).is_file()
-    ref = _reference(opts, progress)                       # 1. PyTorch
-    proto = _export_graph(opts, ref, progress)             # 2. ONNX
-    progress("checking the graph (onnx.checker, static shapes, ops)")
-    check_graph(proto, opts.merge_ops)                     # 3. self-check
-    progress("checking ONNX Runtime against PyTorch")
-    figures = self_check(ref.model, proto, ref.batches, ref.outputs, ref.slots, opts.precision)
-    progress("writing the bundle")                         # 4. the bundle
-    manifest = _write_bundle(out, opts, ref, proto, figures, progress, build_engine)
-    return {**manifest.to_dict(), "bundle": str(out), "replaced": replaced}  # not in manifest.json: what this run did
+    shown = Path(opts.out) if opts.out else out  # a symlink named by --out: written through, said as given
+    with output_lock(out, "bundle"):  # a second export to the same folder is refused while this one runs
+        remove_stale_leftovers(out)  # temp folders of a killed export to the same folder
+        replaced = (out / MANIFEST).is_file()
+        ref = _reference(opts, progress)                       # 1. PyTorch
+        proto = _export_graph(opts, ref, progress)             # 2. ONNX
+        progress("checking the graph (onnx.checker, static shapes, ops)")
+        check_graph(proto, opts.merge_ops)                     # 3. self-check
+        progress("checking ONNX Runtime against PyTorch")
+        figures = self_check(ref.model, proto, ref.batches, ref.outputs, ref.slots, opts.precision)
+        progress("writing the bundle")                         # 4. the bundle
+        manifest = _write_bundle(out, opts, ref, proto, figures, progress, build_engine)
+    return {**manifest.to_dict(), "bundle": str(shown), "replaced": replaced}  # not in manifest.json: what this run did
 
 
 def plan_table(opts: ExportOptions) -> dict[str, Any] | None:
@@ -301,7 +305,7 @@ def _check_options(opts: ExportOptions, build_engine: Callable | None) -> Path:
         raise EdgemergeError(f"num_classes must be >= 1, got {opts.num_classes}")
     if opts.checkpoint is not None and not Path(opts.checkpoint).exists():  # before "building the model"
         raise EdgemergeError(f"checkpoint not found: {opts.checkpoint}")
-    out = Path(opts.out) if opts.out else default_out(opts)
+    out = _bundle_folder(Path(opts.out) if opts.out is not None else default_out(opts))
     _check_writable(out)
     if opts.engine:
         if build_engine is None:
@@ -399,7 +403,8 @@ def _write_bundle(out: Path, opts: ExportOptions, ref: _Reference, proto: onnx.M
     """model.onnx, reference.npz, manifest.json and the engine or device script, written in a
     temporary folder beside `out` and renamed into place (an old bundle is swapped out)."""
     try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        # the pid in the name tells a later export whether this folder is a dead process's leftover
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
     except OSError as e:
         raise EdgemergeError(f"output directory {out.resolve().parent} is not writable ({e.strerror})") from None
     try:
@@ -415,6 +420,7 @@ def _write_bundle(out: Path, opts: ExportOptions, ref: _Reference, proto: onnx.M
         _replace_dir(tmp, out)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        reraise_out_of_memory(e)
         raise EdgemergeError(f"cannot write the bundle to {out}: {e}") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -436,6 +442,20 @@ def _finish_engine_or_script(tmp: Path, manifest: Manifest, opts: ExportOptions,
         manifest["files"].append("plugins/")
     device_script.write_build_script(tmp, manifest)
     manifest["files"] += [device_script.SCRIPT, device_script.TOOL]
+
+
+def _bundle_folder(out: Path) -> Path:
+    """The folder the bundle replaces. A symlink (to a bundle, or to where one goes) is followed: the
+    bundle is written into its target and the link kept. The current folder or one above it (`-o .`)
+    is refused: the bundle replaces its folder whole, and this one holds the shell that runs us."""
+    if out.is_symlink():
+        out = out.resolve()
+    here = Path.cwd().resolve()
+    absolute = out.resolve()
+    if absolute == here or absolute in here.parents:
+        raise EdgemergeError(f"--out {out} is the current directory{' or one above it' if absolute != here else ''}: "
+                             "a bundle replaces its folder whole; name a new folder (e.g. -o ./bundle)")
+    return out
 
 
 def _check_writable(out: Path) -> None:

@@ -73,10 +73,12 @@ def replay_decisions(slots: Iterable[Tensor]) -> Iterator[None]:
     _replay = list(slots)
     try:
         yield
-    finally:
-        left, _replay = _replay, None
-        if left:
-            raise RuntimeError(f"{len(left)} replayed merge decisions were not used")
+    except BaseException:  # Ctrl-C, SIGTERM, a failure mid-forward: that one, not "not used"
+        _replay = None
+        raise
+    left, _replay = _replay, None
+    if left:
+        raise RuntimeError(f"{len(left)} replayed merge decisions were not used")
 
 
 class MatchEvent(NamedTuple):

@@ -41,6 +41,7 @@ class Family:
     unit: model config -> the step its resolutions come in (Segformer: 32, a ViT: the patch size).
     learned_metric_keys: (config, plan) -> the checkpoint keys of the learned metrics the plan reads.
     soft: (model, plan, learned-metric state, TrainOptions) -> SoftModel, or None (no training).
+    train_variant: the learned-metric variant `edgemerge train-metric` trains by default.
     task: "segment" (dense logits [B, K, h, w]) or "classify" ([B, K]).
     takes_calibration: whether `edgemerge calibrate` makes static counts for it (ALGM).
     """
@@ -53,6 +54,7 @@ class Family:
     unit: Callable[[Any], int]
     learned_metric_keys: Callable[[Any, Any], list[str]]
     soft: Callable[..., SoftModel] | None = None
+    train_variant: str | None = None
     task: str = "segment"
     takes_calibration: bool = False
 

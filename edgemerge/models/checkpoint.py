@@ -28,7 +28,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from edgemerge.contracts.errors import EdgemergeError
+from edgemerge.contracts.errors import EdgemergeError, reraise_out_of_memory
 from edgemerge.contracts.files import sha256_file
 from edgemerge.models import convert
 from edgemerge.models.registry import ModelConfig, build_from_config, configure
@@ -127,6 +127,7 @@ def _read_weights_and_extra(path: Path) -> tuple[StateDict, dict[str, Any]]:
             with open(path, "rb") as f:  # a file object: torch.load decides nothing by the name either
                 obj = torch.load(f, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, random bytes, pickles we refuse, ...
+        reraise_out_of_memory(e)
         hint = _pickled_object_hint(e)
         if hint:
             raise EdgemergeError(f"not a readable checkpoint: {path} {hint}") from None
@@ -148,12 +149,13 @@ def _read_weights_and_extra(path: Path) -> tuple[StateDict, dict[str, Any]]:
 
 def save_checkpoint(model: nn.Module, path: str | Path, extra_tensors: dict[str, Tensor] | None = None) -> None:
     """Save `model` (and e.g. learned merge metrics) so that `load_checkpoint` rebuilds it exactly,
-    the format-specific numerics (LayerNorm eps, head variant) included. Written atomically."""
+    the format-specific numerics (LayerNorm eps, head variant) included. Written atomically, mode
+    0644, by the package's one atomic writer."""
     from edgemerge.contracts.files import atomic_write_bytes
 
     state = dict(model.state_dict())
     state.update(extra_tensors or {})
-    atomic_write_bytes(Path(path), lambda f: torch.save({"state_dict": state, EXTRA_KEY: dict(model.config.extra)}, f))
+    atomic_write_bytes(path, lambda f: torch.save({"state_dict": state, EXTRA_KEY: dict(model.config.extra)}, f))
 
 
 def _read_hf_dir(path: Path) -> tuple[StateDict, dict[str, Any], Path]:

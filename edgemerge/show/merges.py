@@ -253,8 +253,6 @@ def show_merges(model_name: str, variant: str, image: str | Path, out: str | Pat
     below it; `caption=False`: exactly the image's size. `site` picks one site (written to `out`);
     otherwise site 0 goes to `out` and site k to `<out stem>_site<k>.png`.
     """
-    from PIL import Image
-
     image = Path(image)
     if not image.is_file():
         raise EdgemergeError(f"image not found: {image}")
@@ -262,16 +260,13 @@ def show_merges(model_name: str, variant: str, image: str | Path, out: str | Pat
     if out.suffix.lower() != ".png":
         raise EdgemergeError(f"--out must be a .png file, got {out}")
     check_output_file(out, "picture")  # before the model runs; the site files go beside it
-    try:
-        pil = Image.open(image)
-        pil.load()
-    except Exception as e:
-        raise EdgemergeError(f"cannot read image {image}: {e}") from None
+    from edgemerge.contracts.images import load_image, normalize, read_rgb
+
+    pil = read_rgb(image)  # the picture drawn on: as the model sees it (EXIF orientation, 16-bit scaled)
 
     import torch
 
     from edgemerge.merge.reference import build_reference
-    from edgemerge.contracts.images import load_image, normalize
     from edgemerge.merge.plan import get_plan
     from edgemerge.merge.counts import resolve
     from edgemerge.models.registry import get_config

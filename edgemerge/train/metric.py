@@ -38,6 +38,10 @@ from edgemerge.contracts.files import atomic_write_bytes
 from edgemerge.merge.family import SoftModel
 
 MIN_LR = 1e-6
+MAX_LR = 1.0  # AdamW on a projection: beyond this every step overshoots
+# At most this many optimizer steps in one run (DTEM trains for tens of thousands): a number beyond it
+# (`--epochs 1000000000000`) is a typo, refused up front instead of running silently for days.
+MAX_STEPS = 1_000_000
 CLIP = 5.0
 HOLDOUT = 0.2
 STATE_FILE, CHECKPOINT_FILE, RECORD_FILE = "train_state.pth", "checkpoint.pth", "train_record.json"
@@ -90,6 +94,61 @@ def _save(obj: Any, path: Path) -> None:
     atomic_write_bytes(path, lambda f: torch.save(obj, f))
 
 
+def default_variant(model: str) -> str:
+    """`--variant`'s default for `model`: its family's learned-metric variant (the adapter's)."""
+    from edgemerge.merge.family import family_for
+    from edgemerge.models.registry import get_config
+
+    variant = family_for(get_config(model).family).train_variant
+    if variant is None:
+        raise EdgemergeError(f"{model}: its family has no learned merge metric to train")
+    return variant
+
+
+def check_numbers(opts: TrainOptions) -> None:
+    """The numeric options, refused with one line before anything is read."""
+    if opts.batch < 1 or (opts.steps is not None and opts.steps < 1) or opts.epochs < 1:
+        raise EdgemergeError("--batch, --steps and --epochs must be >= 1")
+    if not (math.isfinite(opts.lr) and 0 < opts.lr <= MAX_LR):
+        raise EdgemergeError(f"--lr {opts.lr}: the learning rate must be a number > 0 and <= {MAX_LR:g} "
+                             "(DTEM's is 1e-4)")
+    if opts.steps is not None and opts.steps > MAX_STEPS:
+        raise EdgemergeError(f"--steps {opts.steps}: at most {MAX_STEPS} steps in one run")
+    if opts.epochs > MAX_STEPS:
+        raise EdgemergeError(f"--epochs {opts.epochs}: at most {MAX_STEPS} steps in one run")
+
+
+def total_steps(opts: TrainOptions, n_images: int) -> int:
+    """The run's optimizer steps (--steps, or --epochs over the training images), at most MAX_STEPS."""
+    total = opts.steps if opts.steps is not None else opts.epochs * math.ceil(n_images / opts.batch)
+    if total > MAX_STEPS:
+        raise EdgemergeError(f"--epochs {opts.epochs} over {n_images} training images in batches of {opts.batch} "
+                             f"is {total} steps; at most {MAX_STEPS} in one run")
+    return total
+
+
+def label_files(files: list[Path], labels: str | Path, family: str, name: str) -> list[Path]:
+    """The label map of every training image (same file name), checked as validate checks them
+    (edgemerge.contracts.labels: lossless, of the image's size) before any work."""
+    from edgemerge.contracts.labels import check_label_files, check_label_sizes
+
+    from edgemerge.merge.family import family_for
+
+    if family_for(family).task != "segment":
+        raise EdgemergeError(f"--labels takes per-pixel label maps, for segmentation models; {name} is a "
+                             f"{family} classifier (train it with distillation only)")
+    if not Path(labels).is_dir():
+        raise EdgemergeError(f"label folder not found: {labels}")
+    missing = [f.name for f in files if not (Path(labels) / f.name).is_file()]
+    if missing:
+        raise EdgemergeError(f"--labels {labels} has no label map for {missing[0]}"
+                             + (f" (+{len(missing) - 1} more)" if len(missing) > 1 else ""))
+    out = [Path(labels) / f.name for f in files]
+    check_label_files(out)
+    check_label_sizes(files, out)
+    return out
+
+
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -129,23 +188,23 @@ def split_images(opts: TrainOptions) -> Split:
                  "holdout")
 
 
-def _load_images(files: list[Path], cfg, labels: str | None) -> tuple[Tensor, Tensor | None]:
-    """Images [N, 3, H, W] normalised, and label maps [N, H, W] (nearest-resized) when asked."""
+def _load_images(files: list[Path], cfg, labels: list[Path] | None,
+                 num_classes: int | None = None) -> tuple[Tensor, Tensor | None]:
+    """Images [N, 3, H, W] normalised, and label maps [N, H, W] (nearest-resized) when asked, their
+    class ids checked against the model's classes (ids K..254 refused, as validate does)."""
+    import numpy as np
+
     from edgemerge.contracts.images import load_image, normalize
+    from edgemerge.contracts.labels import check_label_values
 
     H, W = cfg.resolution
+    maps = None
+    if labels is not None:  # before the images: a bad label map is refused first
+        arr = np.stack([load_image(f, H, W, labels=True) for f in labels])
+        check_label_values(arr, labels, num_classes)
+        maps = torch.from_numpy(arr)
     images = torch.stack([torch.from_numpy(normalize(load_image(f, H, W)[None], cfg.mean, cfg.std)[0]) for f in files])
-    if labels is None:
-        return images, None
-    if cfg.family != "segformer":
-        raise EdgemergeError(f"--labels takes per-pixel label maps, for segmentation models; {cfg.name} is a "
-                             f"{cfg.family} classifier (train it with distillation only)")
-    missing = [f.name for f in files if not (Path(labels) / f.name).is_file()]
-    if missing:
-        raise EdgemergeError(f"--labels {labels} has no label map for {missing[0]}"
-                             + (f" (+{len(missing) - 1} more)" if len(missing) > 1 else ""))
-    maps = [torch.from_numpy(load_image(Path(labels) / f.name, H, W, labels=True)) for f in files]
-    return images, torch.stack(maps)
+    return images, maps
 
 
 def task_loss(logits: Tensor, labels: Tensor) -> Tensor:
@@ -192,8 +251,12 @@ def _options_key(opts: TrainOptions, sha: str) -> dict[str, Any]:
     return d
 
 
-def train_metric(opts: TrainOptions, progress: Callable[[int, int, float], None] | None = None) -> dict[str, Any]:
-    """Train every merge site's metric of `opts.variant`; returns the training record (also written)."""
+def train_metric(opts: TrainOptions, progress: Callable[[int, int, float], None] | None = None,
+                 note: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+    """Train every merge site's metric of `opts.variant`; returns the training record (also written).
+
+    Every option, the images and the label maps are checked before the model is loaded;
+    `note(msg)` is told whether the run starts or resumes, `progress(step, total, loss)` each step."""
     from edgemerge.merge.patch import learned_metric_keys
     from edgemerge.merge.plan import get_plan
     from edgemerge.models.checkpoint import load_checkpoint
@@ -204,15 +267,20 @@ def train_metric(opts: TrainOptions, progress: Callable[[int, int, float], None]
     if not learned_metric_keys(opts.model, plan):
         raise EdgemergeError(f"train-metric trains a learned merge metric; {opts.model}'s variant {opts.variant!r} "
                              f"has none (ViT/DeiT: --variant dtem; Segformer: a *-lm variant; Segmenter: algm-lm)")
-    if opts.batch < 1 or (opts.steps is not None and opts.steps < 1) or opts.epochs < 1:
-        raise EdgemergeError("--batch, --steps and --epochs must be >= 1")
+    check_numbers(opts)
     split = split_images(opts)
+    total = total_steps(opts, len(split.train))
+    from edgemerge.contracts.images import check_images
+    from edgemerge.models.registry import get_config
+
+    cfg = get_config(opts.model)
+    labels = None if opts.labels is None else label_files(split.train, opts.labels, cfg.family, opts.model)
+    check_images([*split.train, *split.judge])  # every image decodes and is large enough, before any work
     torch.manual_seed(opts.seed)
     model, info = load_checkpoint(opts.model, opts.checkpoint, resolution=opts.resolution)
     model.requires_grad_(False)
-    images, label_maps = _load_images(split.train, model.config, opts.labels)
+    images, label_maps = _load_images(split.train, model.config, labels, info.num_classes or model.config.num_classes)
     judge, _ = _load_images(split.judge, model.config, None)
-    total = opts.steps if opts.steps is not None else opts.epochs * math.ceil(len(images) / opts.batch)
     soft_model = _soft_model(model, plan, info.merge_state, opts)
     metrics = soft_model.params
     decay = [p for p in metrics.parameters() if p.ndim > 1]
@@ -231,6 +299,10 @@ def train_metric(opts: TrainOptions, progress: Callable[[int, int, float], None]
         metrics.load_state_dict(state["metrics"])
         optimizer.load_state_dict(state["optimizer"])
         start, losses, seconds = int(state["step"]), list(state["losses"]), float(state["seconds"])
+        note(f"resuming the run in {out} at step {start} of {total} ({STATE_FILE})" if start < total else
+             f"the run in {out} had finished its {total} steps ({STATE_FILE}): judging and writing it again")
+    else:
+        note(f"starting a new run in {out}: {total} steps")
 
     def batches(x: Tensor) -> list[Tensor]:
         return [x[i: i + opts.batch] for i in range(0, len(x), opts.batch)]

@@ -14,7 +14,7 @@ from pathlib import Path
 from edgemerge.contracts.errors import EdgemergeError
 from edgemerge.contracts.manifest import MANIFEST, read_manifest
 from edgemerge.contracts.files import sha256_file
-from edgemerge.contracts.identity import check_manifest
+from edgemerge.contracts.identity import check_onnx_file
 
 ENGINE_SUFFIXES = (".plan", ".engine", ".trt")
 
@@ -67,12 +67,7 @@ def find_artifact(path: str | Path) -> Artifact:
     hashes: dict = {"manifest_sha256": sha256_file(bundle / MANIFEST)}
     want = manifest["onnx_sha256"]
     if onnx_path.is_file():
-        got = sha256_file(onnx_path)
-        hashes["onnx_sha256"] = got
-        if got != want:
-            raise EdgemergeError(f"{onnx_path}: sha256 {got[:16]} differs from {MANIFEST}'s onnx_sha256 "
-                                 f"{want[:16]} (edited, or from another export): re-export the bundle")
-        check_manifest(manifest, onnx_path, bundle / MANIFEST)  # a manifest edited after export
+        hashes["onnx_sha256"] = check_onnx_file(manifest, onnx_path, bundle / MANIFEST)  # cut short, edited
     elif kind == "onnx":
         raise EdgemergeError(f"ONNX file not found: {onnx_path}")
     else:

@@ -15,8 +15,8 @@ from typing import Callable
 import numpy as np
 
 from edgemerge.contracts.errors import EdgemergeError
-from edgemerge.contracts.images import (IMAGE_SUFFIXES, check_images, image_size, list_images, load_image, normalize,
-                              require_regular_file, synthetic_images)
+from edgemerge.contracts.images import IMAGE_SUFFIXES, check_images, list_images, load_image, normalize, synthetic_images
+from edgemerge.contracts.labels import check_label_files, check_label_sizes, check_label_values  # the one place
 
 DEFAULT_SYNTHETIC = 4
 
@@ -64,57 +64,6 @@ def match_labels(image_files: list[Path], labels_dir: str | Path) -> list[Path]:
     return [by_stem[p.stem] for p in image_files]
 
 
-def _size_hw(path: Path, what: str = "image") -> tuple[int, int]:
-    return image_size(path, what)  # the header only, EXIF orientation applied
-
-
-def _label_format(path: Path) -> str | None:
-    from PIL import Image
-
-    require_regular_file(path, "label")
-    try:
-        with Image.open(path) as im:
-            return im.format
-    except Exception as e:
-        raise EdgemergeError(f"cannot read label {path}: {e}") from None
-
-
-def check_label_files(label_files: list[Path]) -> None:
-    """Label maps must be stored losslessly (PNG, BMP, TIFF, ...): refuse JPEG (by content, not name)."""
-    for lab in label_files:
-        # lossy: a JPEG smears the class ids at every edge into values that are no class at all
-        if _label_format(lab) in ("JPEG", "MPO") or lab.suffix.lower() in (".jpg", ".jpeg"):
-            raise EdgemergeError(f"label {lab} is a JPEG: JPEG is lossy and turns class ids at every edge into "
-                                 "other values; save label maps as PNG")
-
-
-def check_label_sizes(image_files: list[Path], label_files: list[Path]) -> None:
-    """A label map must have its image's size: resizing a 100x100 map onto 360x480 frames
-    stretches it, and the mIoU measured against it means nothing."""
-    for img, lab in zip(image_files, label_files):
-        hw, lhw = _size_hw(img), _size_hw(lab, "label")
-        if hw != lhw:
-            raise EdgemergeError(f"label {lab} is {lhw[0]}x{lhw[1]} (HxW) but its image {img.name} is "
-                                 f"{hw[0]}x{hw[1]}: labels must have their image's size")
-
-
-IGNORE_INDEX = 255
-
-
-def check_label_values(labels: np.ndarray, files: list[Path], num_classes: int | None) -> None:
-    """Every label value is a class id 0..K-1 or 255 (ignore): an id K..254 (labels of another
-    dataset, a colour map read as ids) would silently count for nothing in mIoU."""
-    if not num_classes:
-        return
-    for lab, f in zip(labels, files):
-        bad = np.unique(lab[((lab < 0) | (lab >= num_classes)) & (lab != IGNORE_INDEX)])
-        if bad.size:
-            shown = ", ".join(map(str, bad[:5].tolist())) + (f" and {bad.size - 5} more" if bad.size > 5 else "")
-            raise EdgemergeError(f"label {f} has class ids {shown}, outside 0..{num_classes - 1} (and "
-                                 f"{IGNORE_INDEX} = ignore) of this {num_classes}-class model: are these the "
-                                 "right labels for it?")
-
-
 def ignored_labels(labels: np.ndarray, files: list[str], num_classes: int) -> str | None:
     """A warning when some label maps have no pixel of a class 0..K-1 (all ignored), else None."""
     counted = ((labels >= 0) & (labels < num_classes)).reshape(len(labels), -1).any(1)
@@ -146,9 +95,6 @@ def folder_inputs(manifest: dict, images_dir: str | Path, labels_dir: str | Path
     labels = None
     if label_files is not None:  # before the images: a bad label map is refused first
         labels = np.stack([load_image(p, H, W, labels=True) for p in label_files])
-        if labels.ndim == 4:  # an RGB label image: CamVid-style index maps are single-channel
-            raise EdgemergeError(f"label {label_files[0]} has colour channels; labels must be class-index "
-                                 f"images (values 0..K-1, 255 = ignore)")
         check_label_values(labels, label_files, manifest.get("num_classes"))
     progress(f"reading {len(files)} image(s) from {images_dir}")
     images = np.stack([load_image(p, H, W) for p in files])

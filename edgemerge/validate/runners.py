@@ -13,7 +13,7 @@ from typing import Callable
 
 import numpy as np
 
-from edgemerge.contracts.errors import EdgemergeError
+from edgemerge.contracts.errors import EdgemergeError, reraise_out_of_memory
 from edgemerge.contracts.graphs import match_metrics, slot_tensors, with_outputs
 from edgemerge.contracts.progress import quiet_polygraphy
 
@@ -44,6 +44,7 @@ def run_onnx(onnx_path: Path, manifest: dict, batches: list[np.ndarray], *, expo
     try:
         results = Comparator.run([runner], data_loader=_feeds(batches, inp["name"], inp["dtype"]))
     except Exception as e:  # ORT failing on a malformed file is a finding, said in one line
+        reraise_out_of_memory(e)
         raise EdgemergeError(f"{onnx_path}: ONNX Runtime cannot run it: {str(e).splitlines()[0][:300]}") from None
     return [dict(it.items()) for it in results["onnxrt"]], slots, metrics
 

@@ -181,7 +181,7 @@ def test_jpeg_labels_refused(tmp_path):
 def test_jpeg_content_named_png_refused_as_label(tmp_path):
     from PIL import Image
 
-    from edgemerge.validate.inputs import check_label_files
+    from edgemerge.contracts.labels import check_label_files
 
     Image.fromarray(np.zeros((20, 20), np.uint8)).save(tmp_path / "l.png", format="JPEG")
     with pytest.raises(EdgemergeError, match="is a JPEG"):

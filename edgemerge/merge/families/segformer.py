@@ -212,4 +212,5 @@ def soft_model(model: nn.Module, plan: SegformerPlan, merge_state: dict[str, Ten
 
 FAMILY = register(Family(
     names=("segformer",), plan_class=SegformerPlan, plan=plan_of, patch=patch, counts=counts,
-    unit=lambda cfg: math.prod(cfg.strides), learned_metric_keys=learned_metric_keys, soft=soft_model))
+    unit=lambda cfg: math.prod(cfg.strides), learned_metric_keys=learned_metric_keys, soft=soft_model,
+    train_variant="fast-pa-lm"))

@@ -119,4 +119,5 @@ def learned_metric_keys(cfg, plan: ALGMPlan) -> list[str]:
 FAMILY = register(Family(
     names=("segmenter",), plan_class=ALGMPlan, plan=plan_of, patch=patch, counts=vit_counts,
     unit=lambda cfg: cfg.patch_size, learned_metric_keys=learned_metric_keys, soft=soft_model,
+    train_variant="algm-lm",
     takes_calibration=True))

@@ -163,4 +163,5 @@ def soft_model(model: nn.Module, plan: ToMePlan, merge_state: dict[str, Tensor],
 
 FAMILY = register(Family(
     names=("vit", "deit"), plan_class=ToMePlan, plan=plan_of, patch=patch, counts=vit_counts,
-    unit=lambda cfg: cfg.patch_size, learned_metric_keys=learned_metric_keys, soft=soft_model, task="classify"))
+    unit=lambda cfg: cfg.patch_size, learned_metric_keys=learned_metric_keys, soft=soft_model,
+    train_variant="dtem", task="classify"))
