@@ -95,3 +95,13 @@ def test_command_package_imports_without_the_others(name):
             f"for m in {modules_of(name)!r}: importlib.import_module(m)\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr.strip().splitlines()[-1]
+
+
+def test_no_function_runs_over_sixty_lines():
+    """Functions split along their own steps (a long one hides the steps a reader needs named)."""
+    long = []
+    for f in sorted(ROOT.rglob("*.py")):
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 60:
+                long.append(f"{f.relative_to(ROOT)}::{node.name} ({node.end_lineno - node.lineno + 1} lines)")
+    assert not long, long

@@ -25,7 +25,7 @@ import hashlib
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -257,11 +257,59 @@ def train_metric(opts: TrainOptions, progress: Callable[[int, int, float], None]
 
     Every option, the images and the label maps are checked before the model is loaded;
     `note(msg)` is told whether the run starts or resumes, `progress(step, total, loss)` each step."""
+    from edgemerge.models.checkpoint import save_checkpoint
+
+    run = _prepare(opts)
+    _resume_or_start(run, note)
+    stats = _train(run, progress)
+    after = _evaluate(run)
+    save_checkpoint(run.model, run.out / CHECKPOINT_FILE, run.soft_model.state())
+    record = _record(run, stats, after)
+    atomic_write_bytes(run.out / RECORD_FILE, (json.dumps(record, indent=2) + "\n").encode())
+    return record
+
+
+@dataclass
+class _Run:
+    """One training run: what it trains, on which images, and where it stands."""
+
+    opts: TrainOptions
+    plan: Any
+    split: Split
+    total: int
+    model: nn.Module
+    info: Any
+    images: Tensor
+    label_maps: Tensor | None
+    judge: Tensor
+    soft_model: SoftModel
+    optimizer: torch.optim.Optimizer
+    out: Path
+    key: dict[str, Any]
+    teacher: Tensor
+    judge_teacher: list[Tensor]
+    start: int = 0
+    losses: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    before: dict[str, float] | None = None
+
+    def batches(self, x: Tensor) -> list[Tensor]:
+        return [x[i: i + self.opts.batch] for i in range(0, len(x), self.opts.batch)]
+
+    def save(self, step: int) -> None:
+        _save({"options": self.key, "step": step, "metrics": self.soft_model.params.state_dict(),
+               "optimizer": self.optimizer.state_dict(), "losses": self.losses, "seconds": self.seconds,
+               "before": self.before}, self.out / STATE_FILE)
+
+
+def _prepare(opts: TrainOptions) -> _Run:
+    """Options, images and labels checked, then the model, its soft forward, the optimizer and the
+    unmerged model's outputs (the teacher) made once."""
+    from edgemerge.contracts.images import check_images
     from edgemerge.merge.patch import learned_metric_keys
     from edgemerge.merge.plan import get_plan
     from edgemerge.models.checkpoint import load_checkpoint
-    from edgemerge.models.checkpoint import save_checkpoint
-    from edgemerge.merge.soft import SoftStats
+    from edgemerge.models.registry import get_config
 
     plan = get_plan(opts.model, opts.variant)
     if not learned_metric_keys(opts.model, plan):
@@ -270,9 +318,6 @@ def train_metric(opts: TrainOptions, progress: Callable[[int, int, float], None]
     check_numbers(opts)
     split = split_images(opts)
     total = total_steps(opts, len(split.train))
-    from edgemerge.contracts.images import check_images
-    from edgemerge.models.registry import get_config
-
     cfg = get_config(opts.model)
     labels = None if opts.labels is None else label_files(split.train, opts.labels, cfg.family, opts.model)
     check_images([*split.train, *split.judge])  # every image decodes and is large enough, before any work
@@ -282,107 +327,108 @@ def train_metric(opts: TrainOptions, progress: Callable[[int, int, float], None]
     images, label_maps = _load_images(split.train, model.config, labels, info.num_classes or model.config.num_classes)
     judge, _ = _load_images(split.judge, model.config, None)
     soft_model = _soft_model(model, plan, info.merge_state, opts)
-    metrics = soft_model.params
-    decay = [p for p in metrics.parameters() if p.ndim > 1]
-    no_decay = [p for p in metrics.parameters() if p.ndim <= 1]
+    decay = [p for p in soft_model.params.parameters() if p.ndim > 1]
+    no_decay = [p for p in soft_model.params.parameters() if p.ndim <= 1]
     optimizer = torch.optim.AdamW([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}],
                                   lr=opts.lr, weight_decay=opts.weight_decay, maximize=opts.ascend)
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
-    key = _options_key(opts, info.sha256)
-    start, losses, seconds = 0, [], 0.0
+    run = _Run(opts, plan, split, total, model, info, images, label_maps, judge, soft_model, optimizer, out,
+               _options_key(opts, info.sha256), torch.empty(0), [])
+    with torch.no_grad():
+        run.teacher = torch.cat([model(x) for x in run.batches(images)])
+        run.judge_teacher = [model(x) for x in run.batches(judge)]
+    return run
+
+
+def _resume_or_start(run: _Run, note: Callable[[str], None]) -> None:
+    """Pick up the state a stopped run saved in --out (same options only), or judge the starting
+    metric and save step 0."""
+    out, total = run.out, run.total
     if (out / STATE_FILE).is_file():
         state = torch.load(out / STATE_FILE, map_location="cpu", weights_only=True)
-        if state["options"] != json.loads(json.dumps(key)):
+        if state["options"] != json.loads(json.dumps(run.key)):
             raise EdgemergeError(f"{out} holds a run with other options ({out / STATE_FILE}); "
                                  f"use another --out, or delete it to start over")
-        metrics.load_state_dict(state["metrics"])
-        optimizer.load_state_dict(state["optimizer"])
-        start, losses, seconds = int(state["step"]), list(state["losses"]), float(state["seconds"])
-        note(f"resuming the run in {out} at step {start} of {total} ({STATE_FILE})" if start < total else
+        run.soft_model.params.load_state_dict(state["metrics"])
+        run.optimizer.load_state_dict(state["optimizer"])
+        run.start, run.losses, run.seconds = int(state["step"]), list(state["losses"]), float(state["seconds"])
+        run.before = state["before"]
+        note(f"resuming the run in {out} at step {run.start} of {total} ({STATE_FILE})" if run.start < total else
              f"the run in {out} had finished its {total} steps ({STATE_FILE}): judging and writing it again")
-    else:
-        note(f"starting a new run in {out}: {total} steps")
+        return
+    note(f"starting a new run in {out}: {total} steps")
+    run.before = _evaluate(run)
+    run.save(0)
 
-    def batches(x: Tensor) -> list[Tensor]:
-        return [x[i: i + opts.batch] for i in range(0, len(x), opts.batch)]
 
-    with torch.no_grad():
-        teacher = torch.cat([model(x) for x in batches(images)])
-        judge_teacher = [model(x) for x in batches(judge)]
+def _evaluate(run: _Run) -> dict[str, float]:
+    """Mean KL to the unmerged model over the judging images: soft (trained) and hard (deployed)."""
+    n, soft, hard = len(run.judge), 0.0, 0.0
+    state = run.soft_model.state()
+    for x, t in zip(run.batches(run.judge), run.judge_teacher):
+        with torch.no_grad():
+            soft += float(distillation_loss(run.soft_model.forward(x, None), t)) * len(x) / n
+        hard += _hard_kl(run.model, run.plan, state, x, t) * len(x) / n
+    return {"soft_kl": soft, "hard_kl": hard}
 
-    def evaluate() -> dict[str, float]:
-        """Mean KL to the unmerged model over the judging images: soft (trained) and hard (deployed)."""
-        n, soft, hard = len(judge), 0.0, 0.0
-        state = soft_model.state()
-        for x, t in zip(batches(judge), judge_teacher):
-            with torch.no_grad():
-                soft += float(distillation_loss(soft_model.forward(x, None), t)) * len(x) / n
-            hard += _hard_kl(model, plan, state, x, t) * len(x) / n
-        return {"soft_kl": soft, "hard_kl": hard}
 
-    before = evaluate() if start == 0 else None
+def _train(run: _Run, progress: Callable[[int, int, float], None] | None):
+    """The optimizer steps from where the run stands; state saved every --save-every steps.
+    Returns the last step's SoftStats (what the relaxation moved)."""
+    from edgemerge.merge.soft import SoftStats
 
-    def save(step: int) -> None:
-        _save({"options": key, "step": step, "metrics": metrics.state_dict(),
-                            "optimizer": optimizer.state_dict(), "losses": losses, "seconds": seconds,
-                            "before": before}, out / STATE_FILE)
-
-    if start == 0:
-        save(0)
-    else:
-        before = torch.load(out / STATE_FILE, map_location="cpu", weights_only=True)["before"]
+    opts, total = run.opts, run.total
     stats = SoftStats()
-    for step in range(start, total):
+    for step in range(run.start, total):
         t0 = time.perf_counter()
-        for group in optimizer.param_groups:
+        for group in run.optimizer.param_groups:
             group["lr"] = _lr_at(step, total, opts.lr)
-        idx = _batch_of(step, len(images), opts.batch, opts.seed)
+        idx = _batch_of(step, len(run.images), opts.batch, opts.seed)
         stats = SoftStats()
-        student = soft_model.forward(images[idx], stats)
-        loss = distillation_loss(student, teacher[idx])
-        if label_maps is not None:
-            loss = loss + task_loss(student, label_maps[idx])
-        optimizer.zero_grad(set_to_none=True)
+        student = run.soft_model.forward(run.images[idx], stats)
+        loss = distillation_loss(student, run.teacher[idx])
+        if run.label_maps is not None:
+            loss = loss + task_loss(student, run.label_maps[idx])
+        run.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        nn.utils.clip_grad_norm_(metrics.parameters(), CLIP)
-        optimizer.step()
-        losses.append(round(loss.item(), 6))
-        seconds += time.perf_counter() - t0
+        nn.utils.clip_grad_norm_(run.soft_model.params.parameters(), CLIP)
+        run.optimizer.step()
+        run.losses.append(round(loss.item(), 6))
+        run.seconds += time.perf_counter() - t0
         if progress is not None:
-            progress(step + 1, total, losses[-1])
+            progress(step + 1, total, run.losses[-1])
         if (step + 1) % opts.save_every == 0 or step + 1 == total:
-            save(step + 1)
+            run.save(step + 1)
+    return stats
 
-    after = evaluate()
-    save_checkpoint(model, out / CHECKPOINT_FILE, soft_model.state())
+
+def _record(run: _Run, stats, after: dict[str, float]) -> dict[str, Any]:
+    """The training record (train_record.json): what trained on what, and what was judged on which files."""
     from edgemerge.merge.plan import plan_dict
 
-    record = {"model": opts.model, "variant": opts.variant, "plan": plan_dict(plan),
-              "options": key, "checkpoint_in": str(opts.checkpoint), "checkpoint_format": info.format,
-              "train_images": len(images), "resolution": list(model.config.resolution), "steps": total,
-              "train_files": [str(f) for f in split.train],
-              "eval_source": (f"--eval-images {opts.eval_images}" if split.source == "eval-images" else
-                              f"held-out split of --images: {len(split.judge)} of "
-                              f"{len(split.train) + len(split.judge)} (holdout {opts.holdout}, seed {opts.seed}), "
-                              f"never trained on"),
-              "eval_files": [str(f) for f in split.judge],
-              "loss": "distillation: KL(unmerged || soft-merged) of the class scores (per pixel for segmentation)"
-                      + (" + cross-entropy against --labels" if opts.labels else ""),
-              "labels": str(opts.labels) if opts.labels else None,
-              "optimizer": {"name": "AdamW", "lr": opts.lr, "min_lr": MIN_LR, "schedule": "cosine",
-                            "weight_decay": opts.weight_decay, "weight_decay_on": "weights only", "clip": CLIP},
-              "relaxation": {"top_k": opts.top_k, "tau_score": opts.tau_score, "tau_pick": opts.tau_pick,
-                             "tau_grid": opts.tau_grid},
-              "train_loss_first": losses[0] if losses else None, "train_loss_last": losses[-1] if losses else None,
-              "losses": losses, "eval_images": len(judge),
-              "eval_kl": "mean KL(unmerged || merged) per pixel (per image for classifiers) on the eval files; "
-                         "soft: the relaxed forward that trains, hard: the deployed model (hard merging)",
-              "eval_before": before, "eval_after": after,
-              "picked_mass_last_step": [{"r": r, "mass": round(m, 4)} for r, m in zip(stats.counts, stats.mass)],
-              "train_seconds": round(seconds, 1), "torch": torch.__version__, "seed": opts.seed,
-              "checkpoint": CHECKPOINT_FILE}
-    from edgemerge.contracts.files import atomic_write_bytes
-
-    atomic_write_bytes(out / RECORD_FILE, (json.dumps(record, indent=2) + "\n").encode())
-    return record
+    opts, split, losses = run.opts, run.split, run.losses
+    return {"model": opts.model, "variant": opts.variant, "plan": plan_dict(run.plan),
+            "options": run.key, "checkpoint_in": str(opts.checkpoint), "checkpoint_format": run.info.format,
+            "train_images": len(run.images), "resolution": list(run.model.config.resolution), "steps": run.total,
+            "train_files": [str(f) for f in split.train],
+            "eval_source": (f"--eval-images {opts.eval_images}" if split.source == "eval-images" else
+                            f"held-out split of --images: {len(split.judge)} of "
+                            f"{len(split.train) + len(split.judge)} (holdout {opts.holdout}, seed {opts.seed}), "
+                            f"never trained on"),
+            "eval_files": [str(f) for f in split.judge],
+            "loss": "distillation: KL(unmerged || soft-merged) of the class scores (per pixel for segmentation)"
+                    + (" + cross-entropy against --labels" if opts.labels else ""),
+            "labels": str(opts.labels) if opts.labels else None,
+            "optimizer": {"name": "AdamW", "lr": opts.lr, "min_lr": MIN_LR, "schedule": "cosine",
+                          "weight_decay": opts.weight_decay, "weight_decay_on": "weights only", "clip": CLIP},
+            "relaxation": {"top_k": opts.top_k, "tau_score": opts.tau_score, "tau_pick": opts.tau_pick,
+                           "tau_grid": opts.tau_grid},
+            "train_loss_first": losses[0] if losses else None, "train_loss_last": losses[-1] if losses else None,
+            "losses": losses, "eval_images": len(run.judge),
+            "eval_kl": "mean KL(unmerged || merged) per pixel (per image for classifiers) on the eval files; "
+                       "soft: the relaxed forward that trains, hard: the deployed model (hard merging)",
+            "eval_before": run.before, "eval_after": after,
+            "picked_mass_last_step": [{"r": r, "mass": round(m, 4)} for r, m in zip(stats.counts, stats.mass)],
+            "train_seconds": round(run.seconds, 1), "torch": torch.__version__, "seed": opts.seed,
+            "checkpoint": CHECKPOINT_FILE}
