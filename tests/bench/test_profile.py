@@ -270,3 +270,28 @@ def test_profile_refusals(bundles):
         result = CliRunner().invoke(main, ["bench", str(bundles["fast"]), "--profile", *args])
         assert result.exit_code == 2, result.output
         assert words in result.output, result.output
+
+
+def test_profile_models_trt_from_layer_times(tmp_path):
+    """bench's TensorRT branch after the IProfiler: per-layer times of both engines + the layer
+    information build_on_device.sh leaves beside each (model.plan.layers.json) -> the profile."""
+    from types import SimpleNamespace
+
+    from edgemerge.bench.profile import profile_models
+
+    arts = {}
+    for role, layers in (("merged", [("conv", "CaskConvolution"), ("node_token_merge__1", "PluginV3")]),
+                         ("baseline", [("conv", "CaskConvolution")])):
+        (tmp_path / role).mkdir()
+        (tmp_path / role / "model.plan.layers.json").write_text(
+            json.dumps({"Layers": [{"Name": n, "LayerType": t} for n, t in layers], "Bindings": []}))
+        sites = {"TokenMerge": ["node_token_merge__1"]} if role == "merged" else {}
+        arts[role] = SimpleNamespace(path=tmp_path / role / "model.plan", manifest={"merge_sites": sites})
+    p = profile_models(arts["merged"], arts["baseline"], "trt", {}, threads=None, warmup=1, iters=5,
+                       speedup_p50=1.1, flop_ratio=1.3,
+                       trt_layers={"merged": [("conv", 2.0), ("node_token_merge__1", 0.5)], "baseline": [("conv", 2.2)]})
+    assert p["merge_ops_ms"] == {"TokenMerge": 0.5} and p["merge_share"] == pytest.approx(0.2)
+    assert p["op_types"][0]["op"] == "CaskConvolution" and p["time_bound_ms"] is None
+    with pytest.raises(EdgemergeError, match="torch"):
+        profile_models(arts["merged"], arts["baseline"], "torch", {}, threads=None, warmup=1, iters=1,
+                       speedup_p50=None, flop_ratio=None)
