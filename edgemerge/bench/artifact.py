@@ -10,9 +10,8 @@ from pathlib import Path
 
 from edgemerge.contracts.errors import EdgemergeError
 from edgemerge.contracts.identity import check_onnx_file
-from edgemerge.contracts.manifest import Manifest, read_manifest
+from edgemerge.contracts.manifest import MANIFEST, Manifest, read_manifest
 
-MANIFEST = "manifest.json"
 BACKENDS = ("trt", "onnxruntime", "torch")
 
 

@@ -24,6 +24,7 @@ import numpy as np
 from edgemerge import __version__
 from edgemerge.bench.artifact import BACKENDS, Artifact, default_backend, read_artifact
 from edgemerge.contracts.errors import EdgemergeError
+from edgemerge.contracts.manifest import MANIFEST
 from edgemerge.contracts.images import normalize, synthetic_images
 
 DEVICES = ("cpu", "cuda")
@@ -44,6 +45,8 @@ class BenchOptions:
     threads: int | None = None
     plugins: list[str] | None = None
     workdir: str | None = None  # where an --unmerged baseline is exported (default: a temp dir)
+    profile: bool = False  # per-op-type time from the backend's profiler, after the timing (bench.profile)
+    profile_iters: int = 10
     # handed over by the caller (the CLI), so bench imports neither the TensorRT side nor export:
     load_engine: Callable | None = None  # edgemerge.trt.load_engine(path, plugins=...)
     exporter: Callable | None = None  # edgemerge.export.export_bundle(opts, progress=...)
@@ -211,7 +214,7 @@ def unmerged_artifact(merged: Artifact, backend: str, workdir: Path,
     ck = m.get("checkpoint")
     out = workdir / unmerged_name(m)
     wanted = "model.plan" if backend == "trt" else "model.onnx"
-    if (out / "manifest.json").is_file() and (out / wanted).is_file():
+    if (out / MANIFEST).is_file() and (out / wanted).is_file():
         kept = read_artifact(out / wanted)
         same = ("model", "resolution", "batch", "precision", "merge_ops", "seed", "num_classes")
         if kept.manifest.get("variant") == "none" and all(kept.manifest.get(k) == m.get(k) for k in same) and \
@@ -292,6 +295,7 @@ def run_bench(opts: BenchOptions, progress: Callable[[str], None] = lambda s: No
         raise EdgemergeError(f"--plugins loads TensorRT plugin libraries, which only an engine uses; "
                              f"{opts.artifact} runs on {backend} here: bench the bundle's model.plan (or "
                              "--backend trt), or drop --plugins")
+    _check_profile(opts, backend, device)
     if backend == "trt":
         merged = _engine_of(merged)
     if backend == "trt" and device != "cuda":
@@ -326,6 +330,22 @@ def run_bench(opts: BenchOptions, progress: Callable[[str], None] = lambda s: No
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _check_profile(opts: BenchOptions, backend: str, device: str) -> None:
+    """--profile's preconditions, before any export or timing."""
+    if not opts.profile:
+        return
+    if not (opts.baseline or opts.unmerged):
+        raise EdgemergeError("--profile compares the merged model with its baseline: give --unmerged or --baseline")
+    if opts.profile_iters < 1:
+        raise EdgemergeError(f"--profile-iters must be >= 1, got {opts.profile_iters}")
+    if backend == "torch":
+        raise EdgemergeError("--profile reads ONNX Runtime's or TensorRT's own profiler; the torch backend has "
+                             "none here: bench the bundle's model.onnx or model.plan")
+    if backend == "onnxruntime" and device != "cpu":
+        raise EdgemergeError("--profile on onnxruntime profiles the CPU provider only (its CUDA kernels run "
+                             "asynchronously to the times its profiler records): use --device cpu, or a TensorRT engine")
+
+
 def _timed(merged: Artifact, baseline: Artifact | None, backend: str, device: str, opts: BenchOptions,
            power: str | None, progress: Callable[[str], None]) -> dict[str, Any]:
     """Load, warm up and time the models, then report; every runner started is stopped, whatever fails."""
@@ -336,13 +356,26 @@ def _timed(merged: Artifact, baseline: Artifact | None, backend: str, device: st
         memory = _load_and_warm_up(arts, feed, backend, device, opts, progress, runners)
         times, wall = _interleaved_times(runners, feed, opts.iters, progress)
         energy = _measure_power(runners, feed, power, times, progress) if power else None
+        trt_layers = None
+        if opts.profile and backend == "trt":  # pragma: no cover - needs TensorRT and a GPU
+            from edgemerge.bench.profile import trt_profiles
+
+            trt_layers = trt_profiles(runners, feed, opts.profile_iters, progress)
     finally:
         for runner in runners.values():
             runner.deactivate()
     batch = merged.input_spec()[1][0]
     models = {role: _model_result(art, times[role], memory[role], batch, energy[role] if energy else None)
               for role, art in arts.items()}
-    return _report(merged, baseline, backend, device, opts, models, batch, wall, energy)
+    report = _report(merged, baseline, backend, device, opts, models, batch, wall, energy)
+    if opts.profile and baseline is not None:  # ONNX Runtime: own sessions, once the timing ones are gone
+        from edgemerge.bench.profile import profile_models
+
+        report["profile"] = profile_models(
+            merged, baseline, backend, feed, threads=opts.threads, warmup=opts.warmup, iters=opts.profile_iters,
+            speedup_p50=report["speedup_p50"], flop_ratio=report["flop_ratio"], trt_layers=trt_layers,
+            progress=progress)
+    return report
 
 
 def _load_and_warm_up(arts: dict[str, Artifact], feed: dict, backend: str, device: str, opts: BenchOptions,
@@ -535,4 +568,8 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         fr = report.get("flop_ratio")
         lines.append(f"speed-up {report['speedup_p50']:.2f}x (p50, baseline/merged)   "
                      f"FLOP ratio {'n/a' if fr is None else f'{fr:.2f}x'}")
+    if report.get("profile"):
+        from edgemerge.bench.profile import table_lines
+
+        lines += [""] + table_lines(report["profile"])
     return lines

@@ -30,9 +30,15 @@ from edgemerge.cli.options import json_option, plugins_option
 @click.option("--plot", type=click.Path(), default=None,
               help="Latency plot PNG (default: the report path with .png, so bench.png in the bundle).")
 @click.option("--power", is_flag=True, help="Jetson: board power from tegrastats, energy per frame.")
+@click.option("--profile", is_flag=True,
+              help="After the timing: time per op type for both models from the backend's own profiler, the merge "
+                   "ops' share and a time bound; table on stdout, `profile` in the report, a stacked-bar PNG "
+                   "(the plot path with -profile.png).")
+@click.option("--profile-iters", default=10, show_default=True, type=click.IntRange(min=1),
+              help="Profiled runs per model (interleaved, after --warmup runs).")
 @json_option
 def bench(artifact, baseline, unmerged, baseline_dir, backend, device, iters, warmup, threads, seed, plugins,
-          report_path, plot, power, as_json) -> None:
+          report_path, plot, power, profile, profile_iters, as_json) -> None:
     """Time ARTIFACT (and its baseline, interleaved): latency percentiles, throughput, memory, speed-up.
 
     ARTIFACT is a bundle directory, its model.onnx or its model.plan; bench.json and bench.png go
@@ -60,14 +66,21 @@ def bench(artifact, baseline, unmerged, baseline_dir, backend, device, iters, wa
                    f"timing will be far slower than with --threads {cores} or fewer", err=True)
     jpath = check_output_file(report_path, "bench report")  # before the timing, not after it
     ppath = check_output_file(plot or Path(report_path).with_suffix(".png"), "latency plot")
+    prof_path = check_output_file(ppath.with_name(ppath.stem + "-profile.png"), "profile plot") if profile else None
     opts = BenchOptions(artifact=artifact, baseline=baseline, unmerged=unmerged, backend=backend, device=device,
                         iters=iters, warmup=warmup, power=power, seed=seed, threads=threads,
-                        plugins=list(plugins) or None, workdir=baseline_dir,
+                        plugins=list(plugins) or None, workdir=baseline_dir, profile=profile,
+                        profile_iters=profile_iters,
                         load_engine=_load_engine, exporter=_export)
     with progress_reporter("benchmarking") as report_progress:
         report = run_bench(opts, progress=report_progress,
                            warn=lambda msg: click.echo(f"edgemerge: warning: {msg}", err=True))
-    write_files([(jpath, json_bytes(report)), (ppath, plot_bytes(report))])  # both or neither
+    files = [(jpath, json_bytes(report)), (ppath, plot_bytes(report))]
+    if prof_path is not None and report.get("profile"):
+        from edgemerge.bench.profile import plot_bytes as profile_plot_bytes
+
+        files.append((prof_path, profile_plot_bytes(report["profile"], title=_profile_title(report))))
+    write_files(files)  # all or none
     if as_json:  # stdout is the report alone, so that it pipes; where the files went goes to stderr
         click.echo(json_bytes(report).decode(), nl=False)
     else:
@@ -75,6 +88,13 @@ def bench(artifact, baseline, unmerged, baseline_dir, backend, device, iters, wa
             click.echo(line)
     click.echo(f"report: {jpath.resolve()}", err=as_json)  # say where, absolute, whichever default applied
     click.echo(f"plot:   {ppath.resolve()}", err=as_json)
+    if prof_path is not None and report.get("profile"):
+        click.echo(f"profile plot: {prof_path.resolve()}", err=as_json)
+
+
+def _profile_title(report) -> str:
+    m, b = report["models"]["merged"], report["models"]["baseline"]
+    return f"{m['label']} vs {b['variant']}: {report['backend']} / {report['device']}"
 
 
 def _load_engine(path, plugins=None):

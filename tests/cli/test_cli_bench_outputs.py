@@ -24,7 +24,7 @@ def fake_report(iters=7):
 @pytest.fixture
 def no_timing(monkeypatch):
     seen = []
-    monkeypatch.setattr(bench_pkg, "run_bench", lambda opts, progress=None: seen.append(opts) or fake_report())
+    monkeypatch.setattr(bench_pkg, "run_bench", lambda opts, progress=None, warn=None: seen.append(opts) or fake_report())
     return seen
 
 
