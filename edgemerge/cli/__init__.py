@@ -22,7 +22,8 @@ import click
 from edgemerge import __version__
 from edgemerge.contracts.errors import EdgemergeError, EdgemergeNote, is_out_of_memory
 
-COMMAND_MODULES = ("models", "plan", "calibrate", "train_metric", "export", "build", "validate", "bench", "show")
+COMMAND_MODULES = ("models", "plan", "calibrate", "train_metric", "export", "build", "validate", "bench", "show",
+                   "tune")
 
 
 EXIT_BAD_INPUT = 2

@@ -20,11 +20,13 @@ from edgemerge.contracts.errors import EdgemergeError
 
 
 def field_spec(allowed: str, ok: Callable[[Any, Any], bool] | None = None, *, toml: str | None = None,
-          choices: tuple[str, ...] = ()) -> dict[str, Any]:
+               choices: tuple[str, ...] = (), search: Any = None) -> dict[str, Any]:
     """A plan field's rule for plan files: `allowed` (said in the error), `ok(value, model config)`,
     `toml`: the key it is read from when that is not the field's name ('' = not a plan-file key),
-    `choices`: the allowed strings. The schema of export_configs/*.toml is derived from these."""
-    return {"allowed": allowed, "ok": ok, "toml": toml, "choices": choices}
+    `choices`: the allowed strings. `search`: the values `edgemerge tune` tries (a tuple, or
+    cfg -> tuple; None: held at the model's shipped value). The schema of export_configs/*.toml and
+    tune's search space are derived from these."""
+    return {"allowed": allowed, "ok": ok, "toml": toml, "choices": choices, "search": search}
 
 
 def _stage_ok(v, cfg) -> bool:
@@ -44,9 +46,12 @@ def _max_r(cfg) -> int:
 class GridSite:
     """Segformer++ merging of one token set: r = int(n * ratio) sources into one dst per cell."""
 
-    ratio: float = field(metadata=field_spec("a number >= 0 and < 1", lambda v, cfg: 0 <= v < 1))
-    sy: int = field(metadata=field_spec("[rows, columns] of the cell, each >= 1", lambda v, cfg: v >= 1, toml="grid"))
-    sx: int = field(metadata=field_spec("[rows, columns] of the cell, each >= 1", lambda v, cfg: v >= 1, toml="grid"))
+    ratio: float = field(metadata=field_spec("a number >= 0 and < 1", lambda v, cfg: 0 <= v < 1,
+                                             search=(0.5, 0.7, 0.8, 0.9)))
+    sy: int = field(metadata=field_spec("[rows, columns] of the cell, each >= 1", lambda v, cfg: v >= 1, toml="grid",
+                                        search=(2, 4)))
+    sx: int = field(metadata=field_spec("[rows, columns] of the cell, each >= 1", lambda v, cfg: v >= 1, toml="grid",
+                                        search=(2, 4)))
 
     def count(self, n: int) -> int:
         return int(n * self.ratio)
@@ -60,27 +65,29 @@ class SegformerPlan:
     kv: dict[int, GridSite] = field(default_factory=dict, metadata=_STAGES)  # stage (1-based) -> site
     q: dict[int, GridSite] = field(default_factory=dict, metadata=_STAGES)
     # n2d: stages whose queries are 2x2-average-pooled
-    q_pool: tuple[int, ...] = field(default=(), metadata=_STAGES)
+    q_pool: tuple[int, ...] = field(default=(), metadata=field_spec("stages 1..4 of the model", _stage_ok,
+                                                                    search=(False, True)))
     # MixFFN's fc1 input merged (cosine), restored for the conv
     ffn: dict[int, GridSite] = field(default_factory=dict, metadata=_STAGES)
     proportional: bool = False  # log(size) on merged keys (Segformer++ does not use it)
     # "tokens" (Segformer++: cosine of the tokens) or "learned" (a Linear(C -> C) per site)
-    metric: str = field(default="tokens", metadata=field_spec("", choices=("tokens", "learned")))
+    metric: str = field(default="tokens", metadata=field_spec("", choices=("tokens", "learned"), search="learned"))
 
 
 @dataclass(frozen=True)
 class ToMePlan:
     # tokens merged per block (ToMe's constant schedule)
     r: int = field(metadata=field_spec("an integer 0..{max_r} (half the patch tokens at the model's resolution)",
-                                  lambda v, cfg: 0 <= v <= _max_r(cfg)))
+                                       lambda v, cfg: 0 <= v <= _max_r(cfg),
+                                       search=lambda cfg: tuple(range(0, min(_max_r(cfg), 32) + 1, 2))))
     # "keys" (ToMe) or "dtem" (a projection on norm1(x): the checkpoint's, else the keys')
-    metric: str = field(default="keys", metadata=field_spec("", choices=("keys", "dtem")))
+    metric: str = field(default="keys", metadata=field_spec("", choices=("keys", "dtem"), search="learned"))
     metric_dim: int = field(default=64, metadata=field_spec("an integer >= 1", lambda v, cfg: v >= 1))
     proportional: bool = True
 
 
 _LAYER = field_spec("a block index 0..{last_block}", _layer_ok)
-_FRACTION = field_spec("a number in [0, 1]", lambda v, cfg: 0 <= v <= 1)
+_FRACTION = field_spec("a number in [0, 1]", lambda v, cfg: 0 <= v <= 1, search=tuple(i / 10 for i in range(10)))
 
 
 @dataclass(frozen=True)
@@ -94,7 +101,7 @@ class ALGMPlan:
     # "static" (exportable) or "adaptive" (paper, PyTorch only): chosen by the caller, not the plan file
     mode: str = field(default="static", metadata=field_spec("", choices=("static", "adaptive"), toml=""))
     # global site: "tokens" (ALGM) or "learned" (a Linear(C -> C) on them)
-    metric: str = field(default="tokens", metadata=field_spec("", choices=("tokens", "learned")))
+    metric: str = field(default="tokens", metadata=field_spec("", choices=("tokens", "learned"), search="learned"))
 
 
 @dataclass(frozen=True)
