@@ -192,6 +192,24 @@ def test_untied_native_graph_without_onnx_is_refused(tmp_path):
 SITES = {"TokenMatchWindow": ["TokenMatchWindow_0"], "TokenMerge": ["TokenMerge_0", "TokenMerge_1"]}
 
 
+def test_cell_sites_are_counted_like_the_others():
+    """A b0 bundle with cell-local MixFFN sites: the device route counts TokenMatchCell's plugin
+    layers per site, and refuses a build that inlined one of them."""
+    sites = {"TokenMatchBipartite": ["TokenMatchBipartite_0"], "TokenMatchCell": ["TokenMatchCell_0", "TokenMatchCell_1"],
+             "TokenMerge": ["TokenMerge_0"]}
+    info = {"Layers": [layer("TokenMatchBipartite_0"), layer("TokenMatchCell_0"), layer("TokenMatchCell_1", "PluginV2"),
+                       layer("TokenMerge_0")], "Bindings": []}
+    counts = layers.count_plugin_layers(info, sites)
+    assert counts == {"TokenMatchBipartite": 1, "TokenMatchCell": 2, "TokenMerge": 1}
+    layers.check_plugin_layers(counts, sites, allow_body_only=False)
+    inlined = {"Layers": [layer("TokenMatchBipartite_0"), layer("__edgemerge_TokenMatchCell_0_7", "TopK"),
+                          layer("TokenMatchCell_1"), layer("TokenMerge_0")], "Bindings": []}
+    counts = layers.count_plugin_layers(inlined, sites)
+    assert counts["TokenMatchCell"] == 1
+    with pytest.raises(EdgemergeError, match="TokenMatchCell 1/2"):
+        layers.check_plugin_layers(counts, sites, allow_body_only=False)
+
+
 def tensor(name, fmt="Row major linear FP32"):
     return {"Name": name, "Location": "Device", "Dimensions": [2, 40, 24], "Format/Datatype": fmt}
 

@@ -226,6 +226,13 @@ def decision_margins(metric: np.ndarray, kind: str, count: int, args: dict) -> t
         sel[:, protect:] = np.broadcast_to(gap, (B, h // 2, 2, w // 2, 2)).reshape(B, h * w)
         return sel, partner
     src, dst = list(args["src"]), list(args["dst"])
+    if kind == "cell":  # one candidate per source, its own cell's anchor: no partner to swap
+        h, w, sy, sx = (int(args[k]) for k in ("height", "width", "sy", "sx"))
+        pos = np.arange(N)
+        anchor = (pos // w - pos // w % sy) * w + (pos % w - pos % w % sx)
+        own = (m * m[:, anchor]).sum(-1)  # [B, N]
+        sel[:, src] = _threshold_gap(own[:, src], count)
+        return sel, partner
     scores = m[:, src] @ m[:, dst].transpose(0, 2, 1)  # [B, S, D]
     top2 = np.sort(scores, axis=-1)[..., -2:] if len(dst) > 1 else np.concatenate(
         [np.full(scores.shape, -np.inf), scores], axis=-1)

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 MATCH_OPS = tuple(name for name in OPS if name.startswith("TokenMatch"))
 # In a native (inlined) graph the op's output keeps the exporter's name: a Cast to int32 named so.
-_NATIVE_SLOT = re.compile(r"^match_(bipartite|window)(_\d+)?$")
+_NATIVE_SLOT = re.compile(rf"^({'|'.join(OPS[n].torch_op for n in MATCH_OPS)})(_\d+)?$")  # match_bipartite, ...
 # Tensor names inside the function bodies start with this; export refuses an outer graph that uses
 # it, so the parser's local-function importer (which binds by name) can never confuse the two.
 BODY_PREFIX = "__edgemerge_"

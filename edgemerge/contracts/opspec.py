@@ -1,4 +1,4 @@
-"""The four `edgemerge` ops as plain data: one table that docs/ops.md, the ONNX exporter's nodes,
+"""The five `edgemerge` ops as plain data: one table that docs/ops.md, the ONNX exporter's nodes,
 the Python `tensorrt.plugin` registration and the AOT kernel ABI are all checked against.
 
 Imports nothing from TensorRT (nor torch), so the descriptors can be compared with docs/ops.md and
@@ -48,7 +48,7 @@ class KernelABI:
     calls its `__device__` body template with `body_args` (port and scalar names, in the body's
     order). `grid(dims, cdiv)` -> (x, y) and `shared_mem(dims)` use the same launch geometry as the
     file's C++ launcher (`launchTokenMerge`, ...). Ops whose kernels need several launches and
-    scratch memory (the two match ops) have no single-launch body: their Python plugin is JIT.
+    scratch memory (the match ops) have no single-launch body: their Python plugin is JIT.
     """
 
     source: str
@@ -90,6 +90,15 @@ OPS: dict[str, OpSpec] = {
             inputs=(Port("metric", ("float32",), ("B", "N", "C")),),
             outputs=(Port("slot", ("int32",), ("B", "N")),),
             kernel=None,  # four launches + scratch (tokenMatchBipartiteKernel.cu)
+        ),
+        OpSpec(
+            name="TokenMatchCell",
+            torch_op="match_cell",
+            attributes=(Attr("r", "int"), Attr("height", "int"), Attr("width", "int"), Attr("sy", "int"),
+                        Attr("sx", "int"), _NS),
+            inputs=(Port("metric", ("float32",), ("B", "N", "C")),),
+            outputs=(Port("slot", ("int32",), ("B", "N")),),
+            kernel=None,  # three launches + scratch (tokenMatchCellKernel.cu)
         ),
         OpSpec(
             name="TokenMatchWindow",

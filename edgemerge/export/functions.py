@@ -194,6 +194,37 @@ def _match_bipartite() -> tuple[list[onnx.NodeProto], list[str]]:
     return b.nodes
 
 
+def _match_cell() -> tuple[list[onnx.NodeProto], list[str]]:
+    """TokenMatchCell in standard ops, O(N C): each token's anchor is computed from the grid
+    attributes (Range/Div, folded to constants in a native graph) and gathered, one dot product
+    per token; the r best sources are chosen by `_top_mask` over all N positions with the anchors
+    at -inf (they never rank among r <= S, and on the kept side they come first), so its tie rule
+    (lower position first) is the spec's. Slots need no scatter: a token's slot is its own
+    cell's (`S - r + cell`) when it merged or is an anchor, else its rank among the kept sources."""
+    op = "TokenMatchCell"
+    b, metric = _Body(op), _formal(op, "metric")
+    r, h, w = (b.attr(a, AttributeProto.INT) for a in ("r", "height", "width"))
+    sy, sx = b.attr("sy", AttributeProto.INT), b.attr("sx", AttributeProto.INT)
+    n = b("Mul", h, w)
+    pos = b("Range", b.const(0), n, b.const(1))  # [N]
+    row = b("Div", pos, w)
+    col = b("Sub", pos, b("Mul", row, w))
+    cell_row, cell_col = b("Div", row, sy), b("Div", col, sx)
+    anchor = b("Add", b("Mul", b("Mul", cell_row, sy), w), b("Mul", cell_col, sx))  # [N]
+    cell = b("Add", b("Mul", cell_row, b("Div", w, sx)), cell_col)  # [N]
+    is_anchor = b("Equal", anchor, pos)
+    m = _normalize(b, metric)
+    score = b("ReduceSum", b("Mul", m, b("Gather", m, anchor, axis=1)), b.const([2]), keepdims=0)  # [B, N]
+    score = b("Where", is_anchor, b.const(float("-inf"), TensorProto.FLOAT), score)
+    merged = _top_mask(b, score, r, n)
+    n_src = b("Sub", n, b("Mul", b("Div", h, sy), b("Div", w, sx)))
+    grouped = b("Or", merged, is_anchor)
+    kept_rank = b("Sub", _cumsum(b, b("Cast", b("Not", grouped), to=TensorProto.FLOAT)), b.const(1))
+    slot = b("Where", grouped, b("Add", b("Sub", n_src, r), cell), kept_rank)
+    b.nodes.append(helper.make_node("Cast", [slot], [_formal(op, "slot", out=True)], to=TensorProto.INT32))
+    return b.nodes
+
+
 def _match_window() -> tuple[list[onnx.NodeProto], list[str]]:
     op = "TokenMatchWindow"
     b, metric = _Body(op), _formal(op, "metric")
@@ -278,6 +309,7 @@ def _unmerge() -> tuple[list[onnx.NodeProto], list[str]]:
 
 _BODIES = {
     "TokenMatchBipartite": _match_bipartite,
+    "TokenMatchCell": _match_cell,
     "TokenMatchWindow": _match_window,
     "TokenMerge": _merge,
     "TokenUnmerge": _unmerge,

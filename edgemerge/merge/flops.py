@@ -22,6 +22,13 @@ def _match_bipartite_flops(metric_shape, r, src, dst, protect, *args, out_shape=
     return 2 * B * len(src) * len(dst) * C + 3 * B * N * C
 
 
+@register_flop_formula(torch.ops.edgemerge.match_cell)
+def _match_cell_flops(metric_shape, *args, out_shape=None, **kw) -> int:
+    """Normalising (3 N C) plus one dot product per token with its cell's anchor (2 N C): no S x D."""
+    B, N, C = metric_shape
+    return 2 * B * N * C + 3 * B * N * C
+
+
 @register_flop_formula(torch.ops.edgemerge.match_window)
 def _match_window_flops(metric_shape, *args, out_shape=None, **kw) -> int:
     B, N, C = metric_shape

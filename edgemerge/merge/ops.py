@@ -1,4 +1,4 @@
-"""The four `edgemerge` ops as PyTorch references (spec: docs/ops.md).
+"""The five `edgemerge` ops as PyTorch references (spec: docs/ops.md).
 
 These functions are the ground truth the ONNX function bodies and the CUDA kernels are tested
 against. They are also registered as `torch.library` custom ops (`torch.ops.edgemerge.*`), so
@@ -44,7 +44,19 @@ def match_bipartite_ref(
     src_t = torch.as_tensor(list(src), dtype=torch.long, device=dev)
     dst_t = torch.as_tensor(list(dst), dtype=torch.long, device=dev)
     m = _normalize(metric)
-    scores = m[:, src_t] @ m[:, dst_t].transpose(1, 2)  # [B, S, D]
+    return bipartite_slots(m[:, src_t] @ m[:, dst_t].transpose(1, 2), r, src, dst, protect)
+
+
+def bipartite_slots(scores: Tensor, r: int, src: Sequence[int], dst: Sequence[int], protect: int = 0) -> Tensor:
+    """Steps 2-5 of TokenMatchBipartite on given scores [B, S, D]: the slot of every token.
+
+    Split out so that a test can hand it masked scores (TokenMatchCell is this with every score
+    but the source's own cell anchor at -inf: tests/merge/test_cell_match.py)."""
+    B, S, D = scores.shape
+    N = S + D
+    dev = scores.device
+    src_t = torch.as_tensor(list(src), dtype=torch.long, device=dev)
+    dst_t = torch.as_tensor(list(dst), dtype=torch.long, device=dev)
     node_max, node_idx = scores.max(dim=-1)  # first maximum on ties
     if protect:
         node_max[:, :protect] = -torch.inf
@@ -55,6 +67,46 @@ def match_bipartite_ref(
     slot[:, src_t] = slot_src
     slot[:, dst_t] = (S - r + torch.arange(D, device=dev)).expand(B, D)
     return slot.int()
+
+
+def cell_layout(height: int, width: int, sy: int, sx: int, device=None) -> tuple[Tensor, Tensor]:
+    """(anchor [N], cell [N]) of a row-major height x width grid cut into sy x sx cells: the
+    position of each token's cell anchor (its top-left token, `core.grid`'s destination) and the
+    cell's row-major index (its rank among the anchors, so TokenMatchBipartite's slot layout)."""
+    if height % sy or width % sx:
+        raise ValueError(f"a {height}x{width} token grid does not divide into {sy}x{sx} cells")
+    pos = torch.arange(height * width, device=device)
+    i, j = pos // width, pos % width
+    anchor = (i - i % sy) * width + (j - j % sx)
+    return anchor, (i // sy) * (width // sx) + j // sx
+
+
+def cell_scores(metric: Tensor, height: int, width: int, sy: int, sx: int) -> Tensor:
+    """Cosine of every token to its own cell's anchor `[B, N]`, -inf at the anchors (never merged).
+    One gather and one dot product per token: O(N*C), no N x N similarity."""
+    anchor, _ = cell_layout(height, width, sy, sx, metric.device)
+    m = _normalize(metric)
+    score = (m * m[:, anchor]).sum(-1)
+    return score.masked_fill(anchor == torch.arange(len(anchor), device=metric.device), -torch.inf)
+
+
+def match_cell_ref(metric: Tensor, r: int, height: int, width: int, sy: int, sx: int) -> Tensor:
+    """TokenMatchCell: slot of every token after merging the r sources most similar to their own
+    cell's anchor (docs/ops.md). TokenMatchBipartite's slot layout over `core.grid`'s split (so
+    TokenMerge / TokenUnmerge and the decision judge read it unchanged): unmerged sources in input
+    order, then the anchors in cell order. Ties: the lower position merges first, which is
+    TokenMatchBipartite's lower-source-index rule, sources being ascending positions."""
+    B, N, _ = metric.shape
+    if N != height * width:
+        raise ValueError(f"{N} tokens do not form a {height}x{width} grid")
+    anchor, cell = cell_layout(height, width, sy, sx, metric.device)
+    S = N - (height // sy) * (width // sx)
+    if not 0 <= r <= S:
+        raise ValueError(f"r={r} must be within [0, {S}] (sources of {sy}x{sx} cells)")
+    merged = _top_mask(cell_scores(metric, height, width, sy, sx), r)  # anchors are -inf: never among r <= S
+    grouped = merged | (anchor == torch.arange(N, device=metric.device))
+    kept_rank = torch.cumsum((~grouped).long(), dim=1) - 1
+    return torch.where(grouped, S - r + cell, kept_rank).int()
 
 
 def window_scores(metric: Tensor, height: int, width: int, protect: int = 0) -> Tensor:
@@ -129,6 +181,16 @@ def match_bipartite(metric: Tensor, r: int, src: list[int], dst: list[int], prot
 
 @match_bipartite.register_fake
 def _(metric, r, src, dst, protect):
+    return metric.new_empty(metric.shape[:2], dtype=torch.int32)
+
+
+@torch.library.custom_op("edgemerge::match_cell", mutates_args=())
+def match_cell(metric: Tensor, r: int, height: int, width: int, sy: int, sx: int) -> Tensor:
+    return match_cell_ref(metric, r, height, width, sy, sx)
+
+
+@match_cell.register_fake
+def _(metric, r, height, width, sy, sx):
     return metric.new_empty(metric.shape[:2], dtype=torch.int32)
 
 

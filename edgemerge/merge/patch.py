@@ -104,7 +104,11 @@ class SegformerPPMixFFN(MixFFN):
 
 def grid_match(metric: Tensor, site: GridSite, hw: tuple[int, int]) -> core.MergeFns:
     """Segformer++'s matching at one site: site.count(N) sources into the anchors of the cells of
-    an hw token grid, decided on `metric` [B, N, C]."""
+    an hw token grid, decided on `metric` [B, N, C]; each source against every anchor ("global")
+    or only its own cell's ("cell": O(N*C), where the global S x D scores cost more than the
+    site saves, e.g. the MixFFN at 1024x1024)."""
+    if site.match == "cell":
+        return core.cell_match(metric, site.count(metric.shape[1]), hw[0], hw[1], site.sy, site.sx)
     src, dst = core.grid(hw[0], hw[1], site.sy, site.sx)
     return core.bipartite_match(metric, site.count(metric.shape[1]), src, dst)
 

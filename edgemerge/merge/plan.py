@@ -52,6 +52,9 @@ class GridSite:
                                         search=(2, 4)))
     sx: int = field(metadata=field_spec("[rows, columns] of the cell, each >= 1", lambda v, cfg: v >= 1, toml="grid",
                                         search=(2, 4)))
+    # "global": every source against every anchor (Segformer++, TokenMatchBipartite, S x D scores);
+    # "cell": each source against its own cell's anchor only (TokenMatchCell, O(N*C))
+    match: str = field(default="global", metadata=field_spec("", choices=("global", "cell")))
 
     def count(self, n: int) -> int:
         return int(n * self.ratio)
@@ -300,7 +303,7 @@ def _check_stages(stages: Any, f, where: str, cfg, required: bool) -> None:
 
 def grid_sites(d: dict[str, Any] | list[dict[str, Any]]) -> dict[int, GridSite]:
     """A site table (every stage alike) or a list of them (a site per group of stages)."""
-    return {int(s): GridSite(float(t["ratio"]), int(t["grid"][0]), int(t["grid"][1]))
+    return {int(s): GridSite(float(t["ratio"]), int(t["grid"][0]), int(t["grid"][1]), str(t.get("match", "global")))
             for t in (d if isinstance(d, list) else [d]) for s in t.get("stages", [])}
 
 
@@ -410,6 +413,14 @@ def algm_global_count(fraction: float, n: int, protect: int) -> int:
 
 
 def plan_dict(plan: MergePlan) -> dict[str, Any]:
+    """The plan as the manifest records it. A grid site's `match` is written only when it is not
+    "global", so every bundle made before cell matching existed keeps its exact bytes
+    (benchmarks/same_exports.sh)."""
     d = asdict(plan) if not isinstance(plan, NoPlan) else {}
+    for sites in d.values():
+        if isinstance(sites, dict):
+            for site in sites.values():
+                if isinstance(site, dict) and site.get("match") == "global":
+                    del site["match"]
     d["method"] = type(plan).__name__.removesuffix("Plan").lower()
     return json.loads(json.dumps(d, default=str))

@@ -147,6 +147,8 @@ def replay_reference(model, batches: list, artifact_slots: list[list], artifact_
         m = torch.from_numpy(np.ascontiguousarray(metric, np.float32))
         if kind == "window":
             return ops.match_window_ref(m, a["height"], a["width"], count, a["protect"]).numpy()
+        if kind == "cell":
+            return ops.match_cell_ref(m, count, a["height"], a["width"], a["sy"], a["sx"]).numpy()
         return ops.match_bipartite_ref(m, count, a["src"], a["dst"], a["protect"]).numpy()
 
     outputs, per_batch = [], []

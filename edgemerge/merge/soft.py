@@ -118,7 +118,7 @@ def hard_slots(assign: Tensor, src: Sequence[int], dst: Sequence[int], n: int) -
 
 
 def soft_grid(metric: Tensor, r: int, src: Sequence[int], dst: Sequence[int], *, top_k: int = 3,
-              tau: float = 0.01) -> Tensor:
+              tau: float = 0.01, own: Tensor | None = None) -> Tensor:
     """Relaxed Segformer++ matching (destinations fixed: one per grid cell) -> assign [B, S, D].
 
     Only "which r sources merge, into which destination" is soft: a gate on each source's best
@@ -130,6 +130,8 @@ def soft_grid(metric: Tensor, r: int, src: Sequence[int], dst: Sequence[int], *,
     if r <= 0 or S == 0 or D == 0:
         return metric.new_zeros(B, S, D, dtype=torch.float32)
     scores = _scores(metric, src, dst)  # [B, S, D]
+    if own is not None:  # cell matching: a source's only candidate is its own cell's anchor (own [S])
+        scores = scores.masked_fill(own[:, None] != torch.arange(D, device=own.device), -torch.inf)
     top, idx = scores.topk(min(top_k, D), dim=-1)
     best = top[..., 0]  # [B, S]
     ranked = best.detach().sort(dim=-1, descending=True).values

@@ -16,6 +16,8 @@ def run(op_name: str, inputs: list[torch.Tensor], attrs: dict) -> list[torch.Ten
     if op_name == "TokenMatchBipartite":
         return [ops.match_bipartite_ref(inputs[0], int(attrs["r"]), [int(i) for i in attrs["src"]],
                                         [int(i) for i in attrs["dst"]], int(attrs["protect"]))]
+    if op_name == "TokenMatchCell":
+        return [ops.match_cell_ref(inputs[0], *(int(attrs[k]) for k in ("r", "height", "width", "sy", "sx")))]
     if op_name == "TokenMatchWindow":
         return [ops.match_window_ref(inputs[0], int(attrs["height"]), int(attrs["width"]),
                                      int(attrs["k"]), int(attrs["protect"]))]

@@ -13,6 +13,7 @@
 // variant to --dynamicPlugins as well (the creators would be registered twice).
 #include "pluginCommon.h"
 #include "tokenMatchBipartitePlugin.h"
+#include "tokenMatchCellPlugin.h"
 #include "tokenMatchWindowPlugin.h"
 #include "tokenMergePlugin.h"
 #include "tokenUnmergePlugin.h"
@@ -29,10 +30,11 @@ namespace plugin
 IPluginCreatorInterface* const* pluginCreators(int32_t& nbCreators) noexcept
 {
     static PluginCreator<TokenMatchBipartitePlugin> bipartite;
+    static PluginCreator<TokenMatchCellPlugin> cell;
     static PluginCreator<TokenMatchWindowPlugin> window;
     static PluginCreator<TokenMergePlugin> merge;
     static PluginCreator<TokenUnmergePlugin> unmerge;
-    static IPluginCreatorInterface* const creators[] = {&bipartite, &window, &merge, &unmerge};
+    static IPluginCreatorInterface* const creators[] = {&bipartite, &cell, &window, &merge, &unmerge};
     nbCreators = static_cast<int32_t>(sizeof(creators) / sizeof(creators[0]));
     return creators;
 }

@@ -86,6 +86,39 @@ def test_match_window_body(height, width, k, protect, seed):
         np.testing.assert_array_equal(got, ref)
 
 
+CELL = [  # (height, width, sy, sx, r)
+    (8, 8, 2, 2, 20),    # r < N - r: TopK over the merged side
+    (8, 8, 4, 4, 50),    # r > N - r: TopK over the kept side (anchors at +inf there)
+    (6, 8, 3, 2, 40),    # every source merges
+    (4, 6, 2, 3, 0),     # none: K = 0
+    (4, 4, 1, 2, 1),
+]
+
+
+@pytest.mark.parametrize("height,width,sy,sx,r", CELL)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_match_cell_body(height, width, sy, sx, r, seed):
+    metric = _metric(np.random.default_rng(seed), 2, height * width, 6)
+    model = one_op_model("TokenMatchCell", {"metric": metric}, r=r, height=height, width=width, sy=sy, sx=sx)
+    ref = ops.match_cell_ref(torch.from_numpy(metric), r, height, width, sy, sx).numpy()
+    for (got,) in _run_both(model, {"metric": metric}):
+        assert got.dtype == np.int32
+        np.testing.assert_array_equal(got, ref)
+
+
+@pytest.mark.parametrize("r", [3, 11, 30])
+def test_match_cell_body_exact_ties(r):
+    """Axis vectors scaled by powers of two: every score is exactly -1, 0 or 1, ties everywhere,
+    so the body must follow the spec's lower-position-first rule (on both TopK sides)."""
+    rng = np.random.default_rng(5)
+    values = np.array([[1, 0, 0], [0, 2, 0], [-1, 0, 0], [0, 0, 4]], np.float32)
+    metric = values[rng.integers(0, 4, (2, 48))]
+    model = one_op_model("TokenMatchCell", {"metric": metric}, r=r, height=6, width=8, sy=2, sx=2)
+    ref = ops.match_cell_ref(torch.from_numpy(metric), r, 6, 8, 2, 2).numpy()
+    for (got,) in _run_both(model, {"metric": metric}):
+        np.testing.assert_array_equal(got, ref)
+
+
 def _merge_case(seed: int, dtype, B=2, N=40, M=13, C=24):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((B, N, C)).astype(dtype)
@@ -155,7 +188,8 @@ def _typed_body(f: onnx.FunctionProto) -> tuple[onnx.GraphProto, dict[str, int]]
     if f.name.startswith("TokenMatch"):
         feeds, attrs = {"metric": np.zeros((B, N, C), np.float32)}, (
             dict(r=3, src=list(core.alternating(N)[0]), dst=list(core.alternating(N)[1]), protect=0)
-            if f.name == "TokenMatchBipartite" else dict(height=4, width=4, k=1, protect=0))
+            if f.name == "TokenMatchBipartite" else dict(r=3, height=4, width=4, sy=2, sx=2)
+            if f.name == "TokenMatchCell" else dict(height=4, width=4, k=1, protect=0))
     elif f.name == "TokenMerge":
         feeds, attrs = {"x": np.zeros((B, N, C), np.float32), "size": np.ones((B, N, 1), np.float32),
                         "slot": np.zeros((B, N), np.int32)}, dict(num_out=M)

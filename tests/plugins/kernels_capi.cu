@@ -2,6 +2,7 @@
 // returns the cudaError_t as int (0 = success). Runs on the legacy default stream; callers
 // synchronise. Built by tests/plugins/conftest.py::build_capi with nvcc -shared -Xcompiler -fPIC.
 #include "tokenMatchBipartiteKernel.h"
+#include "tokenMatchCellKernel.h"
 #include "tokenMatchWindowKernel.h"
 #include "tokenMergeKernel.h"
 #include "tokenUnmergeKernel.h"
@@ -33,6 +34,29 @@ int em_capi_match_bipartite(float const* metric, int* slot, int const* srcPos, i
     p.protect = protect;
     p.workspace = workspace;
     return static_cast<int>(launchTokenMatchBipartite(nullptr, p));
+}
+
+size_t em_capi_match_cell_workspace(int B, int N)
+{
+    return tokenMatchCellWorkspaceSize(B, N);
+}
+
+int em_capi_match_cell(float const* metric, int* slot, int B, int N, int C, int height, int width, int sy, int sx,
+    int r, void* workspace)
+{
+    TokenMatchCellParams p;
+    p.metric = metric;
+    p.slot = slot;
+    p.B = B;
+    p.N = N;
+    p.C = C;
+    p.height = height;
+    p.width = width;
+    p.sy = sy;
+    p.sx = sx;
+    p.r = r;
+    p.workspace = workspace;
+    return static_cast<int>(launchTokenMatchCell(nullptr, p));
 }
 
 size_t em_capi_match_window_workspace(int B, int N, int C, int height, int width)

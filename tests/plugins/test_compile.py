@@ -18,6 +18,7 @@ def test_kernel_sources_present():
     names = {p.name for p in KERNEL_SOURCES}
     assert names == {
         "tokenMatchBipartiteKernel.cu",
+        "tokenMatchCellKernel.cu",
         "tokenMatchWindowKernel.cu",
         "tokenMergeKernel.cu",
         "tokenUnmergeKernel.cu",
@@ -53,6 +54,8 @@ def test_capi_library_builds(nvcc: str, tmp_path: Path):
         for sym in (
             "em_capi_match_bipartite",
             "em_capi_match_bipartite_workspace",
+            "em_capi_match_cell",
+            "em_capi_match_cell_workspace",
             "em_capi_match_window",
             "em_capi_match_window_workspace",
             "em_capi_token_merge",
@@ -63,6 +66,8 @@ def test_capi_library_builds(nvcc: str, tmp_path: Path):
     lib = ctypes.CDLL(str(lib_path))
     lib.em_capi_match_bipartite_workspace.restype = ctypes.c_size_t
     assert lib.em_capi_match_bipartite_workspace(1, 8, 4, 4) > 0
+    lib.em_capi_match_cell_workspace.restype = ctypes.c_size_t
+    assert lib.em_capi_match_cell_workspace(1, 16) > 0
 
 
 @pytest.mark.slow

@@ -13,7 +13,7 @@ from edgemerge.contracts import opspec
 
 from .conftest import PLUGINS, REPO
 
-OPS = ["TokenMatchBipartite", "TokenMatchWindow", "TokenMerge", "TokenUnmerge"]
+OPS = ["TokenMatchBipartite", "TokenMatchCell", "TokenMatchWindow", "TokenMerge", "TokenUnmerge"]
 
 
 def spec_attributes() -> dict[str, list[str]]:

@@ -33,6 +33,7 @@ def lib(nvcc: str, tmp_path_factory) -> ctypes.CDLL:
     lib = ctypes.CDLL(str(path))
     lib.em_capi_match_bipartite_workspace.restype = ctypes.c_size_t
     lib.em_capi_match_window_workspace.restype = ctypes.c_size_t
+    lib.em_capi_match_cell_workspace.restype = ctypes.c_size_t
     return lib
 
 
@@ -363,3 +364,48 @@ def test_match_then_merge_roundtrip(lib):
     assert sorted(slot[0].tolist()) == list(range(197))
     merged, _ = run_merge(lib, metric, torch.ones(1, 197, 1), slot, 197)
     torch.testing.assert_close(run_unmerge(lib, merged, slot, 197), metric)
+
+
+# ---------------------------------------------------------------- TokenMatchCell
+def _cell(lib, metric: torch.Tensor, h: int, w: int, sy: int, sx: int, r: int) -> torch.Tensor:
+    b, n, c = metric.shape
+    metric = metric.contiguous().cuda()
+    slot = torch.empty(b, n, dtype=torch.int32, device="cuda")
+    ws = torch.empty(lib.em_capi_match_cell_workspace(b, n), dtype=torch.uint8, device="cuda")
+    err = lib.em_capi_match_cell(_p(metric), _p(slot), b, n, c, h, w, sy, sx, r, _p(ws))
+    assert err == 0
+    torch.cuda.synchronize()
+    return slot.cpu()
+
+
+@pytest.mark.parametrize("case", [(8, 8, 2, 2, 20), (8, 8, 4, 4, 50), (6, 8, 3, 2, 40), (64, 64, 2, 2, 2048)])
+def test_match_cell_random(lib, case):
+    """Random metrics: the kernel's selection is optimal within TOL of the float64 scores and its
+    slots follow from that selection exactly (docs/ops.md TokenMatchCell)."""
+    from edgemerge.merge import ops
+
+    h, w, sy, sx, r = case
+    metric = torch.randn(2, h * w, 24, generator=torch.Generator().manual_seed(0))
+    got = _cell(lib, metric, h, w, sy, sx, r)
+    score = ops.cell_scores(metric.double(), h, w, sy, sx)
+    S = h * w - (h // sy) * (w // sx)
+    merged = got >= S - r
+    anchor, cell = ops.cell_layout(h, w, sy, sx)
+    is_anchor = anchor == torch.arange(h * w)
+    merged &= ~is_anchor
+    assert int(merged[0].sum()) == r
+    worst_in = torch.where(merged, score, torch.inf).amin(-1)
+    best_out = torch.where(~merged & ~is_anchor, score, -torch.inf).amax(-1)
+    assert bool((worst_in >= best_out - TOL).all())
+    kept = torch.cumsum((~merged & ~is_anchor).int(), 1) - 1
+    want = torch.where(merged | is_anchor, S - r + cell, kept).int()
+    assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("r", [3, 11, 30])
+def test_match_cell_exact_ties(lib, r):
+    from edgemerge.merge import ops
+
+    values = torch.tensor([[1.0, 0, 0], [0, 2.0, 0], [-1.0, 0, 0], [0, 0, 4.0]])
+    metric = values[torch.randint(0, 4, (2, 48), generator=torch.Generator().manual_seed(5))]
+    assert torch.equal(_cell(lib, metric, 6, 8, 2, 2, r), ops.match_cell_ref(metric, r, 6, 8, 2, 2))

@@ -12,7 +12,7 @@ from edgemerge.trt.plugins import _register_op, cuda_compiler, plugin_source_dir
 
 KERNEL_OPS = [name for name, op in opspec.OPS.items() if op.kernel is not None]
 ATTRS = {"r": 3, "src": np.array([0, 2, 4], np.int32), "dst": np.array([1, 3], np.int32), "protect": 0,
-         "height": 2, "width": 2, "k": 1, "num_out": 7}
+         "height": 2, "width": 2, "k": 1, "num_out": 7, "sy": 1, "sx": 2}
 
 
 @pytest.fixture(autouse=True)

@@ -25,6 +25,10 @@ def op_case(op_type: str, dtype=np.float32, seed: int = 0) -> tuple[dict, dict, 
         feeds = {"metric": g.standard_normal((2, 64, 16)).astype(np.float32)}
         attrs = {"r": 50, "src": list(src), "dst": list(dst), "protect": 0}
         return feeds, attrs, [ops.match_bipartite_ref(t(feeds["metric"]), **attrs).numpy()]
+    if op_type == "TokenMatchCell":  # 8x8 grid, 2x2 cells, r of 48 sources
+        feeds = {"metric": g.standard_normal((2, 64, 16)).astype(np.float32)}
+        attrs = {"r": 30, "height": 8, "width": 8, "sy": 2, "sx": 2}
+        return feeds, attrs, [ops.match_cell_ref(t(feeds["metric"]), **attrs).numpy()]
     if op_type == "TokenMatchWindow":
         feeds = {"metric": g.standard_normal((2, 1 + 8 * 8, 16)).astype(np.float32)}
         attrs = {"height": 8, "width": 8, "k": 6, "protect": 1}

@@ -83,7 +83,11 @@ def _soft_assign(metric: Tensor, site: GridSite, hw: tuple[int, int], *, top_k: 
     """The relaxation of patch.grid_match at one site: (assign [B, S, D], src, dst)."""
     src, dst = core.grid(hw[0], hw[1], site.sy, site.sx)
     r = site.count(metric.shape[1])
-    assign = soft.soft_grid(metric, r, src, dst, top_k=top_k, tau=tau)
+    own = None
+    if site.match == "cell":  # the relaxation of TokenMatchCell: only the own anchor is a candidate
+        _, cell = core.ops.cell_layout(hw[0], hw[1], site.sy, site.sx, metric.device)
+        own = cell[list(src)]
+    assign = soft.soft_grid(metric, r, src, dst, top_k=top_k, tau=tau, own=own)
     if stats is not None:
         stats.note(r, assign)
     return assign, src, dst
