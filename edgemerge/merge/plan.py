@@ -54,7 +54,8 @@ class GridSite:
                                         search=(2, 4)))
     # "global": every source against every anchor (Segformer++, TokenMatchBipartite, S x D scores);
     # "cell": each source against its own cell's anchor only (TokenMatchCell, O(N*C))
-    match: str = field(default="global", metadata=field_spec("", choices=("global", "cell")))
+    match: str = field(default="global", metadata=field_spec("", choices=("global", "cell"),
+                                                             search=("global", "cell")))
 
     def count(self, n: int) -> int:
         return int(n * self.ratio)

@@ -132,19 +132,24 @@ def _site_choices(site_cls: type, cfg: ModelConfig, shipped, name: str) -> list[
     """'SYxSX@RATIO' for the searched grid and ratio values (square cells) and every shipped site."""
     fields = {f.name: f.metadata.get("search") for f in dataclasses.fields(site_cls)}
     # a cell of g x g tokens has one anchor: at most 1 - 1/g^2 of the tokens can merge into it
-    choices = [f"{g}x{g}@{r}" for g in fields["sy"] for r in fields["ratio"] if r <= 1 - 1 / (g * g)]
+    matches = fields.get("match") or ("global",)
+    choices = [f"{g}x{g}@{r}" + ("" if m == "global" else f":{m}") for g in fields["sy"] for r in fields["ratio"]
+               for m in matches if r <= 1 - 1 / (g * g)]
     for v in shipped:
         tables = v.get(name)
         for t in (tables if isinstance(tables, list) else [tables] if tables else []):
             choices.append(_choice(t))
-    return sorted(set(choices), key=lambda c: (int(c.split("x")[0]), float(c.split("@")[1])))
+    return sorted(set(choices), key=lambda c: (int(c.split("x")[0]), float(c.split("@")[1].split(":")[0]), c))
 
 
 def _choice(site: dict) -> str:
-    return f"{site['grid'][0]}x{site['grid'][1]}@{site['ratio']}"
+    """'SYxSX@RATIO', with ':cell' for cell-local matching (global is the default)."""
+    match = site.get("match", "global")
+    return f"{site['grid'][0]}x{site['grid'][1]}@{site['ratio']}" + ("" if match == "global" else f":{match}")
 
 
 def _site(choice: str) -> dict[str, Any]:
-    grid, ratio = choice.split("@")
+    grid, rest = choice.split("@")
+    ratio, _, match = rest.partition(":")
     sy, sx = grid.split("x")
-    return {"ratio": float(ratio), "grid": [int(sy), int(sx)]}
+    return {"ratio": float(ratio), "grid": [int(sy), int(sx)], **({"match": match} if match else {})}
