@@ -81,7 +81,7 @@ def run_tune(opts: TuneOptions, progress: Callable[[str], None] = lambda s: None
     store = search.connect(opts.storage) if opts.storage else None  # unreachable: one line, before the work
     cfg = get_config(opts.model)
     resolution = tuple(opts.resolution or cfg.resolution)
-    x, y, files = load_images(opts.images, opts.labels, resolution, cfg.mean, cfg.std, progress)
+    x, y, files, label_files = load_images(opts.images, opts.labels, resolution, cfg.mean, cfg.std, progress)
     out.mkdir(parents=True, exist_ok=True)
     storage = opts.storage or f"sqlite:///{(out / 'tune.db').resolve()}"
     store = store or search.connect(storage)
@@ -91,7 +91,7 @@ def run_tune(opts: TuneOptions, progress: Callable[[str], None] = lambda s: None
            f"-{'labels' if y is not None else 'agreement'}"
     study = search.open_study(store, name, opts.seed, shared=opts.storage is not None)
     space = space_mod.build(model.config, learned_metric=learned)
-    fid = Fidelity(model, x, y, model.config.num_classes, seed=opts.seed)
+    fid = Fidelity(model, x, y, model.config.num_classes, seed=opts.seed, label_files=label_files)
     judge = _judge(opts.model, model.config, resolution, fid)
     queued = search.seed_shipped(study, space)
     progress(f"search: {len(space.params)} parameters, {len(queued)} shipped variants queued, study {name}")

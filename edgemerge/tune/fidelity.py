@@ -22,9 +22,10 @@ BOOTSTRAP = 200  # resamples of the images for the interval (90%: 5th..95th perc
 
 
 def load_images(images: str | Path, labels: str | Path | None, resolution: tuple[int, int], mean, std,
-                progress: Callable[[str], None] = lambda s: None) -> tuple[np.ndarray, np.ndarray | None, list[Path]]:
+                progress: Callable[[str], None] = lambda s: None
+                ) -> tuple[np.ndarray, np.ndarray | None, list[Path], list[Path] | None]:
     """The images [N, 3, H, W] normalised and (by file stem) their label maps [N, H, W], every file
-    checked before any work."""
+    checked before any work; and the image and label files."""
     from edgemerge.contracts.images import check_images, list_images, load_image, normalize
     from edgemerge.contracts.labels import check_label_files, check_label_sizes
 
@@ -48,7 +49,7 @@ def load_images(images: str | Path, labels: str | Path | None, resolution: tuple
     H, W = resolution
     x = np.stack([load_image(f, H, W) for f in files])
     y = None if label_files is None else np.stack([load_image(f, H, W, labels=True) for f in label_files])
-    return normalize(x, mean, std).astype(np.float32), y, files
+    return normalize(x, mean, std).astype(np.float32), y, files, label_files
 
 
 @dataclass
@@ -62,9 +63,14 @@ class Fidelity:
     batch: int = 4
     seed: int = 0
 
+    label_files: list[Path] | None = None
+
     def __post_init__(self) -> None:
+        from edgemerge.contracts.labels import check_label_values
         from edgemerge.merge.patch import remove_merging
 
+        if self.labels is not None:  # ids K..254 refused as validate and train-metric refuse them
+            check_label_values(self.labels, self.label_files or [], self.num_classes)
         remove_merging(self.model)
         self.reference = self._predict()
         self.ref_conf = None if self.labels is None else self._confusions(self.reference)
