@@ -165,9 +165,12 @@ def self_check(model, proto: onnx.ModelProto, batches: list[np.ndarray], ref_out
     exposed = names + metric_names
     run_bytes = with_outputs(proto, exposed).SerializeToString() if exposed else proto.SerializeToString()
     runs = _onnxruntime_runs(run_bytes, batches)
+    # the graph's outputs name each exposed tensor once: two sites matching on one tensor (a stage's
+    # queries and keys/values without spatial reduction) share it, so select by name, not position
+    at = {n: 1 + i for i, n in enumerate(dict.fromkeys(exposed))}
     ort_out = [r[0] for r in runs]
-    ort_slots = [r[1:1 + len(names)] for r in runs]
-    ort_metrics = [r[1 + len(names):] for r in runs] if len(metric_names) == len(names) else None
+    ort_slots = [[r[at[n]] for n in names] for r in runs]
+    ort_metrics = [[r[at[n]] for n in metric_names] for r in runs] if len(metric_names) == len(names) else None
     if any(len(s) != len(r) for s, r in zip(ort_slots, ref_slots)):
         raise CheckFailed(f"self-check failed: the ONNX graph has {len(ort_slots[0])} merge sites, "
                           f"PyTorch {len(ref_slots[0])}")

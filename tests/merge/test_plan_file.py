@@ -77,3 +77,18 @@ def test_export_plan_round_trip(tmp_path):
     assert proc.returncode == 2 and "plan_table" in proc.stderr, proc.stderr
     proc = subprocess.run(cli + ["export", "--plan", str(tmp_path / "p.toml"), "-v", "x"], capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_two_sites_matching_on_one_tensor_self_check(tmp_path):
+    """Stage 4 has no spatial reduction: its queries and keys/values sites match on the same tensor,
+    which the graph exposes once. The self-check must pair every site with its own decision (found
+    by tune's search: it used to fail with an IndexError)."""
+    plan = tmp_path / "p.toml"
+    plan.write_text('model = "segformer-b0"\n[variants.shared]\n'
+                    'kv = { ratio = 0.7, grid = [2, 2], stages = [4] }\nq = { ratio = 0.5, grid = [2, 2], stages = [4] }\n')
+    proc = subprocess.run([sys.executable, "-m", "edgemerge.cli", "export", "--plan", str(plan), "-r", "128x128",
+                           "-o", str(tmp_path / "b")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-800:]
+    decisions = json.loads((tmp_path / "b" / "manifest.json").read_text())["self_check"]["merge_decisions"]
+    assert decisions["sites"] == 4 and decisions["same_destination_worst"] == 1.0
