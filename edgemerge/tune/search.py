@@ -17,6 +17,7 @@ import warnings
 from typing import Any, Callable
 
 from edgemerge.contracts.errors import EdgemergeError
+from edgemerge.contracts.files import pid_alive
 from edgemerge.tune.space import Space, key
 
 DIRECTIONS = ("minimize", "minimize")  # drop, GFLOPs
@@ -86,18 +87,8 @@ def _fail_orphans(study) -> None:
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         who = t.user_attrs.get("worker", "")
         h, _, pid = who.partition(":")
-        if h == host and pid.isdigit() and not _alive(int(pid)):
+        if h == host and pid.isdigit() and not pid_alive(int(pid)):
             study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def seed_shipped(study, space: Space) -> list[str]:
