@@ -54,19 +54,22 @@ class Timer:
         opts = ExportOptions(model=self.model, variant=name if table is not None else "none", plan_file=None if
                              plan_file is None else str(plan_file), checkpoint=self.checkpoint,
                              resolution=self.resolution, out=str(out), engine=self.backend == "tensorrt")
-        export_bundle(opts, build_engine=_build_engine if self.backend == "tensorrt" else None)
+        from edgemerge.trt.builder import build_engine  # imports without TensorRT; needs it when called
+
+        export_bundle(opts, build_engine=build_engine if self.backend == "tensorrt" else None)
         return out
 
     def speedup(self, bundle: Path, baseline: Path) -> dict[str, Any]:
         """Rounds of interleaved timing against the baseline: the speed-ups, their median and spread."""
         from edgemerge.bench.core import BenchOptions, run_bench
+        from edgemerge.trt.builder import load_engine
 
         ups, latencies, start = [], [], time.time()
         artifact = str(bundle / ("model.plan" if self.backend == "tensorrt" else "model.onnx"))
         base = str(baseline / ("model.plan" if self.backend == "tensorrt" else "model.onnx"))
         while len(ups) < self.rounds:
             report = run_bench(BenchOptions(artifact, baseline=base, backend=self.backend, threads=self.threads,
-                                            iters=self.iters, warmup=3, load_engine=_load_engine))
+                                            iters=self.iters, warmup=3, load_engine=load_engine))
             ups.append(report["speedup_p50"])
             latencies.append(report["models"]["merged"]["latency_ms"]["p50"])
             ups_sorted = sorted(ups)
@@ -92,14 +95,3 @@ def retime_fresh(bundle: Path, baseline: Path, backend: str, threads: int | None
         raise EdgemergeError(f"re-timing {bundle} failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr else proc.returncode}")
     return float(json.loads(proc.stdout)["speedup_p50"])
 
-
-def _build_engine(*args, **kwargs):
-    from edgemerge.trt import builder
-
-    return builder.build_engine(*args, **kwargs)
-
-
-def _load_engine(path, plugins=None):
-    from edgemerge.trt import builder
-
-    return builder.load_engine(path, plugins=plugins)
