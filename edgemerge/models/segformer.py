@@ -35,7 +35,7 @@ class OverlapPatchEmbed(nn.Module):
     def forward(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
         x = self.proj(x)  # [B, C, H, W]
         hw = (x.shape[2], x.shape[3])
-        return self.norm(x.flatten(2).transpose(1, 2)), hw  # [B, H*W, C]
+        return self.norm(x.permute(0, 2, 3, 1).reshape(x.shape[0], -1, x.shape[1])), hw  # [B, H*W, C]
 
 
 class SegformerAttention(nn.Module):
@@ -73,9 +73,9 @@ class SegformerAttention(nn.Module):
         q_in, restore = self.reduce_queries(x, hw)
         kv, kv_hw = x, hw
         if self.sr_ratio > 1:
-            kv = self.sr(x.transpose(1, 2).reshape(B, C, hw[0], hw[1]))  # [B, C, H/sr, W/sr]
+            kv = self.sr(x.reshape(B, hw[0], hw[1], C).permute(0, 3, 1, 2))  # [B, C, H/sr, W/sr]
             kv_hw = (kv.shape[2], kv.shape[3])
-            kv = self.norm(kv.flatten(2).transpose(1, 2))  # [B, Nkv, C]
+            kv = self.norm(kv.permute(0, 2, 3, 1).reshape(B, -1, C))  # [B, Nkv, C]
         kv, bias = self.reduce_kv(kv, kv_hw)
         q, k, v = self._heads(self.q(q_in)), self._heads(self.k(kv)), self._heads(self.v(kv))
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # [B, h, Nq, d]
@@ -102,7 +102,7 @@ class MixFFN(nn.Module):
         x, restore = self.reduce_tokens(x, hw)
         x = restore(self.fc1(x))  # [B, N, 4C]
         B, N, C = x.shape
-        x = self.dwconv(x.transpose(1, 2).reshape(B, C, hw[0], hw[1])).flatten(2).transpose(1, 2)
+        x = self.dwconv(x.reshape(B, hw[0], hw[1], C).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).reshape(B, N, C)
         return self.fc2(F.gelu(x))  # [B, N, C]
 
 
@@ -132,7 +132,7 @@ class Stage(nn.Module):
         for blk in self.blocks:
             x = blk(x, hw)
         x = self.norm(x)
-        return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], hw[0], hw[1])  # [B, C, H, W]
+        return x.reshape(x.shape[0], hw[0], hw[1], x.shape[2]).permute(0, 3, 1, 2)  # [B, C, H, W]
 
 
 class MixTransformer(nn.Module):
@@ -224,7 +224,7 @@ class SegformerHead(nn.Module):
         outs = []
         for i, f in enumerate(feats):
             B, _, h, w = f.shape
-            y = self.linear_c[i](f.flatten(2).transpose(1, 2)).transpose(1, 2).reshape(B, -1, h, w)
+            y = self.linear_c[i](f.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
             if self.linear_c_bn is not None:
                 y = F.relu(self.linear_c_bn[i](y))
             outs.append(F.interpolate(y, size=size, mode="bilinear", align_corners=False))
@@ -236,8 +236,8 @@ class SegformerHead(nn.Module):
         x = None
         for i, f in enumerate(feats):
             B, _, h, w = f.shape
-            y = F.linear(f.flatten(2).transpose(1, 2), getattr(self, f"folded_weight_{i}"),
-                         getattr(self, f"folded_bias_{i}")).transpose(1, 2).reshape(B, -1, h, w)
+            y = F.linear(f.permute(0, 2, 3, 1), getattr(self, f"folded_weight_{i}"),
+                         getattr(self, f"folded_bias_{i}")).permute(0, 3, 1, 2)
             if (h, w) != size:
                 y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
             x = y if x is None else x + y

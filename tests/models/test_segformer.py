@@ -257,3 +257,31 @@ def test_eval_without_training_keeps_the_fold():
     marker = model.decode_head.folded_weight_0
     model.eval()
     assert model.decode_head.folded_weight_0 is marker
+
+
+def test_convolutions_meet_channels_last_tokens():
+    """Tokens [B, H*W, C] reach every convolution as Reshape to [B, H, W, C] + Transpose(0, 3, 1, 2)
+    and leave as Transpose(0, 2, 3, 1): ONNX Runtime's CPU provider folds that pair into its NCHWc
+    reorders, where the transpose(1, 2) + reshape spelling costs a full Transpose of the 4C-wide
+    MixFFN activations each way (b0 384x512, one thread: 5.7% of the unmerged model,
+    benchmarks/README.md). Same values either way (test_hf_dir_matches_transformers)."""
+    from edgemerge.export.exporter import torch_to_onnx
+
+    model = build_model("segformer-b0", num_classes=3).eval()
+    graph = torch_to_onnx(model, torch.randn(1, 3, 64, 64), opset=18).graph
+    producer = {o: n for n in graph.node for o in n.output}
+    consumers = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+
+    def perm(node):
+        return next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    fed = [producer.get(n.input[0]) for n in convs]
+    from_tokens = [p for p in fed if p is not None and p.op_type == "Transpose"]
+    # the block convolutions (2 sr + 1 dwconv per block, sr only where sr_ratio > 1) all come from tokens
+    assert len(from_tokens) >= 8 + 6 and all(perm(p) == [0, 3, 1, 2] for p in from_tokens)
+    leaving = [c for n in convs for c in consumers.get(n.output[0], []) if c.op_type == "Transpose"]
+    assert leaving and all(perm(c) == [0, 2, 3, 1] for c in leaving)
