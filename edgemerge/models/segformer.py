@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -239,9 +240,51 @@ class SegformerHead(nn.Module):
             y = F.linear(f.permute(0, 2, 3, 1), getattr(self, f"folded_weight_{i}"),
                          getattr(self, f"folded_bias_{i}")).permute(0, 3, 1, 2)
             if (h, w) != size:
-                y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
+                y = upsample_bilinear(y, size)
             x = y if x is None else x + y
         return x
+
+
+# Largest work per output pixel (multiply-adds) for which `upsample_bilinear` uses two MatMuls
+# instead of Resize. ONNX Runtime CPU, one thread, 256 channels to 96x128: Resize 3.3-3.5 ms
+# whatever the input; MatMuls 0.41 ms from 12x16 (28 per output), 0.85 from 24x32 (32), 2.1 from
+# 48x64 (80); the crossover is near 130 (benchmarks/README.md, "Where the time goes").
+MATMUL_UPSAMPLE_MAX_WORK = 96
+
+
+def upsample_bilinear(y: Tensor, size: tuple[int, int]) -> Tensor:
+    """F.interpolate(y, size, mode="bilinear", align_corners=False), as two MatMuls with the
+    interpolation matrices when that is less work than Resize: `A_h @ (y @ A_w^T)`, each row of an A
+    holding the two tap weights PyTorch uses. Equal in real arithmetic (the same two products per
+    direction; the other entries are exact zeros); in fp32 within an ulp or two. A Resize costs about
+    the same per output pixel whatever its input, the MatMuls h*w/H + h multiply-adds: small inputs
+    upsampled far (a Segformer head's stages 3-4) are where they win."""
+    (h, w), (H, W) = y.shape[-2:], size
+    if h * w / H + h > MATMUL_UPSAMPLE_MAX_WORK:
+        return F.interpolate(y, size=size, mode="bilinear", align_corners=False)
+    a_h = interpolation_matrix(h, H).to(device=y.device, dtype=y.dtype)
+    a_wt = interpolation_matrix(w, W).to(device=y.device, dtype=y.dtype).T
+    return a_h @ (y @ a_wt)
+
+
+def interpolation_matrix(n_in: int, n_out: int) -> Tensor:
+    """[n_out, n_in] weights of 1-D linear interpolation with half-pixel centres, PyTorch's
+    align_corners=False rule (aten's area_pixel_compute_source_index and its linear taps): source
+    (i + 0.5) * n_in / n_out - 0.5, clamped at 0; taps floor(source) and the next, the last
+    repeated at the edge; in float32 as aten computes it, so the taps and weights are its own."""
+    f32 = np.float32  # aten computes the source index in float for float tensors: so do we
+    scale = f32(n_in) / f32(n_out)
+    rows = []
+    for i in range(n_out):
+        src = max(scale * (f32(i) + f32(0.5)) - f32(0.5), f32(0.0))
+        i0 = min(int(src), n_in - 1)
+        i1 = min(i0 + 1, n_in - 1)
+        lam = float(min(max(src - f32(i0), f32(0.0)), f32(1.0)))
+        row = [0.0] * n_in
+        row[i0] += 1.0 - lam
+        row[i1] += lam
+        rows.append(row)
+    return torch.tensor(rows, dtype=torch.float32)
 
 
 def _fold_again_after_load(head: SegformerHead, incompatible_keys) -> None:
