@@ -93,8 +93,11 @@ def run_tune(opts: TuneOptions, progress: Callable[[str], None] = lambda s: None
     space = space_mod.build(model.config, learned_metric=learned)
     fid = Fidelity(model, x, y, model.config.num_classes, seed=opts.seed, label_files=label_files)
     judge = _judge(opts.model, model.config, resolution, fid)
+    fresh = not study.get_trials(deepcopy=False)
     queued = search.seed_shipped(study, space)
-    progress(f"search: {len(space.params)} parameters, {len(queued)} shipped variants queued, study {name}")
+    near = search.seed_neighbours(study, space, opts.seed) if fresh else 0
+    progress(f"search: {len(space.params)} parameters, {len(queued)} shipped variants and {near} plans next to "
+             f"them queued, study {name}")
     _optimize(study, space, judge, opts, progress, deadline=t0 + opts.budget * 60 * (1.0 if opts.search_only else 0.6))
     rows = _rows(search.completed(study), space)
     record: dict[str, Any] = {"format": 1, "model": opts.model, "resolution": list(resolution), "study": name,

@@ -203,3 +203,23 @@ def test_two_workers_share_one_postgresql_study(tmp_path, images, postgres):
     assert 12 <= len(judged) <= 13
     keys = [t.user_attrs["key"] for t in judged]
     assert len(set(keys)) >= len(keys) - 1  # two workers may judge one plan at the same moment, at most once
+
+
+def test_the_first_generation_starts_next_to_the_shipped_variants():
+    """The queued neighbours are each one parameter, one choice away from a shipped variant, never
+    a shipped plan, never twice, as many as the population, in an order the seed fixes."""
+    from edgemerge.tune.search import POPULATION, neighbours
+    from edgemerge.tune.space import key
+
+    space = build(get_config("segformer-b0"))
+    seeds = [p for n, t in space.shipped.items() if n != "none" and (p := space.point(t)) is not None]
+    near = neighbours(space, seed=0, limit=POPULATION)
+    assert len(near) == POPULATION
+    keys = [key(space.table(q)) for q in near]
+    assert len(set(keys)) == len(keys) and not set(keys) & {key(space.table(p)) for p in seeds}
+
+    def steps(p, q):
+        return sum(abs(space.params[n].index(p[n]) - space.params[n].index(q[n])) for n in space.params)
+
+    assert all(min(steps(p, q) for p in seeds) == 1 for q in near)
+    assert near == neighbours(space, seed=0, limit=POPULATION) != neighbours(space, seed=1, limit=POPULATION)
