@@ -141,6 +141,23 @@ def seed_neighbours(study, space: Space, seed: int, limit: int = POPULATION) -> 
     return len(points)
 
 
+def _join_first_generation(trial) -> None:
+    """A queued seed (a shipped variant or a neighbour) joins NSGA-II's generation 0. Optuna's GA
+    samplers give a trial its generation in `sample_relative`, which a trial whose every parameter
+    is fixed by `enqueue_trial` never reaches (optuna 5.1, samplers/_ga/_base.py,
+    `get_trial_generation`): such trials are judged but are nobody's parent, and the first
+    generation is uniform random however well the study was seeded (what optunahub's "NSGA-II with
+    initial trials" package exists for). Setting the generation the sampler reads puts them in the
+    population the next generation's parents are chosen from."""
+    sampler = trial.study.sampler
+    if not hasattr(sampler, "_get_generation_key"):  # another sampler, or another Optuna: leave it
+        return
+    if "shipped" in trial.user_attrs or trial.user_attrs.get("neighbour"):
+        gen_key = sampler._get_generation_key()
+        if gen_key not in trial.study._storage.get_trial(trial._trial_id).system_attrs:
+            trial.study._storage.set_trial_system_attr(trial._trial_id, gen_key, 0)
+
+
 def objective(space: Space, judge: Callable[[dict], dict[str, Any]], max_drop: float | None,
               progress: Callable[[str], None]) -> Callable:
     """The trial function: suggest a point, answer from the cache or judge its plan."""
@@ -148,6 +165,7 @@ def objective(space: Space, judge: Callable[[dict], dict[str, Any]], max_drop: f
 
     def run(trial) -> tuple[float, float]:
         trial.set_user_attr("worker", _worker())
+        _join_first_generation(trial)
         point = {name: trial.suggest_categorical(name, list(choices)) for name, choices in space.params.items()}
         table = space.table(point)
         k = key(table)

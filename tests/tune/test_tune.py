@@ -223,3 +223,25 @@ def test_the_first_generation_starts_next_to_the_shipped_variants():
 
     assert all(min(steps(p, q) for p in seeds) == 1 for q in near)
     assert near == neighbours(space, seed=0, limit=POPULATION) != neighbours(space, seed=1, limit=POPULATION)
+
+
+def test_queued_seeds_are_nsga2s_first_generation():
+    """Optuna gives a trial whose parameters are all queued no generation, so it would be nobody's
+    parent: the seeds are put in generation 0, and the trials after them are children (generation
+    1), not a second uniform random generation."""
+    import optuna
+
+    from edgemerge.tune import search
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    space = build(get_config("segformer-b0"))
+    study = search.open_study(optuna.storages.InMemoryStorage(), "seeds", 0)
+    seeds = len(search.seed_shipped(study, space)) + search.seed_neighbours(study, space, 0)
+    assert seeds >= search.POPULATION
+
+    def judge(table: dict) -> dict:  # stand-in figures: the sampler's bookkeeping is under test
+        return {"drop": len(json.dumps(table)) / 100, "gflops": 1.0}
+
+    study.optimize(search.objective(space, judge, 0.5, lambda s: None), n_trials=seeds + 4)
+    gen = [t.system_attrs.get(study.sampler._get_generation_key()) for t in study.trials]
+    assert gen[:seeds] == [0] * seeds and gen[seeds:] == [1] * 4
