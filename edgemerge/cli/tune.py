@@ -8,6 +8,7 @@ import click
 
 from edgemerge.cli import main, progress_reporter
 from edgemerge.cli.options import resolution_option
+from edgemerge.tune.api import MAX_TIMED
 
 
 @main.command()
@@ -25,7 +26,8 @@ from edgemerge.cli.options import resolution_option
 @click.option("--budget", type=float, default=25.0, show_default=True,
               help="Minutes for the whole tune (search about 60%, timing the rest).")
 @click.option("--trials", type=int, default=60, show_default=True, help="Plans to judge in the search (at most).")
-@click.option("--timed", type=int, default=8, show_default=True, help="Plans of the front exported and timed.")
+@click.option("--timed", type=int, default=MAX_TIMED, show_default=True,
+              help="Plans exported and timed: the feasible shipped variants, then the front.")
 @click.option("--iters", type=int, default=20, show_default=True, help="Timed iterations per round of timing.")
 @click.option("--storage", default=None,
               help="Study storage URL (postgresql://user@host/db to share one study between machines); "

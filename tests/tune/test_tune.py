@@ -245,3 +245,18 @@ def test_queued_seeds_are_nsga2s_first_generation():
     study.optimize(search.objective(space, judge, 0.5, lambda s: None), n_trials=seeds + 4)
     gen = [t.system_attrs.get(study.sampler._get_generation_key()) for t in study.trials]
     assert gen[:seeds] == [0] * seeds and gen[seeds:] == [1] * 4
+
+
+def test_the_feasible_shipped_variants_are_timed_before_the_front():
+    """GFLOPs do not rank latency, so a shipped variant dominated in (drop, GFLOPs) by the search's
+    plans is still timed; infeasible ones are not; the rest of the room goes to the front."""
+    from edgemerge.tune.api import TuneOptions, _timing_pool
+
+    def row(trial, drop, gflops, shipped=None):
+        return {"trial": trial, "drop": drop, "gflops": gflops, "shipped": shipped, "table": {"x": trial}}
+
+    rows = [row(0, 0.37, 4.45, "n2d"), row(1, 0.25, 4.41, "fast-pa"), row(2, 0.9, 3.0, "xfast"),
+            *(row(10 + i, 0.1 + 0.01 * i, 4.4 - 0.01 * i) for i in range(6))]  # a front dominating n2d
+    pool = _timing_pool(rows, TuneOptions(model="segformer-b0", images=".", max_drop=0.5, timed=4))
+    assert [r["trial"] for r in pool[:2]] == [1, 0]  # shipped and feasible, by GFLOPs; xfast is over the limit
+    assert len(pool) == 4 and all(not r["shipped"] for r in pool[2:])
