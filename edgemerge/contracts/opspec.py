@@ -140,7 +140,15 @@ OPS: dict[str, OpSpec] = {
                     Port("slot", ("int32",), ("B", "N"))),
             outputs=(Port("merged", FLOAT_TYPES, ("B", "M", "C"), like="x"),
                      Port("merged_size", FLOAT_TYPES, ("B", "M", "1"), like="x")),
-            kernel=None,  # tokenMergeCellKernel.cu (C++ plugin); the Python plugin is JIT
+            kernel=KernelABI(
+                source="tokenMergeCellKernel.cu",
+                body="tokenMergeCellBody<{T}>",
+                body_args=("x", "size", "slot", "merged", "merged_size", "N", "M", "C", "height", "width", "sy", "sx"),
+                scalars=("N", "M", "C", "height", "width", "sy", "sx"),
+                block=128,  # kMergeCellBlock
+                # a block per token (kept ones copy themselves) and one per cell; the attributes are ints
+                grid=lambda d, cdiv: (d["N"] + (d["height"] // d["sy"]) * (d["width"] // d["sx"]), d["B"]),
+            ),
         ),
         OpSpec(
             name="TokenUnmerge",
