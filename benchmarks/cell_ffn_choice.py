@@ -31,10 +31,13 @@ FAST_PA = {"kv": {"ratio": 0.9, "grid": [4, 4], "stages": [1, 2]},
 
 def candidates() -> dict[str, dict]:
     """fast-pa plus an `ffn` site on 2x2 cells: cell vs global at stages 3-4 (fidelity), and cell
-    at every stage (where global cannot go: its S x D scores at stage 1 outweigh the model)."""
+    at more stages (where global cannot go: its S x D scores at stage 1 outweigh the model; since
+    TokenMergeCell the cell site's merge is O(N C) there too). Ratio 0.75 on 2x2 cells merges every
+    non-anchor token: the site is then a size-weighted 2x2 pooling of fc1's input."""
     out = {"none": {}, "fast-pa": FAST_PA}
     for stages, ratio, match in (([3, 4], 0.5, "cell"), ([3, 4], 0.5, "global"), ([1, 2, 3, 4], 0.5, "cell"),
-                                 ([1, 2, 3, 4], 0.7, "cell")):
+                                 ([1, 2, 3, 4], 0.7, "cell"), ([1, 2, 3, 4], 0.75, "cell"), ([1, 2], 0.75, "cell"),
+                                 ([3, 4], 0.75, "cell"), ([2], 0.75, "cell"), ([2], 0.5, "cell")):
         name = f"ffn{''.join(map(str, stages))}-{ratio}-{match}"
         out[name] = dict(FAST_PA, ffn={"ratio": ratio, "grid": [2, 2], "stages": stages, "match": match})
     if len(sys.argv) > 4:  # only these (e.g. the held-out check of the chosen one)

@@ -196,17 +196,20 @@ def test_cell_sites_are_counted_like_the_others():
     """A b0 bundle with cell-local MixFFN sites: the device route counts TokenMatchCell's plugin
     layers per site, and refuses a build that inlined one of them."""
     sites = {"TokenMatchBipartite": ["TokenMatchBipartite_0"], "TokenMatchCell": ["TokenMatchCell_0", "TokenMatchCell_1"],
-             "TokenMerge": ["TokenMerge_0"]}
+             "TokenMerge": ["TokenMerge_0"], "TokenMergeCell": ["TokenMergeCell_0", "TokenMergeCell_1"]}
     info = {"Layers": [layer("TokenMatchBipartite_0"), layer("TokenMatchCell_0"), layer("TokenMatchCell_1", "PluginV2"),
-                       layer("TokenMerge_0")], "Bindings": []}
+                       layer("TokenMerge_0"), layer("TokenMergeCell_0"), layer("TokenMergeCell_1")], "Bindings": []}
     counts = layers.count_plugin_layers(info, sites)
-    assert counts == {"TokenMatchBipartite": 1, "TokenMatchCell": 2, "TokenMerge": 1}
+    assert counts == {"TokenMatchBipartite": 1, "TokenMatchCell": 2, "TokenMerge": 1, "TokenMergeCell": 2}
     layers.check_plugin_layers(counts, sites, allow_body_only=False)
+    assert layers.plugin_layer_summary(counts, sites) == \
+        "TokenMatchBipartite 1/1, TokenMatchCell 2/2, TokenMerge 1/1, TokenMergeCell 2/2"
     inlined = {"Layers": [layer("TokenMatchBipartite_0"), layer("__edgemerge_TokenMatchCell_0_7", "TopK"),
-                          layer("TokenMatchCell_1"), layer("TokenMerge_0")], "Bindings": []}
+                          layer("TokenMatchCell_1"), layer("TokenMerge_0"), layer("TokenMergeCell_0"),
+                          layer("__edgemerge_TokenMergeCell_1_12", "Reduce")], "Bindings": []}
     counts = layers.count_plugin_layers(inlined, sites)
-    assert counts["TokenMatchCell"] == 1
-    with pytest.raises(EdgemergeError, match="TokenMatchCell 1/2"):
+    assert counts["TokenMatchCell"] == 1 and counts["TokenMergeCell"] == 1
+    with pytest.raises(EdgemergeError, match="TokenMatchCell 1/2.*TokenMergeCell 1/2"):
         layers.check_plugin_layers(counts, sites, allow_body_only=False)
 
 

@@ -1,4 +1,4 @@
-"""The five `edgemerge` ops as plain data: one table that docs/ops.md, the ONNX exporter's nodes,
+"""The six `edgemerge` ops as plain data: one table that docs/ops.md, the ONNX exporter's nodes,
 the Python `tensorrt.plugin` registration and the AOT kernel ABI are all checked against.
 
 Imports nothing from TensorRT (nor torch), so the descriptors can be compared with docs/ops.md and
@@ -128,6 +128,26 @@ OPS: dict[str, OpSpec] = {
                 # C floats + kMergeBlock ints; expression first: tensorrt.plugin's shape
                 # expressions have no reflected operators (4 * C would raise)
                 shared_mem=lambda d: d["C"] * 4 + 4 * 128,
+            ),
+        ),
+        OpSpec(
+            name="TokenMergeCell",
+            torch_op="token_merge_cell",
+            attributes=(Attr("height", "int"), Attr("width", "int"), Attr("sy", "int"), Attr("sx", "int"),
+                        Attr("num_out", "int"), _NS),
+            inputs=(Port("x", FLOAT_TYPES, ("B", "N", "C")),
+                    Port("size", FLOAT_TYPES, ("B", "N", "1"), like="x"),
+                    Port("slot", ("int32",), ("B", "N"))),
+            outputs=(Port("merged", FLOAT_TYPES, ("B", "M", "C"), like="x"),
+                     Port("merged_size", FLOAT_TYPES, ("B", "M", "1"), like="x")),
+            kernel=KernelABI(
+                source="tokenMergeCellKernel.cu",
+                body="tokenMergeCellBody<{T}>",
+                body_args=("x", "size", "slot", "merged", "merged_size", "N", "M", "C", "height", "width", "sy", "sx"),
+                scalars=("N", "M", "C", "height", "width", "sy", "sx"),
+                block=128,  # kMergeCellBlock
+                # a block per token (kept ones copy themselves) and one per cell; the attributes are ints
+                grid=lambda d, cdiv: (d["N"] + (d["height"] // d["sy"]) * (d["width"] // d["sx"]), d["B"]),
             ),
         ),
         OpSpec(

@@ -5,7 +5,8 @@ One body per op type, shared by every node of that type through attribute refere
 the body. The same bodies, inlined, are the `--merge-ops native` graph.
 
 What the bodies avoid, because TensorRT builds them wrongly or not at all: ScatterElements /
-ScatterND with a reduction (merge sums are a one-hot MatMul instead), TopK with K > 3840
+ScatterND with a reduction (merge sums are a one-hot MatMul instead; cell merges a Reshape +
+ReduceSum over each cell), TopK with K > 3840
 (bipartite selection runs TopK over the smaller side, `K = min(r, S - r)`; window matching ranks
 the windows by pairwise comparison, `[B, W, W]`, and uses no TopK), ReduceMax (axes moved
 between opsets; ArgMax + GatherElements serves every opset >= 13).
@@ -28,7 +29,8 @@ at release/10.1-GA; TensorRT include/NvInfer.h at v10.3.0):
 - Every other op is used only on types that operators.md at release/10.1-GA lists for it (ops
   and element types as shape inference gives them for the inlined bodies): FP32 for MatMul,
   Sqrt, ReduceSum, TopK, ArgMax, Gather, Neg, LessOrEqual, CumSum; FP32/FP16 for GatherElements
-  and CastLike (the tokens' dtype); FP32/INT64 for Add, Sub, Mul, Div, Max, Equal, Greater,
+  and CastLike (the tokens' dtype), FP32 for Concat (TokenMergeCell's partial sums); FP32/INT64
+  for Add, Sub, Mul, Div, Max, Equal, Greater,
   Where (condition BOOL; never a BOOL Where, which ONNX Runtime lacks); INT64 for Min, Less,
   Range, Size, Expand, Concat, ScatterElements (no reduction), ConstantOfShape (the table spells
   it "INF64"); BOOL for Not, And, Or, Xor; Shape, Slice, Reshape, (Un)Squeeze, Transpose, Cast
@@ -296,6 +298,63 @@ def _merge() -> tuple[list[onnx.NodeProto], list[str]]:
     return b.nodes
 
 
+def _per_cell(b: _Body, t: str, batch: str, grid: tuple[str, str, str, str], cells: str) -> str:
+    """[B, N, c] -> [B, cells, c]: Reshape to [B, H/sy, sy, W/sx, sx, c], ReduceSum over the two
+    in-cell axes. Every token lands in its own cell by its position: no scatter, no one-hot."""
+    one_d = lambda v: b("Unsqueeze", v, b.const([0]))  # noqa: E731  scalar -> [1]
+    rows, sy, cols, sx = grid
+    t = b("Reshape", t, b("Concat", batch, one_d(rows), one_d(sy), one_d(cols), one_d(sx), b.const([-1]), axis=0))
+    t = b("ReduceSum", t, b.const([2, 4]), keepdims=0)  # [B, H/sy, W/sx, c]
+    return b("Reshape", t, b("Concat", batch, one_d(cells), b.const([-1]), axis=0))
+
+
+def _merge_cell() -> tuple[list[onnx.NodeProto], list[str]]:
+    """TokenMergeCell in standard ops, O(N C): TokenMerge on TokenMatchCell's slots without the
+    [B, N, M] one-hot. Tokens with slot >= K (K = num_out - cells) are summed into their own cell by
+    a Reshape + ReduceSum (`_per_cell`); the kept tokens' positions come from one ScatterElements
+    without a reduction that writes each position to its slot (kept) or to K + its rank among the
+    grouped tokens (a permutation of N, as in `_match_bipartite`), whose first K entries gather x
+    and size. Products and sums in fp32 whatever the dtype of x, then one Div (docs/ops.md). Every
+    intermediate has >= 1 row: the kept part is gathered for max(K, 1) rows and the surplus row
+    sliced off the result when K = 0 (every source merged)."""
+    op = "TokenMergeCell"
+    b = _Body(op)
+    x, size_in, slot = (_formal(op, n) for n in ("x", "size", "slot"))
+    h, w, sy, sx, num_out = (b.attr(a, AttributeProto.INT) for a in ("height", "width", "sy", "sx", "num_out"))
+    one_d = lambda v: b("Unsqueeze", v, b.const([0]))  # noqa: E731  scalar -> [1]
+    rows, cols = b("Div", h, sy), b("Div", w, sx)
+    cells = b("Mul", rows, cols)
+    k = b("Sub", num_out, cells)
+    shape = b("Shape", x)
+    batch, chans = b("Slice", shape, b.const([0]), b.const([1])), b("Slice", shape, b.const([2]), b.const([3]))
+    slot64 = b("Cast", slot, to=TensorProto.INT64)  # [B, N]
+    grouped = b("Not", b("Less", slot64, k))
+    grouped_f = b("Cast", grouped, to=TensorProto.FLOAT)
+    xf, size = b("Cast", x, to=TensorProto.FLOAT), b("Cast", size_in, to=TensorProto.FLOAT)
+    grouped_size = b("Mul", size, b("Unsqueeze", grouped_f, b.const([2])))  # [B, N, 1]
+    grid = (rows, sy, cols, sx)
+    cell_sums = _per_cell(b, b("Mul", xf, grouped_size), batch, grid, cells)  # [B, cells, C]
+    cell_sizes = _per_cell(b, grouped_size, batch, grid, cells)  # [B, cells, 1]
+    # the kept tokens' positions in slot order: position p goes to its slot when kept, to K + its
+    # rank among the grouped otherwise; distinct targets covering 0..N-1, so no reduction is needed
+    grouped_rank = b("Sub", _cumsum(b, grouped_f), b.const(1))
+    target = b("Where", grouped, b("Add", k, grouped_rank), slot64)
+    pos = b("Expand", b("Unsqueeze", b("Range", b.const(0), b("Mul", h, w), b.const(1)), b.const([0])), b("Shape", slot64))
+    perm = b("ScatterElements", b("Mul", pos, b.const(0)), target, pos, axis=1)  # [B, N]
+    k1 = b("Max", k, b.const(1))
+    kept = b("Unsqueeze", b("Slice", perm, b.const([0]), one_d(k1), b.const([1])), b.const([2]))  # [B, max(K, 1), 1]
+    kept_size = b("GatherElements", size, kept, axis=1)
+    kept_x = b("GatherElements", xf, b("Expand", kept, b("Concat", batch, one_d(k1), chans, axis=0)), axis=1)
+    first = one_d(b("Sub", k1, k))  # 1 when K = 0: the gathered row is not an output
+    end = b("Add", first, one_d(num_out))
+    sums = b("Slice", b("Concat", b("Mul", kept_x, kept_size), cell_sums, axis=1), first, end, b.const([1]))
+    merged_size = b("Slice", b("Concat", kept_size, cell_sizes, axis=1), first, end, b.const([1]))
+    merged = b("Div", sums, b("Max", merged_size, b.const(1e-6, TensorProto.FLOAT)))
+    b.nodes.append(helper.make_node("CastLike", [merged, x], [_formal(op, "merged", out=True)]))
+    b.nodes.append(helper.make_node("CastLike", [merged_size, size_in], [_formal(op, "merged_size", out=True)]))
+    return b.nodes
+
+
 def _unmerge() -> tuple[list[onnx.NodeProto], list[str]]:
     op = "TokenUnmerge"
     b = _Body(op)
@@ -312,6 +371,7 @@ _BODIES = {
     "TokenMatchCell": _match_cell,
     "TokenMatchWindow": _match_window,
     "TokenMerge": _merge,
+    "TokenMergeCell": _merge_cell,
     "TokenUnmerge": _unmerge,
 }
 
@@ -338,7 +398,7 @@ def one_op_model(op_type: str, feeds: dict[str, np.ndarray], opset: int = 18, **
     B, N = first.shape[:2]
     if op_type.startswith("TokenMatch"):
         out_types = {"slot": (np.int32, (B, N))}
-    elif op_type == "TokenMerge":
+    elif op_type.startswith("TokenMerge"):
         M, C = attrs["num_out"], first.shape[2]
         out_types = {"merged": (first.dtype, (B, M, C)), "merged_size": (feeds["size"].dtype, (B, M, 1))}
     else:  # TokenUnmerge: merged [B, M, C], slot [B, N]

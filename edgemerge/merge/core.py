@@ -38,6 +38,17 @@ def from_slot(slot: Tensor, num_out: int) -> MergeFns:
     return MergeFns(merge, lambda x: torch.ops.edgemerge.token_unmerge(x, slot), slot)
 
 
+def from_cell_slot(slot: Tensor, num_out: int, height: int, width: int, sy: int, sx: int) -> MergeFns:
+    """from_slot for slots in TokenMatchCell's layout: the merge is TokenMergeCell (O(N*C): cell
+    sums by a reshape, no [N, M] one-hot), the unmerge the same gather."""
+    def merge(x: Tensor, size: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        if size is None:
+            size = x.new_ones(x.shape[0], x.shape[1], 1)
+        return torch.ops.edgemerge.token_merge_cell(x, size.to(x.dtype), slot, height, width, sy, sx, num_out)
+
+    return MergeFns(merge, lambda x: torch.ops.edgemerge.token_unmerge(x, slot), slot)
+
+
 @lru_cache(maxsize=64)
 def alternating(n: int, prefix: int = 0) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """ToMe's split: even positions are sources (CLS at 0 among them), odd are destinations.
@@ -197,7 +208,7 @@ def cell_match(metric: Tensor, r: int, height: int, width: int, sy: int, sx: int
     slot, own = _decide(lambda: torch.ops.edgemerge.match_cell(metric.float(), r, height, width, sy, sx),
                         metric.shape[1])
     _notify(MatchEvent("cell", metric, int(r), len(src), args, slot, own))
-    return from_slot(slot, metric.shape[1] - r)
+    return from_cell_slot(slot, metric.shape[1] - r, height, width, sy, sx)
 
 
 def window_match(metric: Tensor, height: int, width: int, k: int, protect: int = 0) -> MergeFns:

@@ -41,6 +41,13 @@ def _token_merge_flops(x_shape, *args, out_shape=None, **kw) -> int:
     return 3 * B * N * C
 
 
+@register_flop_formula(torch.ops.edgemerge.token_merge_cell)
+def _token_merge_cell_flops(x_shape, *args, out_shape=None, **kw) -> int:
+    """TokenMerge's count: the same products, sums and divisions, only without the one-hot."""
+    B, N, C = x_shape
+    return 3 * B * N * C
+
+
 def count_gflops(model: torch.nn.Module, resolution: tuple[int, int], batch: int = 1) -> float:
     model = model.to("meta")
     x = torch.empty(batch, 3, *resolution, device="meta")

@@ -1,4 +1,4 @@
-"""The five `edgemerge` ops as PyTorch references (spec: docs/ops.md).
+"""The six `edgemerge` ops as PyTorch references (spec: docs/ops.md).
 
 These functions are the ground truth the ONNX function bodies and the CUDA kernels are tested
 against. They are also registered as `torch.library` custom ops (`torch.ops.edgemerge.*`), so
@@ -166,6 +166,36 @@ def token_merge_ref(x: Tensor, size: Tensor, slot: Tensor, num_out: int) -> tupl
     return merged.to(x.dtype), sizes.to(size.dtype)
 
 
+def token_merge_cell_ref(x: Tensor, size: Tensor, slot: Tensor, height: int, width: int, sy: int, sx: int,
+                         num_out: int) -> tuple[Tensor, Tensor]:
+    """TokenMergeCell: TokenMerge on slots in TokenMatchCell's layout, computed from the grid
+    instead of the slot values, O(N*C): a token with slot >= K (K = num_out - cells) is in its own
+    cell's anchor group, and the cell's sums are a reshape to [B, H/sy, sy, W/sx, sx, C] and a sum
+    over the two in-cell axes (no scatter); the K kept tokens are gathered at their positions
+    (ordered by slot). Sums in fp32, one division (docs/ops.md)."""
+    B, N, C = x.shape
+    cells = (height // sy) * (width // sx)
+    K = num_out - cells
+    if N != height * width or height % sy or width % sx or K < 0:
+        raise ValueError(f"{N} tokens, a {height}x{width} grid of {sy}x{sx} cells and num_out={num_out} disagree")
+    w = size.float()
+    grouped = slot.long() >= K  # [B, N]
+    gw = w * grouped[..., None]
+
+    def per_cell(t: Tensor) -> Tensor:  # [B, N, c] -> [B, cells, c]: the sum over each cell
+        t = t.reshape(B, height // sy, sy, width // sx, sx, t.shape[-1])
+        return t.sum(dim=(2, 4)).reshape(B, cells, -1)
+
+    cell_sums, cell_sizes = per_cell(x.float() * gw), per_cell(gw)
+    # positions of the kept tokens ordered by their slot (grouped ones sort last, stably)
+    kept_pos = torch.sort(torch.where(grouped, K, slot.long()), dim=1, stable=True).indices[:, :K]
+    kept_size = w.gather(1, kept_pos[..., None])
+    kept_sums = x.float().gather(1, kept_pos[..., None].expand(B, K, C)) * kept_size
+    sums, sizes = torch.cat([kept_sums, cell_sums], 1), torch.cat([kept_size, cell_sizes], 1)
+    merged = torch.where(sizes > 0, sums / sizes.clamp_min(NORM_EPS), torch.zeros_like(sums))
+    return merged.to(x.dtype), sizes.to(size.dtype)
+
+
 def token_unmerge_ref(merged: Tensor, slot: Tensor) -> Tensor:
     """TokenUnmerge: copy each merged token back to every position it came from."""
     B, N = slot.shape
@@ -211,6 +241,17 @@ def token_merge(x: Tensor, size: Tensor, slot: Tensor, num_out: int) -> tuple[Te
 
 @token_merge.register_fake
 def _(x, size, slot, num_out):
+    return x.new_empty(x.shape[0], num_out, x.shape[2]), size.new_empty(x.shape[0], num_out, 1)
+
+
+@torch.library.custom_op("edgemerge::token_merge_cell", mutates_args=())
+def token_merge_cell(x: Tensor, size: Tensor, slot: Tensor, height: int, width: int, sy: int, sx: int,
+                     num_out: int) -> tuple[Tensor, Tensor]:
+    return token_merge_cell_ref(x, size, slot, height, width, sy, sx, num_out)
+
+
+@token_merge_cell.register_fake
+def _(x, size, slot, height, width, sy, sx, num_out):
     return x.new_empty(x.shape[0], num_out, x.shape[2]), size.new_empty(x.shape[0], num_out, 1)
 
 

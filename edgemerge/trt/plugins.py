@@ -277,7 +277,7 @@ _registered: str | None = None
 
 
 def register_python_plugins(mode: str = "auto") -> str:
-    """Register the four ops with `tensorrt.plugin`; returns "aot+jit" (TokenMerge/TokenUnmerge
+    """Register the ops with `tensorrt.plugin`; returns "aot+jit" (TokenMerge/TokenMergeCell/TokenUnmerge
     AOT, the match ops JIT) or "jit".
 
     mode "auto": AOT when TensorRT >= 10.9 and a CUDA compiler and the kernel sources are here,

@@ -23,6 +23,9 @@ def run(op_name: str, inputs: list[torch.Tensor], attrs: dict) -> list[torch.Ten
                                      int(attrs["k"]), int(attrs["protect"]))]
     if op_name == "TokenMerge":
         return list(ops.token_merge_ref(inputs[0], inputs[1], inputs[2], int(attrs["num_out"])))
+    if op_name == "TokenMergeCell":
+        return list(ops.token_merge_cell_ref(inputs[0], inputs[1], inputs[2],
+                                             *(int(attrs[k]) for k in ("height", "width", "sy", "sx", "num_out"))))
     if op_name == "TokenUnmerge":
         return [ops.token_unmerge_ref(inputs[0], inputs[1])]
     raise KeyError(op_name)

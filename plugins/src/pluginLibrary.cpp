@@ -15,6 +15,7 @@
 #include "tokenMatchBipartitePlugin.h"
 #include "tokenMatchCellPlugin.h"
 #include "tokenMatchWindowPlugin.h"
+#include "tokenMergeCellPlugin.h"
 #include "tokenMergePlugin.h"
 #include "tokenUnmergePlugin.h"
 
@@ -33,8 +34,9 @@ IPluginCreatorInterface* const* pluginCreators(int32_t& nbCreators) noexcept
     static PluginCreator<TokenMatchCellPlugin> cell;
     static PluginCreator<TokenMatchWindowPlugin> window;
     static PluginCreator<TokenMergePlugin> merge;
+    static PluginCreator<TokenMergeCellPlugin> mergeCell;
     static PluginCreator<TokenUnmergePlugin> unmerge;
-    static IPluginCreatorInterface* const creators[] = {&bipartite, &cell, &window, &merge, &unmerge};
+    static IPluginCreatorInterface* const creators[] = {&bipartite, &cell, &window, &merge, &mergeCell, &unmerge};
     nbCreators = static_cast<int32_t>(sizeof(creators) / sizeof(creators[0]));
     return creators;
 }

@@ -165,6 +165,81 @@ def test_token_merge_body_sums_in_fp32():
         np.testing.assert_array_equal(merged_size, ref[1].numpy())
 
 
+MERGE_CELL = [  # (height, width, sy, sx, r)
+    (8, 8, 2, 2, 20),
+    (8, 8, 4, 4, 50),
+    (6, 8, 3, 2, 40),    # every source merged: K = 0 kept tokens
+    (4, 6, 2, 3, 0),     # r = 0: all sources kept
+    (4, 4, 1, 2, 1),
+    (6, 4, 2, 1, 7),
+]
+
+
+def _merge_cell_case(height, width, sy, sx, r, seed, dtype, metric=None):
+    rng = np.random.default_rng(seed)
+    N = height * width
+    metric = _metric(rng, 2, N, 6) if metric is None else metric
+    slot = ops.match_cell_ref(torch.from_numpy(metric), r, height, width, sy, sx).numpy()
+    feeds = {"x": (rng.standard_normal((2, N, 5)) * 3).astype(dtype),
+             "size": rng.integers(1, 6, (2, N, 1)).astype(dtype), "slot": slot}
+    attrs = dict(height=height, width=width, sy=sy, sx=sx, num_out=N - r)
+    ref = ops.token_merge_cell_ref(*(torch.from_numpy(feeds[n]) for n in ("x", "size", "slot")), **attrs)
+    return feeds, attrs, ref
+
+
+@pytest.mark.parametrize("height,width,sy,sx,r", MERGE_CELL)
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_token_merge_cell_body(height, width, sy, sx, r, dtype):
+    feeds, attrs, ref = _merge_cell_case(height, width, sy, sx, r, 0, dtype)
+    generic = ops.token_merge_ref(*(torch.from_numpy(feeds[n]) for n in ("x", "size", "slot")), attrs["num_out"])
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-3, atol=1e-3)
+    for merged, merged_size in _run_both(one_op_model("TokenMergeCell", feeds, **attrs), feeds):
+        assert merged.dtype == dtype and merged_size.dtype == dtype
+        assert merged.shape == (2, attrs["num_out"], 5)
+        np.testing.assert_allclose(merged, ref[0].numpy(), **tol)
+        np.testing.assert_allclose(merged, generic[0].numpy(), **tol)
+        np.testing.assert_array_equal(merged_size, ref[1].numpy())
+
+
+@pytest.mark.parametrize("r", [0, 5, 23, 36])
+def test_token_merge_cell_body_ties(r):
+    """All tokens identical (every score ties at 1): the slots the tie rule gives, merged."""
+    feeds, attrs, ref = _merge_cell_case(6, 8, 2, 2, r, 1, np.float32, metric=_heavy_tie_metric(2, 48))
+    for merged, merged_size in _run_both(one_op_model("TokenMergeCell", feeds, **attrs), feeds):
+        np.testing.assert_allclose(merged, ref[0].numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(merged_size, ref[1].numpy())
+
+
+def test_token_merge_cell_body_is_linear_in_n():
+    """No [B, N, M] tensor (TokenMerge's one-hot): every tensor of the inlined, typed body holds at
+    most B * N * C elements, and there is no MatMul and no ScatterElements with a reduction."""
+    B, N, C, r = 2, 64, 8, 24
+    feeds = {"x": np.zeros((B, N, C), np.float32), "size": np.ones((B, N, 1), np.float32),
+             "slot": np.zeros((B, N), np.int32)}
+    model = onnx.inliner.inline_local_functions(
+        one_op_model("TokenMergeCell", feeds, height=8, width=8, sy=2, sx=2, num_out=N - r))
+    typed = onnx.shape_inference.infer_shapes(onnx.shape_inference.infer_shapes(model), data_prop=True)
+    dims = [[d.dim_value for d in v.type.tensor_type.shape.dim] for v in typed.graph.value_info]
+    assert dims and all(int(np.prod(d)) <= B * N * C for d in dims if d and all(d)), dims
+    assert all(n.op_type != "MatMul" for n in typed.graph.node)
+    assert all(a.name != "reduction" or a.s == b"none" for n in typed.graph.node for a in n.attribute)
+
+
+def test_token_merge_cell_body_sums_in_fp32():
+    """fp16 tokens: every product, sum and division of the body is typed fp32 (ONNX Runtime's CPU
+    provider runs fp16 arithmetic through fp32 anyway, so values alone cannot show it)."""
+    feeds = {"x": np.zeros((1, 16, 8), np.float16), "size": np.ones((1, 16, 1), np.float16),
+             "slot": np.zeros((1, 16), np.int32)}
+    body = onnx.inliner.inline_local_functions(
+        one_op_model("TokenMergeCell", feeds, height=4, width=4, sy=2, sx=2, num_out=6))
+    typed = onnx.shape_inference.infer_shapes(body, strict_mode=True)
+    elem = {v.name: v.type.tensor_type.elem_type for v in [*typed.graph.value_info, *typed.graph.input]}
+    arith = [n for n in typed.graph.node if n.op_type in ("Mul", "Div", "ReduceSum", "Concat")
+             and elem.get(n.output[0]) != onnx.TensorProto.INT64]
+    assert len(arith) >= 7 and all(elem[n.input[0]] == onnx.TensorProto.FLOAT for n in arith), \
+        [(n.op_type, elem[n.input[0]]) for n in arith]
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
 def test_token_unmerge_body(dtype):
     rng = np.random.default_rng(0)
@@ -190,9 +265,11 @@ def _typed_body(f: onnx.FunctionProto) -> tuple[onnx.GraphProto, dict[str, int]]
             dict(r=3, src=list(core.alternating(N)[0]), dst=list(core.alternating(N)[1]), protect=0)
             if f.name == "TokenMatchBipartite" else dict(r=3, height=4, width=4, sy=2, sx=2)
             if f.name == "TokenMatchCell" else dict(height=4, width=4, k=1, protect=0))
-    elif f.name == "TokenMerge":
+    elif f.name.startswith("TokenMerge"):
         feeds, attrs = {"x": np.zeros((B, N, C), np.float32), "size": np.ones((B, N, 1), np.float32),
                         "slot": np.zeros((B, N), np.int32)}, dict(num_out=M)
+        if f.name == "TokenMergeCell":
+            attrs.update(height=4, width=4, sy=2, sx=2)
     else:
         feeds, attrs = {"merged": np.zeros((B, M, C), np.float32), "slot": np.zeros((B, N), np.int32)}, {}
     model = onnx.inliner.inline_local_functions(one_op_model(f.name, feeds, **attrs))

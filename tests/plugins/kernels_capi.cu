@@ -4,6 +4,7 @@
 #include "tokenMatchBipartiteKernel.h"
 #include "tokenMatchCellKernel.h"
 #include "tokenMatchWindowKernel.h"
+#include "tokenMergeCellKernel.h"
 #include "tokenMergeKernel.h"
 #include "tokenUnmergeKernel.h"
 
@@ -97,6 +98,27 @@ int em_capi_token_merge(void const* x, void const* size, int const* slot, void* 
     p.C = C;
     p.dtype = dtype == 1 ? DataType::kFLOAT16 : DataType::kFLOAT32;
     return static_cast<int>(launchTokenMerge(nullptr, p));
+}
+
+int em_capi_token_merge_cell(void const* x, void const* size, int const* slot, void* merged, void* mergedSize,
+    int B, int N, int M, int C, int height, int width, int sy, int sx, int dtype)
+{
+    TokenMergeCellParams p;
+    p.x = x;
+    p.size = size;
+    p.slot = slot;
+    p.merged = merged;
+    p.mergedSize = mergedSize;
+    p.B = B;
+    p.N = N;
+    p.M = M;
+    p.C = C;
+    p.height = height;
+    p.width = width;
+    p.sy = sy;
+    p.sx = sx;
+    p.dtype = dtype == 1 ? DataType::kFLOAT16 : DataType::kFLOAT32;
+    return static_cast<int>(launchTokenMergeCell(nullptr, p));
 }
 
 int em_capi_token_unmerge(void const* merged, int const* slot, void* x, int B, int N, int M, int C, int dtype)

@@ -21,6 +21,7 @@ def test_kernel_sources_present():
         "tokenMatchCellKernel.cu",
         "tokenMatchWindowKernel.cu",
         "tokenMergeKernel.cu",
+        "tokenMergeCellKernel.cu",
         "tokenUnmergeKernel.cu",
     }
 
@@ -59,6 +60,7 @@ def test_capi_library_builds(nvcc: str, tmp_path: Path):
             "em_capi_match_window",
             "em_capi_match_window_workspace",
             "em_capi_token_merge",
+            "em_capi_token_merge_cell",
             "em_capi_token_unmerge",
         ):
             assert sym in proc.stdout

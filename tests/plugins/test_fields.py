@@ -13,7 +13,7 @@ from edgemerge.contracts import opspec
 
 from .conftest import PLUGINS, REPO
 
-OPS = ["TokenMatchBipartite", "TokenMatchCell", "TokenMatchWindow", "TokenMerge", "TokenUnmerge"]
+OPS = ["TokenMatchBipartite", "TokenMatchCell", "TokenMatchWindow", "TokenMerge", "TokenMergeCell", "TokenUnmerge"]
 
 
 def spec_attributes() -> dict[str, list[str]]:

@@ -409,3 +409,55 @@ def test_match_cell_exact_ties(lib, r):
     values = torch.tensor([[1.0, 0, 0], [0, 2.0, 0], [-1.0, 0, 0], [0, 0, 4.0]])
     metric = values[torch.randint(0, 4, (2, 48), generator=torch.Generator().manual_seed(5))]
     assert torch.equal(_cell(lib, metric, 6, 8, 2, 2, r), ops.match_cell_ref(metric, r, 6, 8, 2, 2))
+
+
+# ---------------------------------------------------------------- TokenMergeCell
+def run_merge_cell(lib, x, size, slot, m, h, w, sy, sx):
+    b, n, c = x.shape
+    x, size, slot = x.cuda().contiguous(), size.cuda().contiguous(), slot.int().cuda().contiguous()
+    merged = torch.full((b, m, c), float("nan"), dtype=x.dtype, device="cuda")
+    msize = torch.full((b, m, 1), float("nan"), dtype=x.dtype, device="cuda")
+    torch.cuda.synchronize()
+    err = lib.em_capi_token_merge_cell(_p(x), _p(size), _p(slot), _p(merged), _p(msize), b, n, m, c, h, w, sy, sx,
+                                       1 if x.dtype == torch.float16 else 0)
+    torch.cuda.synchronize()
+    assert err == 0
+    return merged.cpu(), msize.cpu()
+
+
+@pytest.mark.parametrize("case", [(8, 8, 2, 2, 20), (8, 8, 4, 4, 48), (6, 8, 3, 2, 0), (6, 4, 2, 1, 7),
+                                  (64, 64, 2, 2, 2048), (64, 64, 2, 2, 3072)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_merge_cell_random(lib, case, dtype):
+    """On TokenMatchCell's slots (r = 0, some, all sources at 3072 and 48; sy != sx) the kernel is
+    the PyTorch reference and TokenMerge's kernel (the same sums in the same position order), and
+    writes every output (NaN-filled before)."""
+    from edgemerge.merge import ops
+
+    h, w, sy, sx, r = case
+    g = torch.Generator().manual_seed(1)
+    metric = torch.randn(2, h * w, 8, generator=g)
+    slot = ops.match_cell_ref(metric, r, h, w, sy, sx)
+    x = (torch.randn(2, h * w, 40, generator=g) * 3).to(dtype)
+    size = torch.randint(1, 6, (2, h * w, 1), generator=g).to(dtype)
+    m = h * w - r
+    got = run_merge_cell(lib, x, size, slot, m, h, w, sy, sx)
+    ref = ops.token_merge_cell_ref(x, size, slot, h, w, sy, sx, m)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(got[0], ref[0], **tol)
+    assert torch.equal(got[1], ref[1])
+    generic = run_merge(lib, x, size, slot, m)
+    torch.testing.assert_close(got[0], generic[0], **tol)
+    assert torch.equal(got[1], generic[1])
+
+
+def test_merge_cell_fp16_sums_in_fp32(lib):
+    """One 64x64 cell of fp16 tokens 1 + 2^-10, and a cell whose size * x passes 65504."""
+    x = torch.full((1, 4096, 1), 1.0009765625, dtype=torch.float16)
+    merged, size = run_merge_cell(lib, x, torch.ones(1, 4096, 1, dtype=torch.float16),
+                                  torch.zeros(1, 4096, dtype=torch.int32), 1, 64, 64, 64, 64)
+    assert merged.item() == 1.0009765625 and size.item() == 4096
+    big = torch.tensor([[[700.0], [900.0], [1.0], [1.0]]], dtype=torch.float16)
+    sizes = torch.tensor([[[100.0], [120.0], [1.0], [1.0]]], dtype=torch.float16)
+    merged, _ = run_merge_cell(lib, big, sizes, torch.zeros(1, 4, dtype=torch.int32), 1, 2, 2, 2, 2)
+    assert torch.isfinite(merged).all() and merged.item() == pytest.approx((700 * 100 + 900 * 120 + 2) / 222, rel=1e-3)

@@ -25,8 +25,8 @@ pytestmark = [pytest.mark.tensorrt,
               pytest.mark.skipif(not _have_gpu(), reason="needs TensorRT and a CUDA GPU")]
 
 LIB = Path(__file__).resolve().parents[2] / "build" / "plugins" / "libedgemerge_plugins.so"
-OPS = ["TokenMatchBipartite", "TokenMatchCell", "TokenMatchWindow", "TokenMerge", "TokenUnmerge"]
-CASES = [(op, p) for op in OPS for p in (("fp32", "fp16") if op in ("TokenMerge", "TokenUnmerge") else ("fp32",))]
+OPS = ["TokenMatchBipartite", "TokenMatchCell", "TokenMatchWindow", "TokenMerge", "TokenMergeCell", "TokenUnmerge"]
+CASES = [(op, p) for op in OPS for p in (("fp32", "fp16") if op in ("TokenMerge", "TokenMergeCell", "TokenUnmerge") else ("fp32",))]
 
 
 def _build_and_run(tmp_path, op, precision, merge_ops, plugins):

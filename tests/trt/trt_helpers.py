@@ -40,6 +40,13 @@ def op_case(op_type: str, dtype=np.float32, seed: int = 0) -> tuple[dict, dict, 
         attrs = {"num_out": 13}
         merged, size = ops.token_merge_ref(t(feeds["x"]), t(feeds["size"]), t(feeds["slot"]), 13)
         return feeds, attrs, [merged.numpy(), size.numpy()]
+    if op_type == "TokenMergeCell":  # TokenMatchCell's slots on an 8x8 grid, 2x1 cells, r = 20 of 32 sources
+        attrs = {"height": 8, "width": 8, "sy": 2, "sx": 1, "num_out": 44}
+        slot = ops.match_cell_ref(t(g.standard_normal((2, 64, 8)).astype(np.float32)), 20, 8, 8, 2, 1)
+        feeds = {"x": g.standard_normal((2, 64, 24)).astype(dtype),
+                 "size": g.integers(1, 6, (2, 64, 1)).astype(dtype), "slot": slot.numpy()}
+        merged, size = ops.token_merge_cell_ref(t(feeds["x"]), t(feeds["size"]), slot, **attrs)
+        return feeds, attrs, [merged.numpy(), size.numpy()]
     if op_type == "TokenUnmerge":
         feeds = {"merged": g.standard_normal((2, 3, 4)).astype(dtype),
                  "slot": g.integers(0, 3, (2, 5)).astype(np.int32)}

@@ -45,6 +45,10 @@ def test_exports_self_check_and_validate(bundles, tmp_path, merge_ops):
     cell = [n for n in proto.graph.node if n.op_type == "TokenMatchCell"]
     if merge_ops == "plugin":
         assert len(cell) == 4 and check_onnx_model(proto) == []  # MixFFN of stages 3 and 4, two blocks each
+        merges = [n for n in proto.graph.node if n.op_type == "TokenMergeCell"]
+        assert len(merges) == 4 and {n.input[2] for n in merges} == {n.output[0] for n in cell}
+        assert "TokenMergeCell" in manifest["custom_ops"]
+        assert manifest["merge_sites"]["TokenMergeCell"] == [n.name for n in merges]  # what the device route counts
     else:
         assert not cell and not proto.functions
     res = CliRunner().invoke(main, ["validate", str(path), "--out", str(tmp_path / "rep")])
